@@ -1,0 +1,373 @@
+"""Training-step and data-rate benchmark of the core model.
+
+    python -m benchmarks.bench_core [--quick]
+
+Times, side by side and in alternating rounds: a training step of the dense model, of the same
+network written as image-sized convolutions (the original's form), and of the step's matrix products
+alone (the floor); then the rate at which the data generator makes sequences against the rate the
+model trains on them. Prints a table and writes it into benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from tvae_sweep import ModelConfig, build_model
+from tvae_sweep.model import Posterior, TopographicVAE
+
+from .common import interleaved, machine_line, median, median_ratio, write_section
+
+LR, MOMENTUM = 1e-4, 0.9
+SPEEDUP_GOAL = 2.0       # dense step at least this many times faster than the conv step
+FLOOR_GOAL = 1.15        # dense step at most this many times the GEMM floor
+GENERATION_GOAL = 5.0    # sequences generated per second at least this many times those trained
+
+MNIST = ModelConfig()
+MNIST_2D = ModelConfig(variant="tvae2d", n_caps=1, cap_dim=324, seq_len=1, torus_window=5,
+                       mu_init=10.0, image_shape=(1, 28, 28))
+
+
+# ---------------------------------------------------------------- the original's form
+
+
+class ConvEncoder(nn.Module):
+    """C*H*W -> 3D -> 2D -> 2D as a Conv2d with an image-sized kernel and 1x1 convolutions."""
+
+    def __init__(self, image_shape: tuple[int, int, int], d: int):
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape = image_shape
+        self.net = nn.Sequential(
+            nn.Conv2d(c, 3 * d, (h, w)), nn.ReLU(),
+            nn.Conv2d(3 * d, 2 * d, 1), nn.ReLU(),
+            nn.Conv2d(2 * d, 2 * d, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(x.reshape(-1, *self.image_shape))  # (N, 2D, 1, 1)
+        return out.flatten(1).chunk(2, dim=-1)
+
+
+class ConvDecoder(nn.Module):
+    """D -> 2D -> 3D -> C*H*W as 1x1 transposed convolutions and an image-sized one (bias per channel)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], d: int):
+        super().__init__()
+        c, h, w = image_shape
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(d, 2 * d, 1), nn.ReLU(),
+            nn.ConvTranspose2d(2 * d, 3 * d, 1), nn.ReLU(),
+            nn.ConvTranspose2d(3 * d, c, (h, w)),
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net(t.reshape(t.shape[0], -1, 1, 1)).flatten(1)
+
+
+def conv_model(cfg: ModelConfig) -> nn.Module:
+    """The model with its encoders and decoder swapped for the convolutional form."""
+    model = build_model(cfg)
+    d = cfg.latent_dim
+    model.z_encoder = ConvEncoder(cfg.image_shape, d)
+    if model.u_encoder is not None:
+        model.u_encoder = ConvEncoder(cfg.image_shape, d)
+    model.decoder = ConvDecoder(cfg.image_shape, d)
+    return model
+
+
+class FusedFirstLayerTVAE(TopographicVAE):
+    """The dense model with the first layers of its two encoders as one Linear of stacked weights.
+
+    The same function and the same parameter count; one (C*H*W -> 6D) product replaces two
+    (C*H*W -> 3D) ones, forward and backward. Measured to size a change of the model, not used by it.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        first_z, first_u = self.z_encoder.net[0], self.u_encoder.net[0]
+        self.first = nn.Linear(first_z.in_features, 2 * first_z.out_features)
+        with torch.no_grad():
+            self.first.weight.copy_(torch.cat([first_z.weight, first_u.weight]))
+            self.first.bias.copy_(torch.cat([first_z.bias, first_u.bias]))
+        self.z_rest, self.u_rest = self.z_encoder.net[1:], self.u_encoder.net[1:]
+        del self.z_encoder.net[0], self.u_encoder.net[0]
+
+    def encode(self, x: torch.Tensor) -> Posterior:
+        b, s = x.shape[:2]
+        shape = (b, s, self.cfg.n_caps, self.cfg.cap_dim)
+        h_z, h_u = self.first(x.reshape(b * s, -1)).chunk(2, dim=-1)
+        z_mean, z_logvar = (p.reshape(shape) for p in self.z_rest(h_z).chunk(2, dim=-1))
+        u_mean, u_logvar = (p.reshape(shape) for p in self.u_rest(h_u).chunk(2, dim=-1))
+        return Posterior(z_mean, z_logvar, u_mean, u_logvar)
+
+
+def linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def convs(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+@torch.no_grad()
+def copy_dense_into_conv(dense: nn.Module, conv: nn.Module, cfg: ModelConfig) -> None:
+    """Gives the conv model the dense model's weights (decoder output bias: per channel, so made equal)."""
+    c, h, w = cfg.image_shape
+    if dense.mu is not None:
+        conv.mu.copy_(dense.mu)
+    pairs = [(dense.z_encoder, conv.z_encoder), (dense.decoder, conv.decoder)]
+    if dense.u_encoder is not None:
+        pairs.append((dense.u_encoder, conv.u_encoder))
+    for dense_part, conv_part in pairs:
+        for lin, cv in zip(linears(dense_part), convs(conv_part), strict=True):
+            if isinstance(cv, nn.ConvTranspose2d):
+                cv.weight.copy_(lin.weight.t().reshape(cv.weight.shape))
+                if cv.weight.shape[2:] == (1, 1):
+                    cv.bias.copy_(lin.bias)
+                else:
+                    per_channel = lin.bias.reshape(c, h * w).mean(1)
+                    cv.bias.copy_(per_channel)
+                    lin.bias.copy_(per_channel.repeat_interleave(h * w))
+            else:
+                cv.weight.copy_(lin.weight.reshape(cv.weight.shape))
+                cv.bias.copy_(lin.bias)
+
+
+def same_function_error(cfg: ModelConfig, x: torch.Tensor) -> float:
+    """Largest difference of the logits between the dense and conv forms with shared weights and
+    noise, relative to the largest logit."""
+    torch.manual_seed(1)
+    dense, conv = build_model(cfg), conv_model(cfg)
+    copy_dense_into_conv(dense, conv, cfg)
+    with torch.no_grad():
+        torch.manual_seed(2)
+        a = dense(x).logits
+        torch.manual_seed(2)
+        b = conv(x).logits
+    return float((a - b).abs().max() / a.abs().max())
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One step as the trainer takes it: forward, zero_grad, backward, SGD with momentum."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def step() -> None:
+        loss = model(x).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+@dataclass
+class Gemm:
+    """The three matrix products of one Linear layer on preallocated tensors."""
+
+    x: torch.Tensor       # (N, in)
+    w: torch.Tensor       # (out, in)
+    y: torch.Tensor       # (N, out)
+    grad_y: torch.Tensor  # (N, out)
+    grad_x: torch.Tensor | None  # (N, in), None when the layer's input needs no gradient
+    grad_w: torch.Tensor  # (out, in)
+
+    @classmethod
+    def make(cls, n: int, d_in: int, d_out: int, grad_input: bool) -> "Gemm":
+        r = torch.rand
+        return cls(r(n, d_in), r(d_out, d_in), torch.empty(n, d_out), r(n, d_out),
+                   torch.empty(n, d_in) if grad_input else None, torch.empty(d_out, d_in))
+
+    def forward(self) -> None:
+        torch.mm(self.x, self.w.t(), out=self.y)
+
+    def backward(self) -> None:
+        if self.grad_x is not None:
+            torch.mm(self.grad_y, self.w, out=self.grad_x)
+        torch.mm(self.grad_y.t(), self.x, out=self.grad_w)
+
+
+def layer_shapes(cfg: ModelConfig) -> list[tuple[int, int, bool]]:
+    """(in, out, needs grad input) of every Linear of the model, encoders first.
+
+    The first encoder layer reads the images, which need no gradient, so autograd skips its
+    grad-input product; the floor skips it too.
+    """
+    d, pixels = cfg.latent_dim, math.prod(cfg.image_shape)
+    encoder = [(pixels, 3 * d, False), (3 * d, 2 * d, True), (2 * d, 2 * d, True)]
+    decoder = [(d, 2 * d, True), (2 * d, 3 * d, True), (3 * d, pixels, True)]
+    n_encoders = 1 if cfg.variant == "vae" else 2
+    return encoder * n_encoders + decoder
+
+
+def gemm_floor(cfg: ModelConfig, n_images: int) -> Callable[[], None]:
+    gemms = [Gemm.make(n_images, i, o, g) for i, o, g in layer_shapes(cfg)]
+
+    def step() -> None:
+        for g in gemms:
+            g.forward()
+        for g in reversed(gemms):
+            g.backward()
+
+    return step
+
+
+def step_flops(cfg: ModelConfig, n_images: int) -> float:
+    return sum(2 * n_images * i * o * (3 if g else 2) for i, o, g in layer_shapes(cfg))
+
+
+# ---------------------------------------------------------------- the runs
+
+
+@dataclass
+class StepCase:
+    name: str
+    cfg: ModelConfig
+    x: torch.Tensor
+
+    @property
+    def n_images(self) -> int:
+        return self.x.shape[0] * self.x.shape[1]
+
+
+def step_functions(case: StepCase) -> dict[str, Callable[[], None]]:
+    torch.manual_seed(0)
+    fns = {"dense": train_step(build_model(case.cfg), case.x),
+           "conv": train_step(conv_model(case.cfg), case.x),
+           "floor": gemm_floor(case.cfg, case.n_images)}
+    if case.cfg.variant != "vae":
+        fns["fused"] = train_step(FusedFirstLayerTVAE(case.cfg), case.x)
+    return fns
+
+
+def load_data(seed: int = 0):
+    from tvae_sweep.config import DataConfig
+    from tvae_sweep.data import build_data
+
+    return build_data(DataConfig(), seq_len=MNIST.seq_len, device="cpu", seed=seed)
+
+
+def run(rounds: int, batches: tuple[int, ...]) -> dict:
+    data = load_data()
+    gen = torch.Generator().manual_seed(0)
+    samples = {b: data.sample_train(b, gen).x for b in batches}
+    cases = [StepCase(f"MNIST TVAE, {b} sequences", MNIST, samples[b]) for b in batches]
+    frames = samples[batches[0]][:, :, :1].reshape(-1, 1, 1, 28, 28)
+    if frames.shape[0] >= 128:
+        frames = frames[:128]
+    else:
+        frames = frames.repeat(math.ceil(128 / frames.shape[0]), 1, 1, 1, 1)[:128]
+    cases.append(StepCase("2-D TVAE, 128 images", MNIST_2D, frames.contiguous()))
+
+    errors = {case.name: same_function_error(case.cfg, case.x) for case in cases}
+    fns: dict[str, Callable[[], object]] = {}
+    for case in cases:
+        for variant, fn in step_functions(case).items():
+            fns[f"{case.name}|{variant}"] = fn
+    for b in batches:
+        fns[f"generate|{b}"] = lambda b=b: data.sample_train(b, gen)
+    times = interleaved(fns, rounds=rounds)
+    return {"cases": cases, "batches": batches, "times": times, "errors": errors}
+
+
+# ---------------------------------------------------------------- the report
+
+
+def yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def step_table(result: dict) -> tuple[list[str], list[bool]]:
+    times = result["times"]
+    lines = ["| case | images/step | GFLOP/step | dense ms | conv ms | floor ms | fused-first-layer ms "
+             "| conv/dense | dense/floor | fused/floor | max rel. diff dense vs conv |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    met = []
+    for case in result["cases"]:
+        t = {v: times[f"{case.name}|{v}"] for v in ("dense", "conv", "floor", "fused")
+             if f"{case.name}|{v}" in times}
+        ms = {v: f"{median(x) * 1e3:.1f} ({min(x) * 1e3:.1f})" for v, x in t.items()}
+        speedup = median_ratio(t["conv"], t["dense"])
+        floor_ratio = median_ratio(t["dense"], t["floor"])
+        fused = f"{median_ratio(t['fused'], t['floor']):.2f}" if "fused" in t else "-"
+        met += [speedup >= SPEEDUP_GOAL, floor_ratio <= FLOOR_GOAL]
+        lines.append(
+            f"| {case.name} | {case.n_images} | {step_flops(case.cfg, case.n_images) / 1e9:.2f} "
+            f"| {ms['dense']} | {ms['conv']} | {ms['floor']} | {ms.get('fused', '-')} "
+            f"| {speedup:.2f} ({yes(speedup >= SPEEDUP_GOAL)}) "
+            f"| {floor_ratio:.2f} ({yes(floor_ratio <= FLOOR_GOAL)}) | {fused} "
+            f"| {result['errors'][case.name]:.1e} |")
+    return lines, met
+
+
+def data_table(result: dict) -> tuple[list[str], list[bool]]:
+    times = result["times"]
+    lines = ["| sequences/batch | generation seq/s | training seq/s (dense step) | generation/training |",
+             "| ---: | ---: | ---: | ---: |"]
+    met = []
+    for b in result["batches"]:
+        gen, step = times[f"generate|{b}"], times[f"MNIST TVAE, {b} sequences|dense"]
+        ratio = median_ratio(step, gen)
+        met.append(ratio >= GENERATION_GOAL)
+        lines.append(f"| {b} | {b / median(gen):.0f} | {b / median(step):.0f} "
+                     f"| {ratio:.1f} ({yes(ratio >= GENERATION_GOAL)}) |")
+    return lines, met
+
+
+def report(result: dict, rounds: int, loads: tuple[str, str]) -> str:
+    steps, steps_met = step_table(result)
+    rates, rates_met = data_table(result)
+    return "\n".join([
+        "## Core model: training step and data rate (`python -m benchmarks.bench_core`)",
+        "",
+        f"Machine: {machine_line()}. Load average (1, 5, 15 min) before: {loads[0]}; after: {loads[1]}.",
+        f"{rounds} rounds, variants alternating within each round; times are medians over rounds "
+        "(fastest round in brackets), ratios are medians of per-round ratios.",
+        "",
+        "Training step (forward, backward, SGD with momentum), ms per step:",
+        "",
+        *steps,
+        "",
+        "Sequence generation (`data.sample_train`) against training at the same batch:",
+        "",
+        *rates,
+        "",
+        f"Goals: conv/dense >= {SPEEDUP_GOAL:g}, dense/floor <= {FLOOR_GOAL:g}, "
+        f"generation/training >= {GENERATION_GOAL:g}. "
+        f"All met: {yes(all(steps_met + rates_met))}.",
+    ])
+
+
+def load_average() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds, for a smoke check")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of alternating variants (default 15)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 15)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {rounds} rounds")
+    before = load_average()
+    result = run(rounds, batches=(8, 32))
+    text = report(result, rounds, (before, load_average()))
+    print(text)
+    if not args.no_write:
+        write_section("bench_core", text)
+        print("written to benchmarks/RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()

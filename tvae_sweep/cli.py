@@ -1,0 +1,232 @@
+"""The `tvae-sweep` command line: one group, one command per verb."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .config import ConfigError
+
+# errors that are the user's to fix: one line, exit 2, no traceback
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, PermissionError)
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            click.echo(f"tvae-sweep: error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tvae-sweep")
+def main() -> None:
+    """Sweep the topographic structure of Topographic VAEs: capsules, neighbourhoods, coherence.
+
+    Start with `tvae-sweep train configs/tvae_mnist.yaml --output runs/first`, or a whole sweep
+    with `tvae-sweep launch search_spaces/capsules.yaml`.
+    """
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for config.yaml, metrics.json, checkpoint/ and traversal.png.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Start afresh even if OUTPUT holds a checkpoint.")
+def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: bool) -> None:
+    """Train one configuration (sections data, model, train) into OUTPUT.
+
+    Running the same config into the same OUTPUT again resumes from its checkpoint.
+    """
+    from tqdm import tqdm
+
+    from .config import load_run_config
+    from .run import train_to_directory
+    from .training import DivergenceError
+
+    cfg = load_run_config(config, overrides)
+    steps = -(-cfg.data.train_sequences // cfg.train.batch_size)
+    bar = tqdm(total=cfg.train.epochs * steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.1f}", refresh=False)
+
+    def on_epoch(metrics: dict) -> None:
+        bar.n = metrics["epoch"] * steps
+        shown = {k: metrics[k] for k in ("train_loss", "log_likelihood", "equivariance_error",
+                                          "equivariance_ratio") if k in metrics}
+        bar.write(f"epoch {metrics['epoch']}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+
+    try:
+        final = train_to_directory(cfg, output, overwrite=overwrite, on_epoch=on_epoch, on_step=on_step)
+    except DivergenceError as e:
+        bar.close()
+        click.echo(f"tvae-sweep: error: {e}; lower train.lr or set train.grad_clip", err=True)
+        sys.exit(1)
+    bar.close()
+    click.echo(f"done: {output}/metrics.json, {output}/traversal.png")
+    for key in sorted(final):
+        if key != "epoch":
+            click.echo(f"  {key:28s} {final[key]:.6g}")
+
+
+# ---------------------------------------------------------------- sweeps
+
+results_dir_option = click.option(
+    "--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Folder of all sweeps [default: $TVAE_SWEEP_RESULTS or ./results].")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec value (repeatable).")
+def validate(spec_path: Path, overrides: tuple[str, ...]) -> None:
+    """Check a sweep spec without launching anything."""
+    from .sweep.space import num_trials
+    from .sweep.spec import load_spec
+
+    spec = load_spec(spec_path, overrides)
+    s = spec.search
+    click.echo(f"{spec_path}: valid; {num_trials(spec)} trials of {', '.join(spec.space) or 'the base config'} "
+               f"by {s.algorithm} with {s.scheduler}, optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes))}")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Sweep name [default: the spec's name, else its file name].")
+@results_dir_option
+@click.option("--address", default=None, help="Ray cluster to join [default: $RAY_ADDRESS, else a local one].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec value, e.g. --set search.num_trials=4 (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing sweep of the same name.")
+def launch(spec_path: Path, name: str | None, results_dir: Path | None, address: str | None,
+           overrides: tuple[str, ...], overwrite: bool) -> None:
+    """Run the sweep of SPEC: Optuna proposes configs, Ray Tune runs them as trials."""
+    from .config import apply_overrides, read_yaml
+    from .sweep.layout import sweep_dir
+    from .sweep.launch import create
+    from .sweep.spec import spec_from_dict
+
+    raw = apply_overrides(read_yaml(spec_path), list(overrides))
+    spec = spec_from_dict(raw)
+    sweep = sweep_dir(results_dir, name or spec.name or spec_path.stem)
+    create(spec, sweep, raw, overwrite)
+    _run_sweep(spec, sweep, address, resume=False)
+
+
+@main.command()
+@click.argument("name")
+@results_dir_option
+@click.option("--address", default=None, help="Ray cluster to join [default: $RAY_ADDRESS, else a local one].")
+def resume(name: str, results_dir: Path | None, address: str | None) -> None:
+    """Continue a sweep after a crash or Ctrl-C; finished trials are not run again."""
+    from .sweep.launch import load_saved_spec
+    from .sweep.layout import sweep_dir
+
+    sweep = sweep_dir(results_dir, name)
+    spec = load_saved_spec(sweep)
+    _run_sweep(spec, sweep, address, resume=True)
+
+
+def _run_sweep(spec, sweep, address: str | None, resume: bool) -> None:
+    from .sweep.launch import run
+    from .sweep.progress import ProgressTable
+    from .sweep.results import trials_frame, write_table
+    from .sweep.space import num_trials
+
+    s = spec.search
+    table = ProgressTable(list(spec.space), s.metrics, num_trials(spec))
+    click.echo(f"sweep {sweep.name}: {num_trials(spec)} trials, results in {sweep.root}")
+    status = run(spec, sweep, address, resume=resume, callbacks=[table])
+    frame = trials_frame(sweep.read_state()["experiment_path"])
+    write_table(frame, sweep.trials)
+    if status != "finished":
+        click.echo(f"sweep {sweep.name} stopped before its end; continue it with: tvae-sweep resume {sweep.name}")
+        sys.exit(130)
+    _print_best(frame, s.metrics[0])
+    click.echo(f"trials table: {sweep.trials}")
+
+
+def _print_best(frame, metric: str) -> None:
+    from .sweep.results import best_trials
+
+    best = best_trials(frame, metric, 3)
+    click.echo(f"best trials by {metric}:")
+    for _, row in best.iterrows():
+        config = ", ".join(f"{k.removeprefix('config/')}={v}" for k, v in row.items() if k.startswith("config/"))
+        click.echo(f"  {row['trial_id']}  {metric} {row[f'final/{metric}']:.5g}  {config}")
+
+
+@main.command(name="list")
+@results_dir_option
+def list_sweeps(results_dir: Path | None) -> None:
+    """List the sweeps in the results folder."""
+    from .sweep.layout import all_sweeps, results_root
+
+    sweeps = all_sweeps(results_dir)
+    if not sweeps:
+        click.echo(f"no sweeps in {results_root(results_dir)}")
+    for sweep in sweeps:
+        state = sweep.read_state()
+        click.echo(f"{sweep.name:30s} {state.get('status', '?'):12s} {state.get('num_trials', '?')} trials")
+
+
+@main.command()
+@click.argument("name", required=False)
+@results_dir_option
+def status(name: str | None, results_dir: Path | None) -> None:
+    """Show a sweep's trials (or every sweep's state), with its disk footprint."""
+    from .sweep.layout import all_sweeps, disk_usage, sweep_dir
+    from .sweep.results import trials_frame
+
+    sweeps = [sweep_dir(results_dir, name)] if name else all_sweeps(results_dir)
+    for sweep in sweeps:
+        state = sweep.read_state()
+        size = disk_usage(sweep.root)
+        click.echo(f"{sweep.name}: {state.get('status')}, {state.get('num_trials')} trials planned, "
+                   f"{size / 1e6:.1f} MB on disk in {sweep.root}")
+        if name:
+            frame = trials_frame(state["experiment_path"])
+            shown = [c for c in frame.columns if c.startswith(("config/", "final/"))][:10]
+            click.echo(frame[["trial_id", "state", "epochs", *shown]].to_string(index=False))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A .parquet or .csv file.")
+@results_dir_option
+def results(name: str, out: Path, results_dir: Path | None) -> None:
+    """Write a sweep's trials table: config, final and best metrics, state and run time per trial."""
+    from .sweep.layout import sweep_dir
+    from .sweep.results import trials_frame, write_table
+
+    sweep = sweep_dir(results_dir, name)
+    frame = trials_frame(sweep.read_state()["experiment_path"])
+    write_table(frame, out)
+    click.echo(f"{len(frame)} trials -> {out}")
+
+
+@main.command(name="export-best")
+@click.argument("name")
+@click.option("--metric", default=None, help="Rank by this metric [default: the sweep's first objective].")
+@click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="How many configs.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the YAML files.")
+@results_dir_option
+def export_best_cmd(name: str, metric: str | None, top: int, out: Path, results_dir: Path | None) -> None:
+    """Export the best trials' configs as YAML files that `tvae-sweep train` runs as they are."""
+    from .sweep.launch import load_saved_spec
+    from .sweep.layout import sweep_dir
+    from .sweep.results import export_best, trials_frame
+
+    sweep = sweep_dir(results_dir, name)
+    spec = load_saved_spec(sweep)
+    frame = trials_frame(sweep.read_state()["experiment_path"])
+    for path in export_best(spec, frame, metric or spec.search.metrics[0], top, out):
+        click.echo(path)

@@ -1,0 +1,149 @@
+"""Launch and resume sweeps: a Ray Tune Tuner with OptunaSearch, a scheduler and our trainable."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, dump_yaml
+from .layout import SweepDir, storage_location
+from .spec import SweepSpec, spec_from_dict
+from .space import define_by_run, make_sampler, num_trials
+
+EXPERIMENT = "tune"  # Ray's experiment folder inside the storage path
+MAX_FAILURES = 2
+
+
+def connect(address: str | None, quiet: bool = True) -> None:
+    """Joins the Ray cluster at `address` (or $RAY_ADDRESS), else starts one on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": "WARNING"}
+    if address is None:
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as e:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({e})") from None
+
+
+def experiment_path(spec: SweepSpec, sweep: SweepDir) -> str:
+    storage = storage_location(spec.storage.path, sweep)
+    name = EXPERIMENT if not spec.storage.path else sweep.name
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def _trainable(spec: SweepSpec):
+    from ray import tune
+
+    from ..data import load_sources
+    from .trainable import train_trial
+
+    base = spec.base_dict()
+    run = spec.base_config()
+    sources = load_sources(run.data)  # loaded once here, shared through the object store
+    trainable = tune.with_parameters(train_trial, base=base, sources=sources)
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial,
+                                           "gpu": spec.resources.gpus_per_trial})
+
+
+def _searcher(spec: SweepSpec, sweep: SweepDir):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = spec.search
+    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep.optuna_db}")
+    metric = s.metrics if s.multi_objective else s.metrics[0]
+    mode = s.modes if s.multi_objective else s.modes[0]
+    return OptunaSearch(space=define_by_run(spec), metric=metric, mode=mode,
+                        points_to_evaluate=[dict(p) for p in s.warm_start] or None,
+                        sampler=make_sampler(spec), study_name=sweep.name, storage=storage)
+
+
+def _scheduler(spec: SweepSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = spec.search
+    if s.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=spec.base_config().train.epochs,
+                             grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return FIFOScheduler()
+
+
+def _run_config(spec: SweepSpec, sweep: SweepDir, callbacks: list):
+    from ray import tune
+
+    storage = storage_location(spec.storage.path, sweep)
+    return tune.RunConfig(
+        name=EXPERIMENT if not spec.storage.path else sweep.name,
+        storage_path=storage,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def create(spec: SweepSpec, sweep: SweepDir, raw_spec: dict, overwrite: bool) -> None:
+    """Makes results/<name>/, refusing to replace an existing sweep unless told to."""
+    if sweep.root.exists() and any(sweep.root.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"a sweep named {sweep.name!r} exists in {sweep.root.parent}: "
+                                  f"`tvae-sweep resume {sweep.name}` continues it, or pass --overwrite")
+        shutil.rmtree(sweep.root)
+    sweep.root.mkdir(parents=True, exist_ok=True)
+    dump_yaml(raw_spec, sweep.spec)
+    sweep.write_state(name=sweep.name, status="created", created=time.time(),
+                      experiment_path=experiment_path(spec, sweep), num_trials=num_trials(spec))
+
+
+def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, callbacks: list) -> str:
+    """Runs (or resumes) the sweep to its end; returns the final status."""
+    from ray import tune
+
+    connect(address)
+    state = sweep.read_state()
+    path = state["experiment_path"]
+    trainable = _trainable(spec)
+    sweep.write_state(status="running", address=address or os.environ.get("RAY_ADDRESS"), pid=os.getpid())
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        s = spec.search
+        single = not s.multi_objective
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(spec, sweep), scheduler=_scheduler(spec),
+                num_samples=num_trials(spec), max_concurrent_trials=s.max_concurrent,
+                metric=s.metrics[0] if single else None, mode=s.modes[0] if single else None,
+            ),
+            run_config=_run_config(spec, sweep, callbacks),
+        )
+    grid = tuner.fit()
+    finished = sum(1 for r in grid if r.metrics.get("done") or r.error is None)
+    status = "finished" if len(grid) >= state["num_trials"] and not _unfinished(path) else "interrupted"
+    sweep.write_state(status=status, trials=len(grid), finished=finished)
+    return status
+
+
+def _unfinished(path: str) -> int:
+    """How many trials are neither terminated nor errored, per Ray's saved experiment state."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(path)
+    return sum(1 for t in analysis.trials if t.status not in ("TERMINATED", "ERROR"))
+
+
+def load_saved_spec(sweep: SweepDir) -> SweepSpec:
+    from ..config import read_yaml
+
+    sweep.read_state()
+    if not sweep.spec.is_file():
+        raise FileNotFoundError(f"{sweep.spec}: the sweep's spec is missing; it cannot be resumed")
+    return spec_from_dict(read_yaml(sweep.spec))

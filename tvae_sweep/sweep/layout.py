@@ -1,0 +1,95 @@
+"""Where a sweep keeps its files: results/<name>/ and, for Ray's trials, the storage path."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError
+
+RESULTS_ENV = "TVAE_SWEEP_RESULTS"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def results_root(results_dir: str | Path | None) -> Path:
+    """--results-dir, else $TVAE_SWEEP_RESULTS, else ./results."""
+    return Path(results_dir or os.environ.get(RESULTS_ENV) or "results").absolute()
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (up to 100), starting with a letter or digit")
+    return name
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """results/<name>/: the spec as launched, the sweep's state, the Optuna study, the tables."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "sweep.json"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / "optuna.db"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials.parquet"
+
+    def exists(self) -> bool:
+        return self.state.is_file()
+
+    def read_state(self) -> dict:
+        if not self.state.is_file():
+            raise FileNotFoundError(f"no sweep named {self.name!r} in {self.root.parent} (`tvae-sweep list` shows them)")
+        return json.loads(self.state.read_text())
+
+    def write_state(self, **updates) -> dict:
+        state = json.loads(self.state.read_text()) if self.state.is_file() else {}
+        state.update(updates, updated=time.time())
+        tmp = self.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.state)
+        return state
+
+
+def sweep_dir(results_dir: str | Path | None, name: str) -> SweepDir:
+    return SweepDir(results_root(results_dir) / check_name(name))
+
+
+def all_sweeps(results_dir: str | Path | None) -> list[SweepDir]:
+    root = results_root(results_dir)
+    if not root.is_dir():
+        return []
+    return sorted((SweepDir(p) for p in root.iterdir() if (p / "sweep.json").is_file()), key=lambda s: s.name)
+
+
+def storage_location(spec_storage_path: str | None, sweep: SweepDir) -> str:
+    """Ray's storage_path: the spec's (a shared folder or an object store URI), else the sweep folder."""
+    if spec_storage_path:
+        if "://" in spec_storage_path:
+            return spec_storage_path
+        return str(Path(spec_storage_path).expanduser().absolute())
+    return str(sweep.root)
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes under path (0 if it is not a local folder)."""
+    if not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

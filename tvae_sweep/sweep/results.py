@@ -1,0 +1,122 @@
+"""A sweep's results as a table (one row per trial), and its best configs exported to train again."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..config import ConfigError, dump_yaml
+from .layout import SweepDir
+from .space import trial_run_config
+from .spec import SweepSpec
+
+# the direction in which each reported metric is better
+METRIC_MODES = {
+    "loss": "min", "train_loss": "min", "log_likelihood": "max",
+    "equivariance_error": "min", "equivariance_ratio": "min",
+    "roll_nll": "min", "roll_nll_gap": "min", "capsule_correlation": "max",
+}
+
+
+def metric_mode(metric: str) -> str:
+    if metric.startswith("capsule_correlation"):
+        return "max"
+    return METRIC_MODES.get(metric, "min")
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def trials_frame(path: str) -> pd.DataFrame:
+    """One row per trial: id, state, config, final and best metrics, epochs, run time, node, checkpoint."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(path)
+    frames = analysis.trial_dataframes
+    rows = []
+    for trial in analysis.trials:
+        last = trial.last_result or {}
+        row: dict[str, Any] = {"trial_id": trial.trial_id, "state": trial.status}
+        row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
+        history = frames.get(trial.storage.trial_fs_path) if trial.storage else None
+        for metric in METRIC_MODES:
+            if metric in last and _numeric(last[metric]):
+                row[f"final/{metric}"] = last[metric]
+            if history is not None and metric in history:
+                series = history[metric].dropna()
+                if len(series):
+                    row[f"best/{metric}"] = series.max() if metric_mode(metric) == "max" else series.min()
+        row["epochs"] = last.get("training_iteration", 0)
+        row["time_s"] = last.get("time_total_s", float("nan"))
+        row["node_id"] = last.get("node_id")
+        row["error"] = _error_text(trial)
+        checkpoint = trial.checkpoint
+        row["checkpoint"] = checkpoint.path if checkpoint is not None else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _error_text(trial) -> str | None:
+    """The last line of the trial's error, if it failed."""
+    if trial.status != "ERROR":
+        return None
+    message = getattr(trial, "error_message", None) or getattr(trial, "error_msg", None) or ""
+    lines = [ln for ln in str(message).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "failed"
+
+
+def write_table(frame: pd.DataFrame, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        frame.to_parquet(out, index=False)
+    elif out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        raise ConfigError(f"--out {out}: use a .parquet or .csv file name")
+    return out
+
+
+def best_trials(frame: pd.DataFrame, metric: str, top: int) -> pd.DataFrame:
+    """The `top` finished trials by their final `metric`, best first; failed trials are left out."""
+    column = f"final/{metric}"
+    if column not in frame:
+        raise ConfigError(f"--metric {metric}: no trial reported it; reported: "
+                          f"{', '.join(c.removeprefix('final/') for c in frame if c.startswith('final/'))}")
+    ok = frame[(frame["state"] == "TERMINATED") & frame[column].map(lambda v: _numeric(v) and math.isfinite(v))]
+    return ok.sort_values(column, ascending=metric_mode(metric) == "min").head(top)
+
+
+def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out: str | Path) -> list[Path]:
+    """Writes rank<k>_<trial>.yaml files that `tvae-sweep train` runs as they are, plus best.csv."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = spec.base_dict()
+    written = []
+    chosen = best_trials(frame, metric, top)
+    if chosen.empty:
+        raise ConfigError(f"no finished trial reports {metric}; nothing to export")
+    for rank, (_, row) in enumerate(chosen.iterrows(), start=1):
+        config = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
+        config = {k: (v.item() if hasattr(v, "item") else v) for k, v in config.items() if _present(v)}
+        run = trial_run_config(base, config)
+        path = out / f"rank{rank}_{row['trial_id']}.yaml"
+        header = (f"# trial {row['trial_id']} of the sweep, rank {rank} by {metric} = {row[f'final/{metric}']:.6g}\n"
+                  f"# checkpoint: {row['checkpoint']}\n")
+        dump_yaml(run.to_dict(), path)
+        path.write_text(header + path.read_text())
+        written.append(path)
+    chosen.to_csv(out / "best.csv", index=False)
+    return written
+
+
+def _present(value: Any) -> bool:
+    return not (isinstance(value, float) and math.isnan(value))
+
+
+def summary_line(sweep: SweepDir, frame: pd.DataFrame) -> str:
+    counts = frame["state"].value_counts().to_dict() if len(frame) else {}
+    return f"{sweep.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))

@@ -1,0 +1,258 @@
+"""The sweep spec: a training config (data, model, train) plus space, search, resources, tracking, storage.
+
+Everything is checked before anything starts; every problem is a ConfigError whose message is one
+line naming the field and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..config import ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict
+
+ALGORITHMS = ("tpe", "gp", "cmaes", "random", "grid")
+SCHEDULERS = ("asha", "fifo")
+RUN_SECTIONS = ("data", "model", "train")
+
+# what a trial reports at an evaluated epoch, by the data it sees
+SEQUENCE_METRICS = ("equivariance_error", "equivariance_ratio", "roll_nll", "roll_nll_gap", "capsule_correlation")
+ALWAYS_METRICS = ("loss", "log_likelihood", "train_loss")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParamSpec(Strict):
+    """One searched config key.
+
+    type int / float: low..high (step, log); categorical: a list of values; preset: named bundles of
+    config values, {name: {key: value}}. `when` samples the key only when other keys have one of the
+    given values; `max_from` caps the upper bound by another key's value; `same_as` copies another
+    key's value instead of sampling.
+    """
+
+    type: Literal["int", "float", "categorical", "preset"] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    values: list[Any] | dict[str, dict[str, Any]] | None = None
+    when: dict[str, list[Any]] | None = None
+    max_from: str | None = None
+    same_as: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> "ParamSpec":
+        if self.same_as is not None:
+            if self.type is not None or self.values is not None or self.low is not None:
+                raise ValueError("same_as copies another key: give it alone")
+            return self
+        if self.type is None:
+            raise ValueError("needs a type: int, float, categorical or preset (or same_as: KEY)")
+        if self.type in ("int", "float"):
+            if self.low is None or self.high is None:
+                raise ValueError(f"type {self.type} needs low and high")
+            if self.low > self.high:
+                raise ValueError(f"empty range: low {self.low:g} > high {self.high:g}")
+            if self.log and self.low <= 0:
+                raise ValueError("a log range needs low > 0")
+            if self.log and self.step is not None:
+                raise ValueError("log and step cannot be combined")
+            if self.step is not None and self.step <= 0:
+                raise ValueError("step must be > 0")
+            if self.type == "int" and any(v is not None and not float(v).is_integer()
+                                          for v in (self.low, self.high, self.step)):
+                raise ValueError("type int needs integer low, high and step")
+            if self.values is not None:
+                raise ValueError(f"type {self.type} takes low/high, not values")
+        else:
+            if not self.values:
+                raise ValueError(f"type {self.type} needs a non-empty list of values")
+            if self.type == "preset" and not isinstance(self.values, dict):
+                raise ValueError("type preset needs values as {name: {config.key: value}}")
+            if self.type == "categorical" and not isinstance(self.values, list):
+                raise ValueError("type categorical needs values as a list")
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError(f"type {self.type} takes values, not low/high/step/log")
+        return self
+
+    def depends_on(self) -> list[str]:
+        keys = list(self.when or {})
+        keys += [k for k in (self.max_from, self.same_as) if k]
+        return keys
+
+
+class SearchSpec(Strict):
+    algorithm: Literal["tpe", "gp", "cmaes", "random", "grid"] = "tpe"
+    metric: str | list[str] = "log_likelihood"
+    mode: Literal["min", "max"] | list[Literal["min", "max"]] = "max"
+    num_trials: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    warm_start: list[dict[str, Any]] = Field(default_factory=list)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    n_startup_trials: int = Field(4, ge=1)
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+
+class ResourcesSpec(Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _gpus(self) -> "ResourcesSpec":
+        if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
+            raise ValueError("gpus_per_trial above 1 must be a whole number")
+        return self
+
+
+class TrackingSpec(Strict):
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str | None = None
+
+
+class StorageSpec(Strict):
+    path: str | None = None  # None: the sweep's folder under the results directory
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class SweepSpec(Strict):
+    name: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    def base_config(self) -> RunConfig:
+        return run_config_from_dict({s: getattr(self, s) for s in RUN_SECTIONS})
+
+    def base_dict(self) -> dict[str, Any]:
+        return {s: dict(getattr(self, s)) for s in RUN_SECTIONS}
+
+
+# ---------------------------------------------------------------- errors as one line
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if first["type"] == "literal_error":
+        return f"{loc}: {msg}, got {first.get('input')!r}"
+    return f"{loc}: {msg}" + (f", got {first['input']!r}" if first["type"].endswith(("_type", "_parsing")) else "")
+
+
+def _unknown_key_hint(raw: dict) -> None:
+    """Names the allowed keys for an unknown one, which pydantic does not."""
+    fields = {"": SweepSpec, "search": SearchSpec, "resources": ResourcesSpec,
+              "tracking": TrackingSpec, "storage": StorageSpec}
+    for section, cls in fields.items():
+        node = raw if not section else raw.get(section)
+        if not isinstance(node, dict):
+            continue
+        for key in node:
+            if key not in cls.model_fields:
+                where = f"{section}.{key}" if section else key
+                raise ConfigError(f"{where}: unknown key; allowed: {', '.join(cls.model_fields)}")
+    for key, param in (raw.get("space") or {}).items():
+        if isinstance(param, dict):
+            for k in param:
+                if k not in ParamSpec.model_fields:
+                    raise ConfigError(f"space.{key}.{k}: unknown key; allowed: {', '.join(ParamSpec.model_fields)}")
+
+
+# ---------------------------------------------------------------- checks across sections
+
+
+def config_keys(run: RunConfig) -> set[str]:
+    return {f"{section}.{key}" for section, values in run.to_dict().items() for key in values}
+
+
+def reported_metrics(run: RunConfig) -> set[str]:
+    metrics = set(ALWAYS_METRICS)
+    if run.data.transforms and run.model.seq_len > 1:
+        metrics |= set(SEQUENCE_METRICS)
+        metrics |= {f"capsule_correlation_{t}" for t in (run.data.test_transforms or run.data.transforms)}
+    return metrics
+
+
+def check_search(spec: SweepSpec, run: RunConfig) -> None:
+    s = spec.search
+    if len(s.metrics) != len(s.modes):
+        raise ConfigError(f"search.mode: give one mode per metric ({len(s.metrics)} metrics, {len(s.modes)} modes)")
+    allowed = reported_metrics(run)
+    for m in s.metrics:
+        if m not in allowed:
+            raise ConfigError(f"search.metric: no trial reports {m!r}; reported: {', '.join(sorted(allowed))}")
+    if s.multi_objective and s.scheduler != "fifo":
+        raise ConfigError(f"search.scheduler: {s.scheduler} stops trials on one metric; with several objectives use fifo")
+    if s.multi_objective and s.algorithm == "cmaes":
+        raise ConfigError("search.algorithm: cmaes has one objective; use tpe, gp or random for a Pareto front")
+    if s.algorithm == "grid":
+        for key, p in spec.space.items():
+            if p.type in ("float",) and p.step is None:
+                raise ConfigError(f"space.{key}: a grid needs finite values: give a step, or use categorical")
+            if p.when:
+                raise ConfigError(f"space.{key}.when: conditions are not supported in a grid; use a preset")
+            if p.log:
+                raise ConfigError(f"space.{key}.log: a grid needs finite values: use categorical")
+
+
+def check_space_keys(spec: SweepSpec, run: RunConfig) -> None:
+    known = config_keys(run)
+    searched = set(spec.space)
+    for key, p in spec.space.items():
+        if p.type == "preset":
+            for name, bundle in p.values.items():
+                for k in bundle:
+                    if k not in known:
+                        raise ConfigError(f"space.{key}.values.{name}.{k}: not a config key")
+        elif key not in known:
+            raise ConfigError(f"space.{key}: not a config key; use section.field, e.g. model.n_caps")
+        for dep in p.depends_on():
+            if dep not in known and dep not in searched:
+                raise ConfigError(f"space.{key}: refers to {dep}, which is not a config key")
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+    """Reads, overrides and checks a spec; raises ConfigError with one line on any problem."""
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    return spec_from_dict(raw)
+
+
+def spec_from_dict(raw: dict) -> SweepSpec:
+    from .space import check_space  # the space module samples; import here to keep this one declarative
+
+    _unknown_key_hint(raw)
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None
+    run = spec.base_config()
+    check_space_keys(spec, run)
+    check_search(spec, run)
+    check_space(spec)
+    return spec

@@ -1,0 +1,68 @@
+"""The Ray Tune function trainable: a small wrapper around the core training loop.
+
+It reports every epoch with a checkpoint, resumes from the checkpoint Tune hands back when a trial
+is retried or the sweep resumed, uses exactly the CPUs and GPUs Ray gives the trial, and gets the
+source images from Ray's object store (put there once by the driver) instead of its closure.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from ..data import build_data
+from ..images import save_traversal
+from ..run import TRAVERSAL_SEQUENCES
+from ..training import Trainer
+from .space import trial_run_config
+
+TRAVERSAL_FILE = "traversal.png"
+
+
+def trial_device(gpus: float) -> torch.device:
+    """The device Ray assigned: a GPU when the trial asked for one, and a clear error if none is visible."""
+    if gpus <= 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"the trial asked for {gpus:g} GPU but this worker sees none "
+                           f"(CUDA_VISIBLE_DEVICES={ray.get_gpu_ids()}); refusing to run on the CPU")
+    return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU
+
+
+def carried_metrics(history: list[dict]) -> dict:
+    """The latest value of every metric so far: evaluated metrics stay in every report."""
+    merged: dict = {}
+    for epoch in history:
+        merged.update(epoch)
+    return merged
+
+
+def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = None) -> None:
+    ctx = tune.get_context()
+    need = ctx.get_trial_resources().required_resources
+    cpus, gpus = need.get("CPU", 1.0), need.get("GPU", 0.0)
+    run = trial_run_config(base, config)
+    run.train.num_threads = max(1, int(cpus))
+    torch.set_num_threads(run.train.num_threads)
+    device = trial_device(gpus)
+
+    data = build_data(run.data, run.model.seq_len, device, run.train.seed, sources=sources)
+    trainer = Trainer(run, data=data, device=device)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            trainer.load_checkpoint(directory)
+    node_id = ray.get_runtime_context().get_node_id()
+
+    for _ in trainer.epochs():
+        with tempfile.TemporaryDirectory() as directory:
+            trainer.save_checkpoint(directory)
+            if trainer.finished:
+                test = trainer.data.test_set()
+                save_traversal(trainer.model, test.x[:TRAVERSAL_SEQUENCES], Path(directory) / TRAVERSAL_FILE)
+            report = {**carried_metrics(trainer.history), "node_id": node_id, "device": str(device)}
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))

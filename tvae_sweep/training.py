@@ -1,0 +1,190 @@
+"""Train and evaluate one configuration on one device; checkpoint and resume exactly.
+
+The same loop serves `tvae-sweep train` and every sweep trial: `Trainer.epochs()` yields one dict
+of metrics per epoch, and `save_checkpoint` / `load_checkpoint` carry the whole state (model,
+optimiser, epoch, RNG states, history), so a resumed run gives the numbers of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from .config import RunConfig
+from .data import SequenceData, build_data
+from .metrics import capsule_correlation, equivariance_error, permute_frames, roll_prediction
+from .model import build_model
+from .seeding import fixed_rng
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class DivergenceError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but no CUDA device is visible to this process")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("train.device is mps but MPS is not available on this machine")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, data: SequenceData | None = None, device: torch.device | None = None):
+        self.cfg = cfg
+        t = cfg.train
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.device = device or resolve_device(t.device)
+        torch.manual_seed(t.seed)
+        self.model = build_model(cfg.model).to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.data = data or build_data(cfg.data, cfg.model.seq_len, self.device, t.seed)
+        self.generator = torch.Generator(self.device).manual_seed(t.seed + 1)
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        if t.optimizer == "adam":
+            return torch.optim.Adam(self.model.parameters(), lr=t.lr)
+        return torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.cfg.data.train_sequences / self.cfg.train.batch_size)
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.train.epochs
+
+    # ------------------------------------------------------------ training
+
+    def train_epoch(self, on_step: Callable[[int, float], None] | None = None) -> dict:
+        t = self.cfg.train
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        for step in range(self.steps_per_epoch):
+            batch = self.data.sample_train(t.batch_size, self.generator)
+            out = self.model(batch.x)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if t.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+            total += out.loss.detach()
+            if on_step is not None:
+                on_step(step, float(out.loss.detach()))
+        train_loss = float(total) / self.steps_per_epoch
+        if not math.isfinite(train_loss):
+            raise DivergenceError(f"non-finite loss at epoch {self.epoch + 1}")
+        return {"train_loss": train_loss}
+
+    def epochs(self, on_step: Callable[[int, float], None] | None = None) -> Iterator[dict]:
+        """Trains the remaining epochs, yielding each epoch's metrics (evaluated ones included)."""
+        while not self.finished:
+            started = time.perf_counter()
+            metrics = self.train_epoch(on_step)
+            self.epoch += 1
+            metrics["train_time_s"] = time.perf_counter() - started
+            if self.epoch % self.cfg.train.eval_every == 0 or self.finished:
+                evaluated = time.perf_counter()
+                metrics.update(self.evaluate())
+                metrics["eval_time_s"] = time.perf_counter() - evaluated
+            metrics = {"epoch": self.epoch, **metrics}
+            self.history.append(metrics)
+            yield metrics
+
+    # ------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Metrics on the fixed test sequences, with their own seeded randomness (training RNG untouched)."""
+        t, model = self.cfg.train, self.model
+        model.eval()
+        with fixed_rng(self.device, t.seed + 2):
+            perm_gen = torch.Generator(self.device).manual_seed(t.seed + 3)
+            sums: dict[str, float] = {}
+            latents, n = [], 0
+            for batch in self.data.test_batches(t.eval_batch_size):
+                b = batch.x.shape[0]
+                n += b
+                out = model(batch.x)
+                parts = {
+                    "loss": out.loss * b,
+                    "log_likelihood": model.log_likelihood(batch.x, t.ll_samples).sum(),
+                }
+                if self.data.seq_len > 1 and self.data.test_factor_names:
+                    tt = out.t
+                    latents.append(tt)
+                    shift = model.metric_shift
+                    roll_nll, self_nll = roll_prediction(model, batch.x, tt, shift)
+                    parts["equivariance_error"] = equivariance_error(tt, shift).sum()
+                    parts["equivariance_error_permuted"] = equivariance_error(permute_frames(tt, perm_gen), shift).sum()
+                    parts["roll_nll"] = roll_nll.sum()
+                    parts["self_nll"] = self_nll.sum()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        out = {k: v / n for k, v in sums.items()}
+        if "equivariance_error" in out:
+            out["equivariance_ratio"] = out["equivariance_error"] / max(out.pop("equivariance_error_permuted"), 1e-12)
+            out["roll_nll_gap"] = out["roll_nll"] - out.pop("self_nll")
+            test = self.data.test_set()
+            out.update(capsule_correlation(torch.cat(latents), test.factor, test.start,
+                                           self.data.test_factor_periods, self.data.test_factor_names))
+        return out
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "data": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "rng": rng,
+            "history": json.dumps(self.history),
+            "config": json.dumps(self.cfg.to_dict()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.history = json.loads(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["data"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """Writes the state atomically (a temporary file renamed into place)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (CHECKPOINT_FILE + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(directory / CHECKPOINT_FILE)
+        return directory
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        path = Path(directory) / CHECKPOINT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint there")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # a truncated or foreign file
+            raise ValueError(f"{path}: not a readable tvae-sweep checkpoint ({type(e).__name__})") from None
+        state["rng"] = {k: v.cpu() for k, v in state["rng"].items()}  # RNG states are CPU byte tensors
+        self.load_state_dict(state)
