@@ -1,0 +1,16 @@
+"""Shared test configs."""
+def tiny_raw(**sections):
+    """A config small enough to train in about a second on one core."""
+    raw = {
+        "data": {"dataset": "mnist5k", "transforms": ["rotation", "hue", "scale"],
+                 "train_sequences": 16, "test_sequences": 8},
+        "model": {"variant": "tvae", "n_caps": 3, "cap_dim": 6, "seq_len": 6, "coherence_window": 3,
+                  "n_off_diag": 1, "shift": 1, "mu_init": 30.0},
+        "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "optimizer": "adam", "seed": 0,
+                  "device": "cpu", "ll_samples": 2, "num_threads": 1},
+    }
+    for section, values in sections.items():
+        raw[section].update(values)
+    return raw
+
+

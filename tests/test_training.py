@@ -1,0 +1,139 @@
+import json
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from tvae_sweep.cli import main
+from tvae_sweep.training import DivergenceError, Trainer
+
+from helpers import tiny_raw
+
+
+def test_loss_falls_on_the_embedded_digits(tiny_config):
+    cfg = tiny_config(train={"epochs": 1, "lr": 3e-3}, data={"train_sequences": 64})
+    trainer = Trainer(cfg)
+    losses = []
+    trainer.train_epoch(on_step=lambda step, loss: losses.append(loss))
+    assert len(losses) == 16
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
+
+
+def test_evaluation_reports_every_metric_and_is_repeatable(tiny_config):
+    # the capsule correlation needs each sequence's canonical frame in view: a full cycle of 18
+    trainer = Trainer(tiny_config(model={"n_caps": 2, "cap_dim": 18, "seq_len": 18, "coherence_window": 5},
+                                  data={"test_sequences": 24}))
+    first, second = trainer.evaluate(), trainer.evaluate()
+    for key in ("loss", "log_likelihood", "equivariance_error", "equivariance_ratio", "roll_nll",
+                "roll_nll_gap", "capsule_correlation"):
+        assert key in first
+    assert first == second  # the fixed test set and its own seeded RNG
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tiny_config, tmp_path):
+    cfg = tiny_config(train={"epochs": 3, "eval_every": 2})
+    straight = Trainer(cfg)
+    history = list(straight.epochs())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert "log_likelihood" in history[1] and "log_likelihood" in history[2] and "log_likelihood" not in history[0]
+
+    first = Trainer(cfg)
+    it = first.epochs()
+    next(it)
+    first.save_checkpoint(tmp_path)
+    resumed = Trainer(cfg)
+    resumed.load_checkpoint(tmp_path)
+    rest = list(resumed.epochs())
+    strip = lambda hs: [{k: v for k, v in h.items() if not k.endswith("time_s")} for h in hs]
+    assert strip(resumed.history) == strip(history)
+    assert [h["epoch"] for h in rest] == [2, 3]
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_corrupt_checkpoint_is_refused_with_its_path(tiny_config, tmp_path):
+    (tmp_path / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="state.pt"):
+        Trainer(tiny_config()).load_checkpoint(tmp_path)
+
+
+def test_a_diverging_run_stops_with_the_epoch(tiny_config):
+    trainer = Trainer(tiny_config(train={"lr": 1e30, "optimizer": "sgd"}))
+    with pytest.raises(DivergenceError, match="non-finite loss at epoch 1"):
+        list(trainer.epochs())
+
+
+@pytest.mark.parametrize("variant,extra", [
+    ("vae", {}),
+    ("tvae", {"shift": 0, "coherence_window": 1}),
+    ("tvae", {"coherence_window": 4, "shift": 2}),
+])
+def test_every_variant_trains_and_evaluates(tiny_config, variant, extra):
+    trainer = Trainer(tiny_config(model={"variant": variant, **extra}, train={"epochs": 1}))
+    (metrics,) = list(trainer.epochs())
+    assert metrics["log_likelihood"] < 0 and metrics["equivariance_error"] > 0
+
+
+def test_tvae2d_trains_on_static_grayscale_digits(tiny_config):
+    cfg = tiny_config(data={"transforms": [], "grayscale": True},
+                      model={"variant": "tvae2d", "n_caps": 1, "cap_dim": 16, "seq_len": 1, "torus_window": 3},
+                      train={"epochs": 1})
+    (metrics,) = list(Trainer(cfg).epochs())
+    assert metrics["log_likelihood"] < 0
+    assert "equivariance_error" not in metrics  # no time axis, no equivariance
+
+
+def write_config(tmp_path, **sections):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(**sections)))
+    return path
+
+
+def test_train_command_writes_config_metrics_checkpoint_and_traversal(tmp_path):
+    config = write_config(tmp_path)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(config), "--output", str(out), "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1]
+    assert metrics["final"]["log_likelihood"] == metrics["epochs"][-1]["log_likelihood"]
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["train"]["epochs"] == 1 and resolved["model"]["image_shape"] == [3, 28, 28]
+    assert (out / "checkpoint" / "state.pt").is_file()
+    assert (out / "traversal.png").read_bytes()[:4] == b"\x89PNG"
+
+    # the same config into the same folder resumes: two more epochs, not three
+    result = CliRunner().invoke(main, ["train", str(config), "--output", str(out), "--set", "train.epochs=3"])
+    assert result.exit_code == 2 and "another config" in result.output  # a different config is refused
+    result = CliRunner().invoke(main, ["train", str(config), "--output", str(out), "--set", "train.epochs=1"])
+    assert result.exit_code == 0
+    assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["epochs"]] == [1]
+
+
+def test_tvae2d_run_draws_its_topographic_map(tmp_path):
+    config = write_config(tmp_path, data={"transforms": [], "grayscale": True},
+                          model={"variant": "tvae2d", "n_caps": 1, "cap_dim": 16, "seq_len": 1, "torus_window": 3})
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(config), "--output", str(out), "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert (out / "topographic_map.png").is_file()
+
+
+@pytest.mark.parametrize("override,field", [
+    ("model.variant=bubble", "model.variant"),
+    ("model.coherence_window=9", "model.coherence_window"),
+    ("train.lr=-1", "train.lr"),
+    ("train.epochs=two", "train.epochs"),
+    ("model.colour=1", "model.colour"),
+    ("data.dataset=cifar", "data.dataset"),
+    ("train.device=tpu", "train.device"),
+    ("data.transforms=[spin]", "data.transforms"),
+])
+def test_bad_config_exits_2_with_one_line_naming_the_field(tmp_path, override, field):
+    config = write_config(tmp_path)
+    result = CliRunner().invoke(main, ["train", str(config), "--output", str(tmp_path / "run"), "--set", override])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.strip().splitlines() if ln]
+    assert len(lines) == 1 and field in lines[0], result.output
+    assert not (tmp_path / "run").exists()
