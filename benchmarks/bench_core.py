@@ -356,9 +356,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, for a smoke check")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of alternating variants (default 15)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {rounds} rounds")
     before = load_average()
     result = run(rounds, batches=(8, 32))

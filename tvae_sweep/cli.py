@@ -230,3 +230,4 @@ def export_best_cmd(name: str, metric: str | None, top: int, out: Path, results_
     frame = trials_frame(sweep.read_state()["experiment_path"])
     for path in export_best(spec, frame, metric or spec.search.metrics[0], top, out):
         click.echo(path)
+

@@ -41,7 +41,7 @@ def trials_frame(path: str) -> pd.DataFrame:
         last = trial.last_result or {}
         row: dict[str, Any] = {"trial_id": trial.trial_id, "state": trial.status}
         row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
-        history = frames.get(trial.storage.trial_fs_path) if trial.storage else None
+        history = frames.get(trial.trial_id)
         for metric in METRIC_MODES:
             if metric in last and _numeric(last[metric]):
                 row[f"final/{metric}"] = last[metric]
@@ -63,8 +63,9 @@ def _error_text(trial) -> str | None:
     """The last line of the trial's error, if it failed."""
     if trial.status != "ERROR":
         return None
-    message = getattr(trial, "error_message", None) or getattr(trial, "error_msg", None) or ""
-    lines = [ln for ln in str(message).strip().splitlines() if ln.strip()]
+    path = Path(trial.path) / "error.txt"
+    message = path.read_text() if path.is_file() else ""
+    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "failed"
 
 

@@ -8,6 +8,7 @@ is sampled in a dry run before a sweep starts, and an impossible combination is 
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any
 
 import optuna
@@ -119,6 +120,7 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     """An explicit, seeded sampler (Optuna's defaults change between releases)."""
     s = spec.search
     if s.algorithm == "tpe":
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # `group`
         return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
                                           multivariate=True, group=True, constant_liar=True)
     if s.algorithm == "gp":

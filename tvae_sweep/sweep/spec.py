@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict
 
@@ -115,11 +115,12 @@ class ResourcesSpec(Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
 
-    @model_validator(mode="after")
-    def _gpus(self) -> "ResourcesSpec":
-        if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
-            raise ValueError("gpus_per_trial above 1 must be a whole number")
-        return self
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and not float(value).is_integer():
+            raise ValueError("above 1 it must be a whole number of GPUs")
+        return value
 
 
 class TrackingSpec(Strict):

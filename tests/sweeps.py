@@ -1,0 +1,50 @@
+"""Helpers to run real sweeps from tests: specs, the CLI as a subprocess, its trials table."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from helpers import tiny_raw
+
+CLI = [sys.executable, "-m", "tvae_sweep"]
+
+
+def sweep_spec(tmp_path: Path, name: str = "spec.yaml", **sections) -> Path:
+    raw = tiny_raw()
+    raw["space"] = {
+        "model.variant": {"type": "categorical", "values": ["vae", "tvae"]},
+        "model.shift": {"type": "int", "low": 0, "high": 2, "when": {"model.variant": ["tvae"]}},
+        "model.cap_dim": {"type": "categorical", "values": [4, 6]},
+        "model.seq_len": {"same_as": "model.cap_dim"},
+        "model.coherence_window": {"type": "int", "low": 1, "high": 6, "max_from": "model.seq_len"},
+        "train.lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
+    }
+    raw["search"] = {"algorithm": "random", "metric": "log_likelihood", "mode": "max", "num_trials": 6,
+                     "max_concurrent": 2, "seed": 0, "scheduler": "asha", "grace_period": 1,
+                     "reduction_factor": 3}
+    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}
+    raw["train"].update(epochs=3)
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def cli_env(**extra) -> dict:
+    env = dict(os.environ, RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", PYTHONUNBUFFERED="1", **extra)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_cli(*args, timeout=600, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=cli_env(**env))
+
+
+def trials(results: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(results / name / "trials.parquet")

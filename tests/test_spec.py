@@ -1,0 +1,169 @@
+"""Sweep specs: what is accepted, what is refused (exit 2, one line naming the field), how spaces sample."""
+import copy
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from helpers import tiny_raw
+
+from tvae_sweep.cli import main
+from tvae_sweep.config import ConfigError
+from tvae_sweep.sweep.space import define_by_run, grid_points, make_sampler, num_trials, trial_run_config
+from tvae_sweep.sweep.spec import spec_from_dict
+
+SPACE = {
+    "model.variant": {"type": "categorical", "values": ["vae", "tvae"]},
+    "model.shift": {"type": "int", "low": 0, "high": 2, "when": {"model.variant": ["tvae"]}},
+    "model.cap_dim": {"type": "categorical", "values": [4, 6]},
+    "model.seq_len": {"same_as": "model.cap_dim"},
+    "model.coherence_window": {"type": "int", "low": 1, "high": 6, "max_from": "model.seq_len"},
+    "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+}
+
+
+def spec_raw(**sections):
+    raw = tiny_raw()
+    raw["space"] = copy.deepcopy(SPACE)
+    raw["search"] = {"algorithm": "tpe", "metric": "log_likelihood", "mode": "max", "num_trials": 4,
+                     "max_concurrent": 2, "seed": 0, "scheduler": "fifo"}
+    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}
+    for key, value in sections.items():
+        raw[key] = value
+    return raw
+
+
+def sample(spec, n, seed=0):
+    study = optuna.create_study(sampler=make_sampler(spec), direction="maximize")
+    dbr = define_by_run(spec)
+    return [dbr(study.ask()) for _ in range(n)]
+
+
+def test_sampled_configs_lie_in_the_space_and_satisfy_the_conditions():
+    spec = spec_from_dict(spec_raw())
+    for config in sample(spec, 40):
+        assert config["model.seq_len"] == config["model.cap_dim"]
+        assert 1 <= config["model.coherence_window"] <= config["model.seq_len"]
+        assert ("model.shift" in config) == (config["model.variant"] == "tvae")
+        assert 1e-4 <= config["train.lr"] <= 1e-2
+        trial_run_config(spec.base_dict(), config)  # valid by construction
+
+
+def test_the_same_seed_samples_the_same_configs():
+    spec = spec_from_dict(spec_raw())
+    assert sample(spec, 12) == sample(spec, 12)
+    other = spec_from_dict(spec_raw(search={**spec_raw()["search"], "seed": 1}))
+    assert sample(other, 12) != sample(spec, 12)
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "gp", "cmaes", "random"])
+def test_every_algorithm_samples_valid_configs(algorithm):
+    raw = spec_raw()
+    raw["search"]["algorithm"] = algorithm
+    spec = spec_from_dict(raw)
+    assert len(sample(spec, 6)) == 6
+
+
+def test_a_grid_of_presets_and_seeds_runs_every_point_once():
+    raw = spec_raw(space={
+        "preset": {"type": "preset", "values": {
+            "vae": {"model.variant": "vae"},
+            "bubble": {"model.coherence_window": 3, "model.shift": 0},
+            "tvae": {"model.coherence_window": 5, "model.shift": 1},
+        }},
+        "train.seed": {"type": "categorical", "values": [0, 1]},
+    })
+    raw["search"]["algorithm"] = "grid"
+    spec = spec_from_dict(raw)
+    assert num_trials(spec) == 6
+    assert grid_points(spec.space) == {"preset": ["vae", "bubble", "tvae"], "train.seed": [0, 1]}
+    configs = sample(spec, 6)
+    assert sorted((c["train.seed"], c.get("model.variant", "tvae"), c.get("model.coherence_window", 3))
+                  for c in configs) == sorted((s, v, w) for s in (0, 1) for v, w in
+                                              (("vae", 3), ("tvae", 3), ("tvae", 5)))
+
+
+def test_warm_start_points_are_checked():
+    raw = spec_raw()
+    raw["search"]["warm_start"] = [{"model.variant": "tvae", "model.cap_dim": 4, "model.coherence_window": 9}]
+    with pytest.raises(ConfigError, match="warm_start"):
+        spec_from_dict(raw)
+
+
+def test_set_reaches_the_search_and_resources_keys(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_raw()))
+    result = CliRunner().invoke(main, [
+        "validate", str(path), "--set", "search.num_trials=7", "--set", "search.max_concurrent=3",
+        "--set", "search.seed=5", "--set", "search.metric=equivariance_ratio", "--set", "search.mode=min",
+        "--set", "search.algorithm=random", "--set", "search.scheduler=asha",
+        "--set", "resources.cpus_per_trial=0.5", "--set", "resources.gpus_per_trial=0.25"])
+    assert result.exit_code == 0, result.output
+    assert "7 trials" in result.output and "random with asha" in result.output
+    assert "equivariance_ratio (min)" in result.output
+
+
+# each broken spec: (change to the valid spec, text the one-line error must contain)
+BROKEN = [
+    (lambda r: r.update(colour=1), "colour: unknown key"),
+    (lambda r: r["search"].update(algorithm="bayes"), "search.algorithm"),
+    (lambda r: r["search"].update(scheduler="hyperband"), "search.scheduler"),
+    (lambda r: r["search"].update(num_trials=0), "search.num_trials"),
+    (lambda r: r["search"].update(num_trials="many"), "search.num_trials"),
+    (lambda r: r["search"].update(metric="accuracy"), "search.metric"),
+    (lambda r: r["search"].update(metric=["log_likelihood", "equivariance_ratio"], mode="max"), "search.mode"),
+    (lambda r: r["search"].update(metric=["log_likelihood", "equivariance_ratio"], mode=["max", "min"],
+                                  scheduler="asha"), "search.scheduler"),
+    (lambda r: r["search"].update(pruner="median"), "search.pruner: unknown key"),
+    (lambda r: r["resources"].update(cpus_per_trial=0), "resources.cpus_per_trial"),
+    (lambda r: r["resources"].update(gpus_per_trial=1.5), "resources.gpus_per_trial"),
+    (lambda r: r["space"].update({"model.n_caps": {"type": "int", "low": 8, "high": 2}}), "empty range"),
+    (lambda r: r["space"].update({"model.n_caps": {"type": "int", "low": 1}}), "needs low and high"),
+    (lambda r: r["space"].update({"model.n_caps": {"type": "integer", "low": 1, "high": 2}}), "space.model.n_caps.type"),
+    (lambda r: r["space"].update({"model.n_caps": {"type": "int", "low": 1, "high": 2, "steps": 1}}), "space.model.n_caps.steps: unknown key"),
+    (lambda r: r["space"].update({"model.colour": {"type": "int", "low": 1, "high": 2}}), "space.model.colour"),
+    (lambda r: r["space"].update({"model.shift": {"type": "int", "low": 0, "high": 1, "when": {"model.kind": ["a"]}}}), "model.kind"),
+    (lambda r: r["space"].update({"model.coherence_window": {"type": "int", "low": 1, "high": 9}}), "impossible"),
+    (lambda r: r["space"].update({"train.lr": {"type": "float", "low": 0, "high": 1, "log": True}}), "log range"),
+    (lambda r: r["space"].update({"model.variant": {"type": "categorical", "values": []}}), "non-empty"),
+    (lambda r: r["space"].update({"model.variant": {"type": "categorical", "values": ["vae", "bubble"]}}), "model.variant"),
+    (lambda r: r["space"].update({"model.seq_len": {"same_as": "model.seq_len"}}), "cycle"),
+    (lambda r: r["model"].update(coherence_window=0), "model.coherence_window"),
+    (lambda r: r["data"].update(dataset="cifar"), "data.dataset"),
+    (lambda r: r["train"].update(optimizer="lbfgs"), "train.optimizer"),
+    (lambda r: r["search"].update(algorithm="grid"), "grid"),
+]
+
+
+@pytest.mark.parametrize("change,expected", BROKEN, ids=[b[1] for b in BROKEN])
+def test_a_broken_spec_is_refused_with_one_line_naming_the_field(tmp_path, change, expected):
+    raw = spec_raw()
+    change(raw)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    for command in (["validate", str(path)], ["launch", str(path), "--results-dir", str(tmp_path / "results")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "results").exists()  # nothing started
+
+
+def test_yaml_syntax_errors_and_missing_files_are_one_line(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("search: {algorithm: tpe\nspace: [")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2 and "YAML syntax error at line" in result.output
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_shipped_specs_are_valid():
+    from pathlib import Path
+
+    specs = sorted(Path(__file__).parent.parent.joinpath("search_spaces").glob("*.yaml"))
+    assert {p.name for p in specs} >= {"capsules.yaml", "smoke.yaml"}
+    for path in specs:
+        result = CliRunner().invoke(main, ["validate", str(path)])
+        assert result.exit_code == 0, (path, result.output)

@@ -1,0 +1,96 @@
+"""A real sweep on a real local Ray: trials, ASHA, the results table, exports, and a name clash."""
+import json
+
+import pytest
+import yaml
+from sweeps import run_cli, sweep_spec, trials
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = sweep_spec(tmp)
+    results = tmp / "results"
+    proc = run_cli("launch", spec, "--name", "e2e", "--results-dir", results)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp, results, proc
+
+
+def test_every_trial_finishes_with_a_config_in_the_space(finished_sweep):
+    _, results, proc = finished_sweep
+    frame = trials(results, "e2e")
+    assert len(frame) == 6
+    assert set(frame["state"]) == {"TERMINATED"}
+    for _, row in frame.iterrows():
+        assert row["config/model.seq_len"] == row["config/model.cap_dim"]
+        assert 1 <= row["config/model.coherence_window"] <= row["config/model.seq_len"]
+        has_shift = row.get("config/model.shift") == row.get("config/model.shift")  # not NaN
+        assert has_shift == (row["config/model.variant"] == "tvae")
+        assert 1e-5 <= row["config/train.lr"] <= 3e-3
+    assert "best trials by log_likelihood" in proc.stdout
+    assert "trials done" in proc.stdout  # the live progress table
+
+
+def test_asha_stops_some_trials_early(finished_sweep):
+    _, results, _ = finished_sweep
+    frame = trials(results, "e2e")
+    assert frame["epochs"].min() < 3 and frame["epochs"].max() == 3
+
+
+def test_results_table_as_csv_and_parquet(finished_sweep):
+    tmp, results, _ = finished_sweep
+    import pandas as pd
+
+    for suffix in (".csv", ".parquet"):
+        out = tmp / f"table{suffix}"
+        proc = run_cli("results", "e2e", "--results-dir", results, "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        frame = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
+        assert len(frame) == 6
+        for column in ("trial_id", "state", "epochs", "time_s", "final/log_likelihood", "best/log_likelihood",
+                       "final/equivariance_error", "config/model.cap_dim", "checkpoint"):
+            assert column in frame.columns
+        assert (frame["best/log_likelihood"] >= frame["final/log_likelihood"] - 1e-9).all()
+        # per-trial histories agree with the table
+        row = frame.iloc[0]
+        history = [json.loads(line) for line in
+                   open(__import__("pathlib").Path(row["checkpoint"]).parent / "result.json")]
+        assert history[-1]["log_likelihood"] == pytest.approx(row["final/log_likelihood"])
+        assert max(h["log_likelihood"] for h in history) == pytest.approx(row["best/log_likelihood"])
+
+
+def test_exported_best_configs_train_as_they_are(finished_sweep):
+    tmp, results, _ = finished_sweep
+    out = tmp / "best"
+    proc = run_cli("export-best", "e2e", "--results-dir", results, "--top", "2", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(out.glob("rank*.yaml"))
+    assert [f.name[:5] for f in files] == ["rank1", "rank2"]
+    frame = trials(results, "e2e")
+    best = frame.sort_values("final/log_likelihood", ascending=False).iloc[0]
+    assert best["trial_id"] in files[0].name
+    exported = yaml.safe_load(files[0].read_text())
+    assert exported["model"]["cap_dim"] == best["config/model.cap_dim"]
+    assert "checkpoint:" in files[0].read_text()
+    proc = run_cli("train", files[0], "--output", tmp / "retrain")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp / "retrain" / "metrics.json").read_text())["final"]["epoch"] == exported["train"]["epochs"]
+
+
+def test_status_and_list_show_the_sweep(finished_sweep):
+    _, results, _ = finished_sweep
+    proc = run_cli("list", "--results-dir", results)
+    assert proc.returncode == 0 and "e2e" in proc.stdout and "finished" in proc.stdout
+    proc = run_cli("status", "e2e", "--results-dir", results)
+    assert proc.returncode == 0 and "MB on disk" in proc.stdout and "TERMINATED" in proc.stdout
+
+
+def test_launching_an_existing_name_never_overwrites_it(finished_sweep):
+    tmp, results, _ = finished_sweep
+    before = (results / "e2e" / "trials.parquet").stat().st_mtime
+    proc = run_cli("launch", sweep_spec(tmp, "again.yaml"), "--name", "e2e", "--results-dir", results)
+    assert proc.returncode == 2
+    assert "tvae-sweep resume e2e" in proc.stderr and "--overwrite" in proc.stderr
+    assert (results / "e2e" / "trials.parquet").stat().st_mtime == before
