@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tvae_sweep import ModelConfig, build_model
-from tvae_sweep.model import Posterior, TopographicVAE
+from tvae_sweep.model import Posterior, TopographicVAE, topographic_energy, window_offsets
 
 from .common import interleaved, machine_line, median, median_ratio, write_section
 
@@ -219,6 +219,59 @@ def gemm_floor(cfg: ModelConfig, n_images: int) -> Callable[[], None]:
     return step
 
 
+def forward_backward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x).loss.backward()
+
+    return step
+
+
+def optimizer_alone(cfg: ModelConfig, x: torch.Tensor) -> Callable[[], None]:
+    """The SGD step of the model's parameters, gradients in place, nothing else."""
+    model = build_model(cfg)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    model(x).loss.backward()
+    optimizer.step()
+    return optimizer.step
+
+
+def energy_matrix(cfg: ModelConfig) -> torch.Tensor:
+    """W of the spec's formula as a dense (S*D, S*D) 0/1 matrix over (frame, position)."""
+    s, d = cfg.seq_len, cfg.cap_dim
+    w = torch.zeros(s * d, s * d)
+    for t in range(s):
+        for p in range(d):
+            for delta in window_offsets(cfg.coherence_window):
+                for e in range(-cfg.n_off_diag, cfg.n_off_diag + 1):
+                    w[t * d + p, ((t + delta) % s) * d + (p + cfg.shift * delta + e) % d] += 1
+    return w
+
+
+def energy_steps(cfg: ModelConfig, batch: int) -> dict[str, Callable[[], None]]:
+    """v = W(u^2) forward and backward on a (B, S, n_caps, cap_dim) u: as the model computes it
+    (sums of rolls) and as one product with the (S*D, S*D) matrix."""
+    shape = (batch, cfg.seq_len, cfg.n_caps, cfg.cap_dim)
+    u = torch.rand(shape, requires_grad=True)
+    w_t = energy_matrix(cfg).t().contiguous()
+
+    def rolls() -> None:
+        topographic_energy(u * u, cfg.coherence_window, cfg.n_off_diag, cfg.shift).sum().backward()
+        u.grad = None
+
+    def matrix() -> None:
+        sq = (u * u).transpose(1, 2).reshape(batch * cfg.n_caps, -1)
+        (sq @ w_t).reshape(batch, cfg.n_caps, cfg.seq_len, cfg.cap_dim).transpose(1, 2).sum().backward()
+        u.grad = None
+
+    with torch.no_grad():
+        a = topographic_energy(u * u, cfg.coherence_window, cfg.n_off_diag, cfg.shift)
+        sq = (u * u).transpose(1, 2).reshape(batch * cfg.n_caps, -1)
+        b = (sq @ w_t).reshape(batch, cfg.n_caps, cfg.seq_len, cfg.cap_dim).transpose(1, 2)
+        torch.testing.assert_close(a, b)
+    return {"energy_rolls": rolls, "energy_matrix": matrix}
+
+
 def step_flops(cfg: ModelConfig, n_images: int) -> float:
     return sum(2 * n_images * i * o * (3 if g else 2) for i, o, g in layer_shapes(cfg))
 
@@ -244,6 +297,10 @@ def step_functions(case: StepCase) -> dict[str, Callable[[], None]]:
            "floor": gemm_floor(case.cfg, case.n_images)}
     if case.cfg.variant != "vae":
         fns["fused"] = train_step(FusedFirstLayerTVAE(case.cfg), case.x)
+    if case.cfg.variant == "tvae":
+        fns["fwd_bwd"] = forward_backward(build_model(case.cfg), case.x)
+        fns["sgd"] = optimizer_alone(case.cfg, case.x)
+        fns.update(energy_steps(case.cfg, case.x.shape[0]))
     return fns
 
 
@@ -307,6 +364,20 @@ def step_table(result: dict) -> tuple[list[str], list[bool]]:
     return lines, met
 
 
+def breakdown_table(result: dict) -> list[str]:
+    times = result["times"]
+    lines = ["| case | dense step | forward+backward | SGD step alone | floor "
+             "| energy W(u^2) fwd+bwd, rolls (as the model) | energy as one matrix product |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for case in result["cases"]:
+        if f"{case.name}|fwd_bwd" not in times:
+            continue
+        cells = [f"{median(times[f'{case.name}|{v}']) * 1e3:.1f}"
+                 for v in ("dense", "fwd_bwd", "sgd", "floor", "energy_rolls", "energy_matrix")]
+        lines.append(f"| {case.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def data_table(result: dict) -> tuple[list[str], list[bool]]:
     times = result["times"]
     lines = ["| sequences/batch | generation seq/s | training seq/s (dense step) | generation/training |",
@@ -338,6 +409,10 @@ def report(result: dict, rounds: int, loads: tuple[str, str]) -> str:
         "Sequence generation (`data.sample_train`) against training at the same batch:",
         "",
         *rates,
+        "",
+        "Where the dense step's time goes, ms (medians, same rounds):",
+        "",
+        *breakdown_table(result),
         "",
         f"Goals: conv/dense >= {SPEEDUP_GOAL:g}, dense/floor <= {FLOOR_GOAL:g}, "
         f"generation/training >= {GENERATION_GOAL:g}. "

@@ -81,6 +81,11 @@ def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: boo
 results_dir_option = click.option(
     "--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Folder of all sweeps [default: $TVAE_SWEEP_RESULTS or ./results].")
+tracking_uri_option = click.option(
+    "--tracking-uri", default=None, metavar="URI",
+    help="MLflow store, e.g. http://mlflow.example:5000 or sqlite:///path/mlflow.db; wins over "
+         "$MLFLOW_TRACKING_URI, which wins over the spec's tracking.uri [default: "
+         "sqlite:///<results-dir>/mlflow.db, artifacts in <results-dir>/mlartifacts].")
 
 
 @main.command()
@@ -105,8 +110,9 @@ def validate(spec_path: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a spec value, e.g. --set search.num_trials=4 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing sweep of the same name.")
+@tracking_uri_option
 def launch(spec_path: Path, name: str | None, results_dir: Path | None, address: str | None,
-           overrides: tuple[str, ...], overwrite: bool) -> None:
+           overrides: tuple[str, ...], overwrite: bool, tracking_uri: str | None) -> None:
     """Run the sweep of SPEC: Optuna proposes configs, Ray Tune runs them as trials."""
     from .config import apply_overrides, read_yaml
     from .sweep.layout import sweep_dir
@@ -117,24 +123,25 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
     spec = spec_from_dict(raw)
     sweep = sweep_dir(results_dir, name or spec.name or spec_path.stem)
     create(spec, sweep, raw, overwrite)
-    _run_sweep(spec, sweep, address, resume=False)
+    _run_sweep(spec, sweep, address, resume=False, tracking_uri=tracking_uri)
 
 
 @main.command()
 @click.argument("name")
 @results_dir_option
 @click.option("--address", default=None, help="Ray cluster to join [default: $RAY_ADDRESS, else a local one].")
-def resume(name: str, results_dir: Path | None, address: str | None) -> None:
+@tracking_uri_option
+def resume(name: str, results_dir: Path | None, address: str | None, tracking_uri: str | None) -> None:
     """Continue a sweep after a crash or Ctrl-C; finished trials are not run again."""
     from .sweep.launch import load_saved_spec
     from .sweep.layout import sweep_dir
 
     sweep = sweep_dir(results_dir, name)
     spec = load_saved_spec(sweep)
-    _run_sweep(spec, sweep, address, resume=True)
+    _run_sweep(spec, sweep, address, resume=True, tracking_uri=tracking_uri)
 
 
-def _run_sweep(spec, sweep, address: str | None, resume: bool) -> None:
+def _run_sweep(spec, sweep, address: str | None, resume: bool, tracking_uri: str | None = None) -> None:
     from .sweep.launch import run
     from .sweep.progress import ProgressTable
     from .sweep.results import trials_frame, write_table
@@ -143,9 +150,28 @@ def _run_sweep(spec, sweep, address: str | None, resume: bool) -> None:
     s = spec.search
     table = ProgressTable(list(spec.space), s.metrics, num_trials(spec))
     click.echo(f"sweep {sweep.name}: {num_trials(spec)} trials, results in {sweep.root}")
-    status = run(spec, sweep, address, resume=resume, callbacks=[table])
+    tracking = None
+    if spec.tracking.enabled:
+        from .tracking.callback import MlflowTracking
+
+        tracking = MlflowTracking.start(spec, sweep, tracking_uri)
+        click.echo(f"MLflow: parent run {tracking.parent_id} in experiment {tracking.experiment!r}, "
+                   f"store {tracking.store.describe()}")
+    elif tracking_uri:
+        click.echo("tvae-sweep: tracking is off in the spec (tracking.enabled: false); --tracking-uri is ignored",
+                   err=True)
+    try:
+        status = run(spec, sweep, address, resume=resume, callbacks=[table] + ([tracking] if tracking is not None else []))
+    except BaseException as e:  # Ctrl-C twice, a lost cluster: no run is left RUNNING
+        if tracking is not None:
+            tracking.close("interrupted", error=e)
+        raise
     frame = trials_frame(sweep.read_state()["experiment_path"])
     write_table(frame, sweep.trials)
+    if tracking is not None:
+        tracking.close(status, frame)
+        click.echo(f"MLflow: sweep and trials in experiment {tracking.experiment!r}, aggregates in "
+                   f"{sweep.root / 'aggregates'}; see them with: tvae-sweep ui {sweep.name}")
     if status != "finished":
         click.echo(f"sweep {sweep.name} stopped before its end; continue it with: tvae-sweep resume {sweep.name}")
         sys.exit(130)
@@ -231,3 +257,83 @@ def export_best_cmd(name: str, metric: str | None, top: int, out: Path, results_
     for path in export_best(spec, frame, metric or spec.search.metrics[0], top, out):
         click.echo(path)
 
+
+
+# ---------------------------------------------------------------- MLflow
+
+def _sweep_store(name: str | None, results_dir: Path | None, tracking_uri: str | None):
+    """(store, experiment name, sweep dir) for NAME, or for the results folder when no NAME is given."""
+    from .sweep.launch import load_saved_spec
+    from .sweep.layout import results_root, sweep_dir
+    from .tracking.store import resolve
+
+    if name is None:
+        return resolve(tracking_uri, None, results_root(results_dir)), None, None
+    sweep = sweep_dir(results_dir, name)
+    spec = load_saved_spec(sweep)
+    t = spec.tracking
+    return resolve(tracking_uri, t.uri, sweep.root.parent, t.artifact_location), t.experiment or sweep.name, sweep
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but localhost exposes the UI (no login) to the network.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--allowed-hosts", default=None, metavar="HOSTS",
+              help="Host headers MLflow accepts when --host is not local [default: this machine's names and addresses].")
+@tracking_uri_option
+@results_dir_option
+def ui(name: str | None, host: str, port: int, allowed_hosts: str | None, tracking_uri: str | None,
+       results_dir: Path | None) -> None:
+    """Start the MLflow UI on the sweeps' store and print the address to open (NAME's experiment
+    when given); Ctrl-C stops it."""
+    from .tracking import store as stores
+    from .tracking.runs import locate
+    from .tracking.ui import serve
+
+    store, experiment, sweep = _sweep_store(name, results_dir, tracking_uri)
+    stores.check(store)
+    page = "/"
+    if sweep is not None:
+        experiment_id, parent = locate(store, experiment, sweep)
+        if experiment_id is None:
+            raise click.UsageError(f"sweep {name} has no MLflow experiment {experiment!r} in {store.describe()}; "
+                                   f"was it launched with another --tracking-uri?")
+        page = f"/experiments/{experiment_id}" + (f"/runs/{parent}" if parent else "")
+        click.echo(f"sweep {name}: experiment {experiment!r} (id {experiment_id}), parent run {parent}")
+    if store.is_server:
+        click.echo(f"the store is an MLflow server already: open {store.uri.rstrip('/')}/#{page}")
+        return
+    code = serve(store, host, port, allowed_hosts, page, echo=click.echo, warn=lambda m: click.echo(m, err=True))
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("name")
+@tracking_uri_option
+@results_dir_option
+def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> None:
+    """Print a sweep's aggregated equivariance results, per searched key, and write them with
+    figures to results/NAME/report.md (tables as parquet in results/NAME/aggregates/)."""
+    from .sweep.launch import load_saved_spec
+    from .sweep.results import trials_frame
+    from .tracking import publish, report as reports
+    from .tracking.runs import locate
+
+    store, experiment, sweep = _sweep_store(name, results_dir, tracking_uri)
+    spec = load_saved_spec(sweep)
+    frame = trials_frame(sweep.read_state()["experiment_path"])
+    result = publish.compute(frame, spec, sweep)
+    mlflow_line = None
+    if spec.tracking.enabled or tracking_uri:
+        if tracking_uri or store.is_server:
+            from .tracking.store import check
+
+            check(store)
+        experiment_id, parent = locate(store, experiment, sweep)
+        if parent:
+            mlflow_line = f"MLflow: parent run {parent} in experiment {experiment!r} (id {experiment_id}), store {store.uri}"
+    text, markdown = reports.render(name, frame, spec, result, mlflow_line)
+    click.echo(text, nl=False)
+    click.echo(f"report: {reports.write(sweep, markdown)}")

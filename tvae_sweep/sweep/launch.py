@@ -113,6 +113,7 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     sweep.write_state(status="running", address=address or os.environ.get("RAY_ADDRESS"), pid=os.getpid())
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        tuner._local_tuner.get_run_config().callbacks = callbacks  # this driver's, not the pickled ones
     else:
         s = spec.search
         single = not s.multi_objective

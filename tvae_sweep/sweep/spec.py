@@ -124,9 +124,15 @@ class ResourcesSpec(Strict):
 
 
 class TrackingSpec(Strict):
+    """MLflow: the store's URI (--tracking-uri and $MLFLOW_TRACKING_URI win over it; default
+    sqlite:///<results>/mlflow.db), the experiment (default: the sweep's name), and where a new
+    experiment keeps its artifacts (default: <results>/mlartifacts for SQLite, the server's choice
+    for an http:// server)."""
+
     enabled: bool = True
     uri: str | None = None
     experiment: str | None = None
+    artifact_location: str | None = None
 
 
 class StorageSpec(Strict):

@@ -15,12 +15,13 @@ import torch
 from ray import tune
 
 from ..data import build_data
-from ..images import save_traversal
+from ..images import save_topographic_map, save_traversal
 from ..run import TRAVERSAL_SEQUENCES
 from ..training import Trainer
 from .space import trial_run_config
 
 TRAVERSAL_FILE = "traversal.png"
+TOPOGRAPHIC_MAP_FILE = "topographic_map.png"
 
 
 def trial_device(gpus: float) -> torch.device:
@@ -64,5 +65,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = Non
             if trainer.finished:
                 test = trainer.data.test_set()
                 save_traversal(trainer.model, test.x[:TRAVERSAL_SEQUENCES], Path(directory) / TRAVERSAL_FILE)
+                if run.model.variant == "tvae2d":
+                    save_topographic_map(trainer.model, test.x, test.label, Path(directory) / TOPOGRAPHIC_MAP_FILE)
             report = {**carried_metrics(trainer.history), "node_id": node_id, "device": str(device)}
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -1,0 +1,60 @@
+"""A sweep whose launch process is killed with SIGKILL midway, then resumed."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from sweeps import CLI, cli_env, run_cli, sweep_spec, trials
+
+pytestmark = pytest.mark.slow
+
+
+def finished_trials(experiment, epochs=3):
+    """Trial folder -> its reported epochs, for trials that reported their final epoch."""
+    done = {}
+    for folder in experiment.glob("train_trial_*"):
+        result = folder / "result.json"
+        if result.is_file():
+            lines = [json.loads(ln) for ln in result.read_text().splitlines() if ln.strip()]
+            if lines and lines[-1]["epoch"] == epochs:
+                done[folder.name] = [ln["epoch"] for ln in lines]
+    return done
+
+
+def test_resume_after_sigkill_keeps_finished_trials_and_completes_the_rest(tmp_path):
+    spec = sweep_spec(tmp_path, search={"num_trials": 4, "max_concurrent": 1, "scheduler": "fifo"})
+    results = tmp_path / "results"
+    experiment = results / "killed" / "tune"
+    proc = subprocess.Popen([*CLI, "launch", str(spec), "--name", "killed", "--results-dir", str(results)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(),
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not finished_trials(experiment) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.5)
+    time.sleep(3)  # let the driver save the experiment state once more
+    before = finished_trials(experiment)
+    assert 1 <= len(before) < 4
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    resumed = run_cli("resume", "killed", "--results-dir", results)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    frame = trials(results, "killed")
+    assert len(frame) == 4 and set(frame["state"]) == {"TERMINATED"}
+    after = finished_trials(experiment)
+    assert len(after) == 4
+    for name, epochs in before.items():
+        assert after[name] == epochs  # a finished trial was not run again
+    for epochs in after.values():
+        assert epochs == [1, 2, 3]  # no epoch missing or repeated
+    state = json.loads((results / "killed" / "sweep.json").read_text())
+    assert state["status"] == "finished"
+
+
+def test_resume_of_an_unknown_sweep_is_one_line(tmp_path):
+    proc = run_cli("resume", "nothing", "--results-dir", tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "no sweep named 'nothing'" in proc.stderr

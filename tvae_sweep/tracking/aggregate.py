@@ -1,0 +1,174 @@
+"""Which topographic structure gives equivariant capsules: the sweep's metrics per searched axis.
+
+Input is a trials frame (one row per trial: trial_id, state, config/<key>, final/<metric>), as
+`tvae_sweep.sweep.results.trials_frame` writes it or `frame_from_trials` builds it from live Ray
+trials. For each searched key, over the finished trials: mean, std, best and count of each metric
+per value of the key. Continuous keys with many values are cut into quantile bins.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..sweep.results import metric_mode
+from ..sweep.spec import ParamSpec, SweepSpec
+
+METRICS = ("equivariance_error", "equivariance_ratio", "log_likelihood", "roll_nll_gap", "capsule_correlation")
+FINISHED = "TERMINATED"
+MAX_VALUES = 8  # a numeric key with more distinct values than this is binned
+BINS = 5
+STATS = ("mean", "std", "best", "count")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def frame_from_trials(trials, finished_ids: set[str] = frozenset()) -> pd.DataFrame:
+    """A trials frame from Ray Trial objects; trials in `finished_ids` count as finished even if
+    Ray has not marked them yet (on_trial_complete runs before it does)."""
+    rows = []
+    for trial in trials:
+        last = trial.last_result or {}
+        state = FINISHED if trial.trial_id in finished_ids else trial.status
+        row: dict[str, Any] = {"trial_id": trial.trial_id, "state": state}
+        row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
+        for key, value in last.items():
+            if key in METRICS and _number(value):
+                row[f"final/{key}"] = float(value)
+        row["epochs"] = last.get("training_iteration", 0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def finished(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty or "state" not in frame:
+        return frame.iloc[0:0]
+    return frame[frame["state"] == FINISHED]
+
+
+def reported_metrics(frame: pd.DataFrame) -> list[str]:
+    """The aggregated metrics that at least one trial of the frame reports."""
+    return [m for m in METRICS if f"final/{m}" in frame and frame[f"final/{m}"].notna().any()]
+
+
+def preset_name(row: pd.Series, bundles: dict[str, dict[str, Any]]) -> str | None:
+    """The preset whose values all match the trial's config."""
+    for name, bundle in bundles.items():
+        if all(_same(row.get(f"config/{k}"), v) for k, v in bundle.items()):
+            return name
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if _number(a) and _number(b):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def axis_values(frame: pd.DataFrame, key: str, param: ParamSpec) -> pd.Series:
+    """The value of searched key `key` for each trial; binned labels for continuous keys.
+
+    NaN (or None) where the key was not sampled (a `when` condition did not hold)."""
+    if param.type == "preset":
+        return frame.apply(lambda row: preset_name(row, param.values), axis=1).astype(object)
+    column = f"config/{key}"
+    if column not in frame:
+        return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    values = frame[column]
+    present = values.dropna()
+    if len(present) and all(_number(v) for v in present):
+        values = pd.to_numeric(values)
+        if present.nunique() > MAX_VALUES:
+            return _bins(values)
+        if all(float(v).is_integer() for v in present) and param.type != "float":
+            return values.astype("Int64")
+        return values
+    return values.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(object)
+
+
+def _bins(values: pd.Series) -> pd.Series:
+    """Quantile bins labelled 'low..high', ordered by their lower edge."""
+    cut = pd.qcut(values, q=BINS, duplicates="drop")
+    labels = {iv: f"{iv.left:.3g}..{iv.right:.3g}" for iv in cut.cat.categories}
+    return pd.Series(pd.Categorical(cut.map(labels), categories=list(labels.values()), ordered=True),
+                     index=values.index)
+
+
+def axis_table(frame: pd.DataFrame, key: str, param: ParamSpec) -> pd.DataFrame:
+    """Rows (value of `key`, metric) with the mean, std, best and count of the finished trials."""
+    done = finished(frame)
+    metrics = reported_metrics(done)
+    columns = [key, "metric", *STATS]
+    if done.empty or not metrics:
+        return pd.DataFrame(columns=columns)
+    values = axis_values(done, key, param)
+    rows = []
+    for value, group in done.groupby(values, dropna=False, sort=True, observed=True):
+        for metric in metrics:
+            series = group[f"final/{metric}"].dropna().astype(float)
+            rows.append({
+                key: value, "metric": metric,
+                "mean": series.mean() if len(series) else np.nan,
+                "std": series.std(ddof=1) if len(series) > 1 else np.nan,
+                "best": _best(series, metric),
+                "count": int(len(series)),
+            })
+    table = pd.DataFrame(rows, columns=columns)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        table[key] = table[key].astype(str)
+    table["count"] = table["count"].astype("int64")
+    return table
+
+
+def _best(series: pd.Series, metric: str) -> float:
+    if series.empty:
+        return np.nan
+    return float(series.max() if metric_mode(metric) == "max" else series.min())
+
+
+def axis_tables(frame: pd.DataFrame, spec: SweepSpec) -> dict[str, pd.DataFrame]:
+    """One table per searched key of the spec."""
+    return {key: axis_table(frame, key, param) for key, param in spec.space.items()}
+
+
+def best_trial(frame: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    """The finished trial with the best final `metric`."""
+    done = finished(frame)
+    column = f"final/{metric}"
+    if column not in done:
+        return None
+    scores = done[column].dropna()
+    scores = scores[np.isfinite(scores.astype(float))]
+    if scores.empty:
+        return None
+    return done.loc[scores.idxmax() if mode == "max" else scores.idxmin()]
+
+
+def ranked(frame: pd.DataFrame, metric: str, mode: str, top: int) -> pd.DataFrame:
+    """The `top` finished trials by final `metric`, best first."""
+    done = finished(frame)
+    column = f"final/{metric}"
+    if column not in done:
+        return done.iloc[0:0]
+    done = done[done[column].notna()]
+    return done.sort_values(column, ascending=mode == "min").head(top)
+
+
+def pareto_front(frame: pd.DataFrame, x: str = "equivariance_ratio", y: str = "log_likelihood") -> pd.DataFrame:
+    """Finished trials that no other trial beats on both `x` (lower is better) and `y` (higher is
+    better), ordered by `x`."""
+    done = finished(frame)
+    if f"final/{x}" not in done or f"final/{y}" not in done:
+        return done.iloc[0:0]
+    points = done[done[f"final/{x}"].notna() & done[f"final/{y}"].notna()]
+    points = points.sort_values([f"final/{x}", f"final/{y}"], ascending=[True, False])
+    keep, best_y = [], -math.inf
+    for index, row in points.iterrows():
+        if row[f"final/{y}"] > best_y:
+            keep.append(index)
+            best_y = row[f"final/{y}"]
+    return points.loc[keep]

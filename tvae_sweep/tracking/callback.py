@@ -1,0 +1,299 @@
+"""The driver-side Ray Tune callback that keeps MLflow in step with a sweep.
+
+`MlflowTracking.start` opens the store and the sweep's parent run before Ray starts (so a store that
+cannot be reached is a one-line error), the Tune hooks log each trial into its child run, and `close`
+settles every status once `run` has returned: FINISHED, FAILED (with the reason), KILLED.
+
+Trials never talk to MLflow: they report to the driver, and their pictures are read from the
+checkpoints they write to the sweep's storage path (a local folder, NFS, or an object store).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
+
+from ..config import ConfigError
+from ..sweep.layout import SweepDir
+from ..sweep.space import num_trials, trial_run_config
+from ..sweep.spec import SweepSpec
+from . import publish, store as stores
+from .aggregate import FINISHED as RAY_FINISHED, frame_from_trials
+from .runs import ERROR, FAILED, FINISHED, KILLED, NOTE, RUNNING, Child, SweepRuns, flatten, launch_id
+
+IMAGES = ("traversal.png", "topographic_map.png")  # read from a trial's checkpoint when present
+NOT_METRICS = set(AUTO_RESULT_KEYS) | {DONE, SHOULD_CHECKPOINT, TRIAL_ID, EXPERIMENT_TAG, "node_id", "device"}
+RAY_ERROR = "ERROR"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def first_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+def last_line(text: str) -> str:
+    """The last line of a traceback: the exception and its message."""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "failed"
+
+
+def parent_params(spec: SweepSpec) -> dict[str, str]:
+    """The searched axes and the search settings."""
+    params = {f"space.{key}": json.dumps(p.model_dump(exclude_none=True, exclude_defaults=True))
+              for key, p in spec.space.items()}
+    for section in ("search", "resources"):
+        for key, value in getattr(spec, section).model_dump().items():
+            params[f"{section}.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    params["num_trials"] = str(num_trials(spec))
+    return params
+
+
+def checkpoint_location(checkpoint) -> str:
+    kind = getattr(checkpoint.filesystem, "type_name", "local")
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+def copy_from_checkpoint(checkpoint, name: str, target: Path) -> bool:
+    """Copies one file of a checkpoint (on any pyarrow filesystem) to `target`, if it is there."""
+    import pyarrow.fs
+
+    source = f"{checkpoint.path.rstrip('/')}/{name}"
+    if checkpoint.filesystem.get_file_info(source).type != pyarrow.fs.FileType.File:
+        return False
+    with checkpoint.filesystem.open_input_stream(source) as stream:
+        target.write_bytes(stream.read())
+    return True
+
+
+class MlflowTracking(Callback):
+    def __init__(self, store: stores.Store, experiment: str, spec: SweepSpec, sweep: SweepDir,
+                 figure_interval: float = 30.0):
+        self.store = store
+        self.experiment = experiment
+        self.spec = spec
+        self.sweep = sweep
+        self.figure_interval = figure_interval  # figures are redrawn at most this often during a sweep
+        self.runs: SweepRuns | None = None
+        self.children: dict[str, Child] = {}
+        self.finished: set[str] = set()
+        self.parent_step = 0
+        self.last_figures = 0.0
+        self.warned = False
+
+    # Ray pickles the run config (with its callbacks) into the experiment: keep only the settings.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(runs=None, children={}, finished=set())
+        return state
+
+    # ------------------------------------------------------------ opening and closing
+
+    @classmethod
+    def start(cls, spec: SweepSpec, sweep: SweepDir, uri_option: str | None = None) -> "MlflowTracking":
+        """Resolves the store (option > $MLFLOW_TRACKING_URI > spec > default), then opens the
+        sweep's parent run, finding it again if the sweep ran before."""
+        store = stores.resolve(uri_option, spec.tracking.uri, sweep.root.parent, spec.tracking.artifact_location)
+        tracking = cls(store, spec.tracking.experiment or sweep.name, spec, sweep)
+        tracking.open()
+        return tracking
+
+    def open(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        stores.check(self.store)
+        try:
+            client = stores.client(self.store)
+            experiment_id = stores.experiment_id(client, self.experiment, self.store.artifact_root)
+            self.runs = SweepRuns(client, experiment_id, self.sweep.name, launch_id(self.sweep))
+            created = self.runs.open_parent(self.sweep.name, self.parent_tags(), parent_params(self.spec),
+                                            [self.sweep.spec] if self.sweep.spec.is_file() else [])
+        except (MlflowException, OSError) as e:
+            raise ConfigError(f"tracking store {self.store.describe()}: {first_line(str(e))}") from None
+        if not created:
+            history = client.get_metric_history(self.runs.parent_id, "finished_trials")
+            self.parent_step = max((m.step for m in history), default=0)
+
+    def parent_tags(self) -> dict[str, str]:
+        state = self.sweep.read_state()
+        s = self.spec.search
+        searched = ", ".join(self.spec.space) or "the base config"
+        note = (f"Sweep **{self.sweep.name}**: {num_trials(self.spec)} trials of {searched} by {s.algorithm} "
+                f"with {s.scheduler}, optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes))}. "
+                f"Results in `{self.sweep.root}`, Ray experiment `{state.get('experiment_path')}`.")
+        return {"tvae_sweep.experiment_path": str(state.get("experiment_path")),
+                "tvae_sweep.results": str(self.sweep.root), NOTE: note}
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.runs.parent_id if self.runs else None
+
+    def close(self, status: str, frame: pd.DataFrame | None = None, error: BaseException | None = None) -> None:
+        """Settles every run after the sweep stopped: children by their trial's state (unfinished
+        ones KILLED), the final aggregates on the parent, the parent FINISHED, KILLED or FAILED."""
+        if self.runs is None:
+            return
+        with self.guard("close"):  # the parent is closed even if the aggregates fail
+            if frame is None:
+                from ..sweep.results import trials_frame
+
+                frame = trials_frame(self.sweep.read_state()["experiment_path"])
+            self.settle_children(frame)
+            self.publish(frame, final=True)
+        with self.guard("close"):
+            if error is not None and not isinstance(error, KeyboardInterrupt):
+                self.runs.set_tags(self.parent_id, {ERROR: first_line(f"{type(error).__name__}: {error}")})
+                self.runs.set_status(self.parent_id, FAILED)
+            else:
+                self.runs.set_status(self.parent_id, FINISHED if status == "finished" else KILLED)
+
+    def settle_children(self, frame: pd.DataFrame) -> None:
+        states = dict(zip(frame["trial_id"], frame["state"])) if len(frame) else {}
+        for run in self.runs.children():
+            if run.info.status != RUNNING:
+                continue
+            state = states.get(run.data.tags.get("tvae_sweep.trial_id"))
+            status = FINISHED if state == RAY_FINISHED else FAILED if state == RAY_ERROR else KILLED
+            self.runs.set_status(run.info.run_id, status)
+
+    # ------------------------------------------------------------ Tune hooks
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        with self.guard("on_trial_start"):
+            self.mark_running(self.child(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        with self.guard("on_trial_result"):
+            child = self.child(trial)
+            self.mark_running(child)
+            step = int(result.get("epoch") or result.get("training_iteration") or 0)
+            metrics = {k: v for k, v in result.items() if k not in NOT_METRICS and _number(v)}
+            tags = {k: result[r] for k, r in (("ray.node_id", "node_id"), ("ray.hostname", "hostname"),
+                                              ("tvae_sweep.device", "device")) if result.get(r)}
+            self.runs.log_step(child, step, metrics, tags)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        with self.guard("on_checkpoint"):
+            child = self.child(trial)
+            self.runs.set_tags(child.run_id, {"tvae_sweep.checkpoint": checkpoint_location(checkpoint)})
+            with tempfile.TemporaryDirectory() as tmp:
+                for name in IMAGES:
+                    local = Path(tmp) / name
+                    if copy_from_checkpoint(checkpoint, name, local):
+                        self.runs.put_file(child.run_id, local)
+                        if name == publish.TRAVERSAL_FILE:
+                            cached = publish.cached_traversal(self.sweep, trial.trial_id)
+                            cached.parent.mkdir(parents=True, exist_ok=True)
+                            cached.write_bytes(local.read_bytes())
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        with self.guard("on_trial_complete"):
+            child = self.child(trial)
+            epochs = (trial.last_result or {}).get("training_iteration", 0)
+            if epochs < self.spec.base_config().train.epochs:
+                self.runs.set_tags(child.run_id, {"tvae_sweep.stopped_early": f"by the scheduler after {epochs} epochs"})
+            self.runs.set_status(child.run_id, FINISHED)
+            child.status = FINISHED
+            self.finished.add(trial.trial_id)
+            self.publish(frame_from_trials(trials, self.finished), final=False)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        with self.guard("on_trial_recover"):
+            child = self.child(trial)
+            self.runs.set_tags(child.run_id, {"tvae_sweep.retries": trial.num_failures,
+                                              "tvae_sweep.last_error": self.error_reason(trial)})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        with self.guard("on_trial_error"):
+            child = self.child(trial)
+            text = trial.get_error() or ""
+            self.runs.set_tags(child.run_id, {ERROR: self.error_reason(trial)})
+            if text:
+                self.runs.client.log_text(child.run_id, text, "error.txt")
+            self.runs.set_status(child.run_id, FAILED)
+            child.status = FAILED
+
+    def on_experiment_end(self, trials, **info):
+        with self.guard("on_experiment_end"):
+            for trial in trials:
+                child = self.children.get(trial.trial_id)
+                if child is not None and child.status == RUNNING and trial.status not in (RAY_FINISHED, RAY_ERROR):
+                    self.runs.set_status(child.run_id, KILLED)
+                    child.status = KILLED
+
+    # ------------------------------------------------------------ helpers
+
+    def child(self, trial) -> Child:
+        """The trial's run: cached, else found by its trial id under the parent, else created."""
+        child = self.children.get(trial.trial_id)
+        if child is None:
+            try:
+                config = flatten(trial_run_config(self.spec.base_dict(), trial.config).to_dict())
+            except ConfigError:
+                config = {k: str(v) for k, v in trial.config.items()}
+            searched = ", ".join(f"{k}={v}" for k, v in sorted(trial.config.items()))
+            tags = {"ray.trial_name": str(trial), "ray.trial_path": str(trial.path),
+                    "tvae_sweep.searched": searched}
+            child = self.runs.child(trial.trial_id, f"trial-{trial.trial_id}", tags, config)
+            self.children[trial.trial_id] = child
+        return child
+
+    def mark_running(self, child: Child) -> None:
+        if child.status != RUNNING:
+            self.runs.set_status(child.run_id, RUNNING)
+            child.status = RUNNING
+
+    @staticmethod
+    def error_reason(trial) -> str:
+        try:
+            return last_line(trial.get_error() or "failed")
+        except Exception:  # the error file may be gone
+            return "failed"
+
+    def publish(self, frame: pd.DataFrame, final: bool) -> None:
+        """Aggregates to the results folder and the parent run; figures at most every figure_interval."""
+        draw = final or time.monotonic() - self.last_figures >= self.figure_interval
+        result = publish.compute(frame, self.spec, self.sweep, figures=draw)
+        if draw:
+            self.last_figures = time.monotonic()
+        step = result.finished if result.finished > self.parent_step else None
+        publish.log_on_parent(self.runs, result, step)
+        if step is not None:
+            self.parent_step = step
+
+    def guard(self, hook: str):
+        """Tracking problems are reported, never allowed to stop the sweep."""
+        return _Guard(self, hook)
+
+    def warn(self, hook: str, error: BaseException) -> None:
+        print(f"tvae-sweep: tracking: {hook} failed: {type(error).__name__}: {first_line(str(error))}",
+              file=sys.stderr, flush=True)
+        if not self.warned:
+            import traceback
+
+            traceback.print_exception(error, file=sys.stderr)
+            self.warned = True
+
+
+class _Guard:
+    def __init__(self, tracking: MlflowTracking, hook: str):
+        self.tracking, self.hook = tracking, hook
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is not None and isinstance(error, Exception):
+            self.tracking.warn(self.hook, error)
+            return True
+        return False

@@ -1,0 +1,118 @@
+"""Figures of a sweep's results, drawn with matplotlib's Agg canvas (no display, no pyplot state)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..sweep.spec import SweepSpec
+from .aggregate import axis_values, finished, pareto_front, reported_metrics
+
+NOT_SAMPLED = "(not sampled)"
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def pareto_figure(frame: pd.DataFrame) -> Figure | None:
+    """Log-likelihood against equivariance ratio, the Pareto front (high likelihood, low ratio) drawn."""
+    done = finished(frame)
+    x, y = "final/equivariance_ratio", "final/log_likelihood"
+    if x not in done or y not in done or done[[x, y]].dropna().empty:
+        return None
+    points = done[[x, y, "trial_id"]].dropna()
+    front = pareto_front(done)
+    fig = _figure(6, 4.5)
+    ax = fig.add_subplot()
+    ax.scatter(points[x], points[y], s=25, color="0.6", label="finished trials")
+    ax.plot(front[x], front[y], "o-", color="tab:red", drawstyle="steps-post", label="Pareto front")
+    for _, row in front.iterrows():
+        ax.annotate(row["trial_id"], (row[x], row[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("equivariance ratio (lower: rolls with the transformation)")
+    ax.set_ylabel("log-likelihood (nats per image)")
+    ax.set_title(f"Likelihood against equivariance, {len(points)} trials")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def axes_figure(frame: pd.DataFrame, spec: SweepSpec) -> Figure | None:
+    """Each metric (rows) against each searched key (columns): trials as dots, the mean as a line."""
+    done = finished(frame)
+    metrics = reported_metrics(done)
+    keys = list(spec.space)
+    if done.empty or not metrics or not keys:
+        return None
+    fig = _figure(2.6 * len(keys) + 0.8, 2.1 * len(metrics) + 0.6)
+    grid = fig.subplots(len(metrics), len(keys), squeeze=False)
+    rng = np.random.default_rng(0)
+    for j, key in enumerate(keys):
+        labels = axis_values(done, key, spec.space[key]).map(lambda v: NOT_SAMPLED if pd.isna(v) else v)
+        order = _order(labels)
+        position = labels.map({v: i for i, v in enumerate(order)}).astype(float)
+        for i, metric in enumerate(metrics):
+            ax = grid[i][j]
+            values = done[f"final/{metric}"]
+            jitter = rng.uniform(-0.12, 0.12, len(position))
+            ax.scatter(position + jitter, values, s=14, alpha=0.7)
+            means = values.groupby(position).mean()
+            ax.plot(means.index, means.values, "_-", color="tab:red", markersize=14)
+            ax.set_xticks(range(len(order)), [_short(v) for v in order], fontsize=7, rotation=30)
+            ax.tick_params(axis="y", labelsize=7)
+            if j == 0:
+                ax.set_ylabel(metric, fontsize=8)
+            if i == len(metrics) - 1:
+                ax.set_xlabel(key, fontsize=8)
+            ax.grid(alpha=0.3)
+    fig.suptitle(f"Final metrics per searched value ({len(done)} finished trials)", fontsize=10)
+    return fig
+
+
+def _order(labels: pd.Series) -> list:
+    present = list(dict.fromkeys(labels))
+    if isinstance(labels.dtype, pd.CategoricalDtype):
+        return [c for c in labels.cat.categories if c in present]
+    tail = [NOT_SAMPLED] if NOT_SAMPLED in present else []
+    rest = [v for v in present if v != NOT_SAMPLED]
+    try:
+        rest = sorted(rest)
+    except TypeError:
+        rest = sorted(rest, key=str)
+    return rest + tail
+
+
+def _short(value) -> str:
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 14 else text[:13] + "…"
+
+
+def traversals_figure(images: list[tuple[str, Path]]) -> Figure | None:
+    """Traversal pictures of the best trials side by side, each titled with its trial and score."""
+    from PIL import Image
+
+    images = [(title, Path(p)) for title, p in images if p and Path(p).is_file()]
+    if not images:
+        return None
+    pictures = [np.asarray(Image.open(p).convert("RGB")) for _, p in images]
+    height = max(p.shape[0] for p in pictures)
+    width = sum(p.shape[1] for p in pictures)
+    scale = min(1.0, 14 / (width / 100 + 0.5 * len(pictures)))
+    fig = _figure(scale * (width / 100 + 0.5 * len(pictures)), scale * (height / 100) + 0.6)
+    for ax, (title, _), picture in zip(fig.subplots(1, len(pictures), squeeze=False)[0], images, pictures):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    return fig

@@ -1,0 +1,92 @@
+"""`tvae-sweep report`: the aggregated tables in the terminal and as markdown (results/<name>/report.md)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..sweep.layout import SweepDir
+from ..sweep.spec import SweepSpec
+from .aggregate import STATS
+from .publish import FOLDER, Aggregates, objective
+
+NOT_SAMPLED = "(not sampled)"
+FIGURES = (("pareto.png", "Likelihood against equivariance ratio (Pareto front)"),
+           ("metrics_by_axis.png", "Each metric against each searched key"),
+           ("best_traversals.png", "Traversals of the best trials"))
+
+
+def fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def rows(table: pd.DataFrame, key: str) -> list[list[str]]:
+    """Table cells, the searched value shown once per group of metrics."""
+    out, previous = [], object()
+    for _, row in table.iterrows():
+        value = row[key]
+        shown = NOT_SAMPLED if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) else fmt(value)
+        out.append([shown if shown != previous else "", row["metric"], *(fmt(row[s]) for s in STATS)])
+        previous = shown
+    return out
+
+
+def text_table(table: pd.DataFrame, key: str) -> str:
+    header = [key, "metric", *STATS]
+    cells = rows(table, key)
+    if not cells:
+        return f"{key}: no finished trial yet"
+    widths = [max(len(c) for c in column) for column in zip(header, *cells)]
+    align = lambda row: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    return "\n".join([align(header), align(["-" * w for w in widths]), *map(align, cells)])
+
+
+def markdown_table(table: pd.DataFrame, key: str) -> str:
+    cells = rows(table, key)
+    if not cells:
+        return "No finished trial yet."
+    header = [f"`{key}`", "metric", *STATS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * len(STATS)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def summary(frame: pd.DataFrame, spec: SweepSpec, result: Aggregates) -> list[str]:
+    counts = frame["state"].value_counts().to_dict() if len(frame) else {}
+    lines = [f"{len(frame)} trials: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none")]
+    metric, mode = objective(spec)
+    if result.best is not None:
+        best = result.best
+        config = ", ".join(f"{k.removeprefix('config/')}={fmt(v)}" for k, v in best.items()
+                           if k.startswith("config/") and fmt(v) != "-")
+        lines.append(f"best trial by {metric} ({mode}): {best['trial_id']}, {metric} {fmt(best[f'final/{metric}'])}; {config}")
+    return lines
+
+
+def render(name: str, frame: pd.DataFrame, spec: SweepSpec, result: Aggregates,
+           mlflow_line: str | None) -> tuple[str, str]:
+    """(terminal text, markdown) of a sweep's aggregated results."""
+    head = summary(frame, spec, result) + ([mlflow_line] if mlflow_line else [])
+    text = [f"sweep {name}", *head, ""]
+    md = [f"# Sweep {name}", "", *(f"- {line}" for line in head), "",
+          "Over finished trials, per searched value: mean, standard deviation, best and count of each "
+          "final metric (lower equivariance error, ratio and roll NLL gap are better; higher "
+          "log-likelihood and capsule correlation are better).", ""]
+    for key, table in result.tables.items():
+        text += [text_table(table, key), ""]
+        md += [f"## {key}", "", markdown_table(table, key), ""]
+    for file, title in FIGURES:
+        if file in result.figures:
+            md += [f"## {title}", "", f"![{title}]({FOLDER}/{file})", ""]
+    return "\n".join(text).rstrip() + "\n", "\n".join(md).rstrip() + "\n"
+
+
+def write(sweep: SweepDir, markdown: str) -> Path:
+    path = sweep.root / "report.md"
+    path.write_text(markdown)
+    return path
