@@ -1,0 +1,33 @@
+# Setup and the two jobs a newcomer runs:
+#   make sweep   the headline sweep on the embedded digits (tvae-sweep launch search_spaces/capsules.yaml)
+#   make test    the test suite
+# Both create .venv with the pinned versions of constraints.txt first (about 2 minutes, once).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup sweep smoke test benchmark clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+sweep: setup
+	$(BIN)/tvae-sweep launch search_spaces/capsules.yaml
+
+smoke: setup
+	$(BIN)/tvae-sweep launch search_spaces/smoke.yaml --overwrite
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+benchmark: setup
+	$(BIN)/python -m benchmarks.bench_core
+
+clean:
+	rm -rf $(VENV) .pytest_cache
