@@ -14,3 +14,14 @@ def tiny_raw(**sections):
     return raw
 
 
+
+
+# a space with every kind of key: a condition, a tie, a bound taken from another key, a log range
+SPACE = {
+    "model.variant": {"type": "categorical", "values": ["vae", "tvae"]},
+    "model.shift": {"type": "int", "low": 0, "high": 2, "when": {"model.variant": ["tvae"]}},
+    "model.cap_dim": {"type": "categorical", "values": [4, 6]},
+    "model.seq_len": {"same_as": "model.cap_dim"},
+    "model.coherence_window": {"type": "int", "low": 1, "high": 6, "max_from": "model.seq_len"},
+    "train.lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
+}

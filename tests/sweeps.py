@@ -1,6 +1,7 @@
 """Helpers to run real sweeps from tests: specs, the CLI as a subprocess, its trials table."""
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -8,21 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from helpers import tiny_raw
+from helpers import SPACE, tiny_raw
 
 CLI = [sys.executable, "-m", "tvae_sweep"]
 
 
 def sweep_spec(tmp_path: Path, name: str = "spec.yaml", **sections) -> Path:
     raw = tiny_raw()
-    raw["space"] = {
-        "model.variant": {"type": "categorical", "values": ["vae", "tvae"]},
-        "model.shift": {"type": "int", "low": 0, "high": 2, "when": {"model.variant": ["tvae"]}},
-        "model.cap_dim": {"type": "categorical", "values": [4, 6]},
-        "model.seq_len": {"same_as": "model.cap_dim"},
-        "model.coherence_window": {"type": "int", "low": 1, "high": 6, "max_from": "model.seq_len"},
-        "train.lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
-    }
+    raw["space"] = copy.deepcopy(SPACE)
     raw["search"] = {"algorithm": "random", "metric": "log_likelihood", "mode": "max", "num_trials": 6,
                      "max_concurrent": 2, "seed": 0, "scheduler": "asha", "grace_period": 1,
                      "reduction_factor": 3}

@@ -5,22 +5,12 @@ import optuna
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import tiny_raw
+from helpers import SPACE, tiny_raw
 
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError
 from tvae_sweep.sweep.space import define_by_run, grid_points, make_sampler, num_trials, trial_run_config
 from tvae_sweep.sweep.spec import spec_from_dict
-
-SPACE = {
-    "model.variant": {"type": "categorical", "values": ["vae", "tvae"]},
-    "model.shift": {"type": "int", "low": 0, "high": 2, "when": {"model.variant": ["tvae"]}},
-    "model.cap_dim": {"type": "categorical", "values": [4, 6]},
-    "model.seq_len": {"same_as": "model.cap_dim"},
-    "model.coherence_window": {"type": "int", "low": 1, "high": 6, "max_from": "model.seq_len"},
-    "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-}
-
 
 def spec_raw(**sections):
     raw = tiny_raw()
@@ -45,7 +35,7 @@ def test_sampled_configs_lie_in_the_space_and_satisfy_the_conditions():
         assert config["model.seq_len"] == config["model.cap_dim"]
         assert 1 <= config["model.coherence_window"] <= config["model.seq_len"]
         assert ("model.shift" in config) == (config["model.variant"] == "tvae")
-        assert 1e-4 <= config["train.lr"] <= 1e-2
+        assert 1e-5 <= config["train.lr"] <= 3e-3
         trial_run_config(spec.base_dict(), config)  # valid by construction
 
 
@@ -132,6 +122,10 @@ BROKEN = [
     (lambda r: r["data"].update(dataset="cifar"), "data.dataset"),
     (lambda r: r["train"].update(optimizer="lbfgs"), "train.optimizer"),
     (lambda r: r["search"].update(algorithm="grid"), "grid"),
+    (lambda r: r["search"].update(scheduler="pbt"), "search.algorithm: pbt"),
+    (lambda r: r["search"].update(scheduler="pbt", algorithm="random"), "search.mutate"),
+    (lambda r: r["search"].update(scheduler="pbt", algorithm="random", mutate=["model.cap_dim"]), "changes the network"),
+    (lambda r: r["search"].update(mutate=["train.lr"]), "only the pbt scheduler"),
 ]
 
 

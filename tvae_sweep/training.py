@@ -160,8 +160,13 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores the state; hyperparameters stay the config's (a PBT trial may carry a new lr)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.train.lr
+            if "momentum" in group:
+                group["momentum"] = self.cfg.train.momentum
         self.epoch = int(state["epoch"])
         self.history = json.loads(state["history"])
         torch.set_rng_state(state["rng"]["torch"])
