@@ -20,7 +20,7 @@ from torch import nn
 from tvae_sweep import ModelConfig, build_model
 from tvae_sweep.model import Posterior, TopographicVAE, topographic_energy, window_offsets
 
-from .common import interleaved, machine_line, median, median_ratio, write_section
+from .common import QUIET, Timings, interleaved, machine_line, write_section
 
 LR, MOMENTUM = 1e-4, 0.9
 SPEEDUP_GOAL = 2.0       # dense step at least this many times faster than the conv step
@@ -106,6 +106,19 @@ class FusedFirstLayerTVAE(TopographicVAE):
         return Posterior(z_mean, z_logvar, u_mean, u_logvar)
 
 
+class CombinedTVAE(FusedFirstLayerTVAE):
+    """The fused first layer, plus v = W(u^2) as one product with the (S*D, S*D) matrix of W."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.register_buffer("w_t", energy_matrix(cfg).t().contiguous(), persistent=False)
+
+    def energy(self, u_sq: torch.Tensor) -> torch.Tensor:
+        b, s, c, d = u_sq.shape
+        flat = u_sq.transpose(1, 2).reshape(b * c, s * d)
+        return (flat @ self.w_t).reshape(b, c, s, d).transpose(1, 2)
+
+
 def linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
@@ -155,9 +168,9 @@ def same_function_error(cfg: ModelConfig, x: torch.Tensor) -> float:
 # ---------------------------------------------------------------- the steps
 
 
-def train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def train_step(model: nn.Module, x: torch.Tensor, fused: bool = False) -> Callable[[], None]:
     """One step as the trainer takes it: forward, zero_grad, backward, SGD with momentum."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, fused=fused or None)
 
     def step() -> None:
         loss = model(x).loss
@@ -298,6 +311,7 @@ def step_functions(case: StepCase) -> dict[str, Callable[[], None]]:
     if case.cfg.variant != "vae":
         fns["fused"] = train_step(FusedFirstLayerTVAE(case.cfg), case.x)
     if case.cfg.variant == "tvae":
+        fns["combined"] = train_step(CombinedTVAE(case.cfg), case.x, fused=True)
         fns["fwd_bwd"] = forward_backward(build_model(case.cfg), case.x)
         fns["sgd"] = optimizer_alone(case.cfg, case.x)
         fns.update(energy_steps(case.cfg, case.x.shape[0]))
@@ -342,52 +356,54 @@ def yes(ok: bool) -> str:
 
 
 def step_table(result: dict) -> tuple[list[str], list[bool]]:
-    times = result["times"]
+    t: Timings = result["times"]
     lines = ["| case | images/step | GFLOP/step | dense ms | conv ms | floor ms | fused-first-layer ms "
-             "| conv/dense | dense/floor | fused/floor | max rel. diff dense vs conv |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| conv/dense | dense/floor | fused/floor | quiet rounds | max rel. diff dense vs conv |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     met = []
     for case in result["cases"]:
-        t = {v: times[f"{case.name}|{v}"] for v in ("dense", "conv", "floor", "fused")
-             if f"{case.name}|{v}" in times}
-        ms = {v: f"{median(x) * 1e3:.1f} ({min(x) * 1e3:.1f})" for v, x in t.items()}
-        speedup = median_ratio(t["conv"], t["dense"])
-        floor_ratio = median_ratio(t["dense"], t["floor"])
-        fused = f"{median_ratio(t['fused'], t['floor']):.2f}" if "fused" in t else "-"
+        key = {v: f"{case.name}|{v}" for v in ("dense", "conv", "floor", "fused")}
+        ms = {v: f"{t.median(k) * 1e3:.1f} ({t.fastest(k) * 1e3:.1f})" for v, k in key.items()}
+        speedup = t.ratio(key["conv"], key["dense"])
+        floor_ratio = t.ratio(key["dense"], key["floor"])
         met += [speedup >= SPEEDUP_GOAL, floor_ratio <= FLOOR_GOAL]
         lines.append(
             f"| {case.name} | {case.n_images} | {step_flops(case.cfg, case.n_images) / 1e9:.2f} "
-            f"| {ms['dense']} | {ms['conv']} | {ms['floor']} | {ms.get('fused', '-')} "
+            f"| {ms['dense']} | {ms['conv']} | {ms['floor']} | {ms['fused']} "
             f"| {speedup:.2f} ({yes(speedup >= SPEEDUP_GOAL)}) "
-            f"| {floor_ratio:.2f} ({yes(floor_ratio <= FLOOR_GOAL)}) | {fused} "
+            f"| {floor_ratio:.2f} ({yes(floor_ratio <= FLOOR_GOAL)}) "
+            f"| {t.ratio(key['fused'], key['floor']):.2f} "
+            f"| {t.n_quiet(key['dense'], key['floor'])}/{len(t.times[key['dense']])} "
             f"| {result['errors'][case.name]:.1e} |")
     return lines, met
 
 
 def breakdown_table(result: dict) -> list[str]:
-    times = result["times"]
+    t: Timings = result["times"]
     lines = ["| case | dense step | forward+backward | SGD step alone | floor "
-             "| energy W(u^2) fwd+bwd, rolls (as the model) | energy as one matrix product |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| energy W(u^2) fwd+bwd, rolls (as the model) | energy as one matrix product "
+             "| combined step | combined/floor |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for case in result["cases"]:
-        if f"{case.name}|fwd_bwd" not in times:
+        if f"{case.name}|fwd_bwd" not in t.times:
             continue
-        cells = [f"{median(times[f'{case.name}|{v}']) * 1e3:.1f}"
-                 for v in ("dense", "fwd_bwd", "sgd", "floor", "energy_rolls", "energy_matrix")]
-        lines.append(f"| {case.name} | " + " | ".join(cells) + " |")
+        cells = [f"{t.median(f'{case.name}|{v}') * 1e3:.1f}"
+                 for v in ("dense", "fwd_bwd", "sgd", "floor", "energy_rolls", "energy_matrix", "combined")]
+        ratio = t.ratio(f"{case.name}|combined", f"{case.name}|floor")
+        lines.append(f"| {case.name} | " + " | ".join(cells) + f" | {ratio:.2f} |")
     return lines
 
 
 def data_table(result: dict) -> tuple[list[str], list[bool]]:
-    times = result["times"]
+    t: Timings = result["times"]
     lines = ["| sequences/batch | generation seq/s | training seq/s (dense step) | generation/training |",
              "| ---: | ---: | ---: | ---: |"]
     met = []
     for b in result["batches"]:
-        gen, step = times[f"generate|{b}"], times[f"MNIST TVAE, {b} sequences|dense"]
-        ratio = median_ratio(step, gen)
+        gen, step = f"generate|{b}", f"MNIST TVAE, {b} sequences|dense"
+        ratio = t.ratio(step, gen)
         met.append(ratio >= GENERATION_GOAL)
-        lines.append(f"| {b} | {b / median(gen):.0f} | {b / median(step):.0f} "
+        lines.append(f"| {b} | {b / t.median(gen):.0f} | {b / t.median(step):.0f} "
                      f"| {ratio:.1f} ({yes(ratio >= GENERATION_GOAL)}) |")
     return lines, met
 
@@ -399,8 +415,10 @@ def report(result: dict, rounds: int, loads: tuple[str, str]) -> str:
         "## Core model: training step and data rate (`python -m benchmarks.bench_core`)",
         "",
         f"Machine: {machine_line()}. Load average (1, 5, 15 min) before: {loads[0]}; after: {loads[1]}.",
-        f"{rounds} rounds, variants alternating within each round; times are medians over rounds "
-        "(fastest round in brackets), ratios are medians of per-round ratios.",
+        f"{rounds} rounds, variants alternating within each round, each timing repeated to last at "
+        f"least 0.2 s. A round is quiet when other processes used less than {QUIET:.0%} of the CPUs "
+        "during the timings compared; times are medians over quiet rounds (over all rounds when fewer "
+        "than 3 are quiet), the fastest round in brackets; ratios are medians of per-round ratios.",
         "",
         "Training step (forward, backward, SGD with momentum), ms per step:",
         "",

@@ -94,3 +94,24 @@ def test_launching_an_existing_name_never_overwrites_it(finished_sweep):
     assert proc.returncode == 2
     assert "tvae-sweep resume e2e" in proc.stderr and "--overwrite" in proc.stderr
     assert (results / "e2e" / "trials.parquet").stat().st_mtime == before
+
+
+def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
+    spec = sweep_spec(tmp_path, train={"epochs": 3}, resources={"cpus_per_trial": 0.5},
+                      search={"algorithm": "random", "scheduler": "pbt", "num_trials": 4, "max_concurrent": 4,
+                              "perturbation_interval": 1, "mutate": ["train.lr"]})
+    results = tmp_path / "results"
+    proc = run_cli("launch", spec, "--name", "pbt", "--results-dir", results)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    frame = trials(results, "pbt")
+    assert len(frame) == 4 and set(frame["state"]) == {"TERMINATED"}
+    histories = []
+    for folder in (results / "pbt" / "tune").glob("train_trial_*"):
+        lines = [json.loads(ln) for ln in (folder / "result.json").read_text().splitlines()]
+        histories.append([ln["config"] for ln in lines])
+    mutated = [h for h in histories if len({c["train.lr"] for c in h}) > 1]
+    assert mutated, "no trial was exploited and explored"
+    for history in mutated:
+        for config in history:
+            assert 1e-5 <= config["train.lr"] <= 3e-3  # kept inside the space
+            assert config["model.cap_dim"] == history[0]["model.cap_dim"]  # shapes never mutate

@@ -290,23 +290,25 @@ def ui(name: str | None, host: str, port: int, allowed_hosts: str | None, tracki
     when given); Ctrl-C stops it."""
     from .tracking import store as stores
     from .tracking.runs import locate
-    from .tracking.ui import serve
+    from .tracking.ui import experiment_page, page_url, serve
 
     store, experiment, sweep = _sweep_store(name, results_dir, tracking_uri)
     stores.check(store)
-    page = "/"
+    pages = [("MLflow UI", "/")]
     if sweep is not None:
         experiment_id, parent = locate(store, experiment, sweep)
         if experiment_id is None:
-            raise click.UsageError(f"sweep {name} has no MLflow experiment {experiment!r} in {store.describe()}; "
-                                   f"was it launched with another --tracking-uri?")
-        page = f"/experiments/{experiment_id}" + (f"/runs/{parent}" if parent else "")
-        click.echo(f"sweep {name}: experiment {experiment!r} (id {experiment_id}), parent run {parent}")
+            raise ConfigError(f"sweep {name} has no MLflow experiment {experiment!r} in {store.describe()}; "
+                              f"pass the --tracking-uri it was launched with")
+        pages = [(f"sweep {name}", experiment_page(experiment_id))]
+        if parent:
+            pages.append(("its parent run (aggregated results)", experiment_page(experiment_id, parent)))
     if store.is_server:
-        click.echo(f"the store is an MLflow server already: open {store.uri.rstrip('/')}/#{page}")
+        for label, page in pages:
+            click.echo(f"{label}: {page_url(store.uri.rstrip('/'), page)}")
+        click.echo("the store is an MLflow server already: nothing to start")
         return
-    code = serve(store, host, port, allowed_hosts, page, echo=click.echo, warn=lambda m: click.echo(m, err=True))
-    sys.exit(code)
+    sys.exit(serve(store, host, port, allowed_hosts, pages, echo=click.echo, warn=lambda m: click.echo(m, err=True)))
 
 
 @main.command()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -57,6 +58,10 @@ def _searcher(spec: SweepSpec, sweep: SweepDir):
     from ray.tune.search.optuna import OptunaSearch
 
     s = spec.search
+    if s.scheduler == "pbt":
+        from .pbt import pbt_searcher
+
+        return pbt_searcher(spec)
     storage = optuna.storages.RDBStorage(f"sqlite:///{sweep.optuna_db}")
     metric = s.metrics if s.multi_objective else s.metrics[0]
     mode = s.modes if s.multi_objective else s.modes[0]
@@ -69,6 +74,10 @@ def _scheduler(spec: SweepSpec):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = spec.search
+    if s.scheduler == "pbt":
+        from .pbt import pbt_scheduler
+
+        return pbt_scheduler(spec)
     if s.scheduler == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=spec.base_config().train.epochs,
                              grace_period=s.grace_period, reduction_factor=s.reduction_factor)
@@ -117,8 +126,14 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     else:
         s = spec.search
         single = not s.multi_objective
+        param_space = {}
+        if s.scheduler == "pbt":
+            from .pbt import pbt_param_space
+
+            param_space = pbt_param_space(spec)
         tuner = tune.Tuner(
             trainable,
+            param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(spec, sweep), scheduler=_scheduler(spec),
                 num_samples=num_trials(spec), max_concurrent_trials=s.max_concurrent,
@@ -126,6 +141,7 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
             ),
             run_config=_run_config(spec, sweep, callbacks),
         )
+    random.seed(spec.search.seed)  # PBT's explore step draws from Python's random
     grid = tuner.fit()
     finished = sum(1 for r in grid if r.metrics.get("done") or r.error is None)
     status = "finished" if len(grid) >= state["num_trials"] and not _unfinished(path) else "interrupted"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..config import ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict
 
 ALGORITHMS = ("tpe", "gp", "cmaes", "random", "grid")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("asha", "fifo", "pbt")
 RUN_SECTIONS = ("data", "model", "train")
 
 # what a trial reports at an evaluated epoch, by the data it sees
@@ -93,10 +93,12 @@ class SearchSpec(Strict):
     max_concurrent: int = Field(2, ge=1)
     seed: int = 0
     warm_start: list[dict[str, Any]] = Field(default_factory=list)
-    scheduler: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1)
-    n_startup_trials: int = Field(4, ge=1)
+    scheduler: Literal["asha", "fifo", "pbt"] = "asha"
+    grace_period: int = Field(1, ge=1)  # asha: epochs before a trial may be stopped
+    reduction_factor: float = Field(2.0, gt=1)  # asha: 1/reduction_factor of the trials go on at each rung
+    n_startup_trials: int = Field(4, ge=1)  # tpe, gp, cmaes: random trials before the model-based ones
+    perturbation_interval: int = Field(2, ge=1)  # pbt: epochs between exploit-and-explore steps
+    mutate: list[str] = Field(default_factory=list)  # pbt: the searched keys it may change
 
     @property
     def metrics(self) -> list[str]:
@@ -214,6 +216,12 @@ def check_search(spec: SweepSpec, run: RunConfig) -> None:
     for m in s.metrics:
         if m not in allowed:
             raise ConfigError(f"search.metric: no trial reports {m!r}; reported: {', '.join(sorted(allowed))}")
+    if s.scheduler == "pbt":
+        from .pbt import check_pbt
+
+        check_pbt(spec)
+    if s.mutate and s.scheduler != "pbt":
+        raise ConfigError("search.mutate: only the pbt scheduler mutates keys; remove it or set scheduler: pbt")
     if s.multi_objective and s.scheduler != "fifo":
         raise ConfigError(f"search.scheduler: {s.scheduler} stops trials on one metric; with several objectives use fifo")
     if s.multi_objective and s.algorithm == "cmaes":

@@ -17,7 +17,7 @@ from ..sweep.results import metric_mode
 from ..sweep.spec import ParamSpec, SweepSpec
 
 METRICS = ("equivariance_error", "equivariance_ratio", "log_likelihood", "roll_nll_gap", "capsule_correlation")
-FINISHED = "TERMINATED"
+TERMINATED = "TERMINATED"  # a finished trial in Ray
 MAX_VALUES = 8  # a numeric key with more distinct values than this is binned
 BINS = 5
 STATS = ("mean", "std", "best", "count")
@@ -33,7 +33,7 @@ def frame_from_trials(trials, finished_ids: set[str] = frozenset()) -> pd.DataFr
     rows = []
     for trial in trials:
         last = trial.last_result or {}
-        state = FINISHED if trial.trial_id in finished_ids else trial.status
+        state = TERMINATED if trial.trial_id in finished_ids else trial.status
         row: dict[str, Any] = {"trial_id": trial.trial_id, "state": state}
         row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
         for key, value in last.items():
@@ -47,7 +47,7 @@ def frame_from_trials(trials, finished_ids: set[str] = frozenset()) -> pd.DataFr
 def finished(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty or "state" not in frame:
         return frame.iloc[0:0]
-    return frame[frame["state"] == FINISHED]
+    return frame[frame["state"] == TERMINATED]
 
 
 def reported_metrics(frame: pd.DataFrame) -> list[str]:

@@ -25,7 +25,7 @@ from ..sweep.layout import SweepDir
 from ..sweep.space import num_trials, trial_run_config
 from ..sweep.spec import SweepSpec
 from . import publish, store as stores
-from .aggregate import FINISHED as RAY_FINISHED, frame_from_trials
+from .aggregate import TERMINATED as RAY_FINISHED, frame_from_trials
 from .runs import ERROR, FAILED, FINISHED, KILLED, NOTE, RUNNING, Child, SweepRuns, flatten, launch_id
 
 IMAGES = ("traversal.png", "topographic_map.png")  # read from a trial's checkpoint when present
@@ -59,6 +59,10 @@ def parent_params(spec: SweepSpec) -> dict[str, str]:
     return params
 
 
+def searched_values(trial) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(trial.config.items()))
+
+
 def checkpoint_location(checkpoint) -> str:
     kind = getattr(checkpoint.filesystem, "type_name", "local")
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
@@ -86,6 +90,7 @@ class MlflowTracking(Callback):
         self.figure_interval = figure_interval  # figures are redrawn at most this often during a sweep
         self.runs: SweepRuns | None = None
         self.children: dict[str, Child] = {}
+        self.searched: dict[str, str] = {}  # the searched values last tagged on each trial's run
         self.finished: set[str] = set()
         self.parent_step = 0
         self.last_figures = 0.0
@@ -94,7 +99,7 @@ class MlflowTracking(Callback):
     # Ray pickles the run config (with its callbacks) into the experiment: keep only the settings.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(runs=None, children={}, finished=set())
+        state.update(runs=None, children={}, searched={}, finished=set())
         return state
 
     # ------------------------------------------------------------ opening and closing
@@ -119,7 +124,7 @@ class MlflowTracking(Callback):
             created = self.runs.open_parent(self.sweep.name, self.parent_tags(), parent_params(self.spec),
                                             [self.sweep.spec] if self.sweep.spec.is_file() else [])
         except (MlflowException, OSError) as e:
-            raise ConfigError(f"tracking store {self.store.describe()}: {first_line(str(e))}") from None
+            raise ConfigError(f"tracking store {self.store.describe()}: {first_line(str(e)) or type(e).__name__}") from None
         if not created:
             history = client.get_metric_history(self.runs.parent_id, "finished_trials")
             self.parent_step = max((m.step for m in history), default=0)
@@ -145,11 +150,10 @@ class MlflowTracking(Callback):
             return
         with self.guard("close"):  # the parent is closed even if the aggregates fail
             if frame is None:
-                from ..sweep.results import trials_frame
-
-                frame = trials_frame(self.sweep.read_state()["experiment_path"])
+                frame = self.saved_trials()
             self.settle_children(frame)
-            self.publish(frame, final=True)
+            if len(frame):
+                self.publish(frame, final=True)
         with self.guard("close"):
             if error is not None and not isinstance(error, KeyboardInterrupt):
                 self.runs.set_tags(self.parent_id, {ERROR: first_line(f"{type(error).__name__}: {error}")})
@@ -157,12 +161,26 @@ class MlflowTracking(Callback):
             else:
                 self.runs.set_status(self.parent_id, FINISHED if status == "finished" else KILLED)
 
+    def saved_trials(self) -> pd.DataFrame:
+        """Ray's saved trials table; empty when the sweep stopped before Ray saved any."""
+        from ..sweep.results import trials_frame
+
+        try:
+            return trials_frame(self.sweep.read_state()["experiment_path"])
+        except Exception:
+            return pd.DataFrame(columns=["trial_id", "state"])
+
     def settle_children(self, frame: pd.DataFrame) -> None:
-        states = dict(zip(frame["trial_id"], frame["state"])) if len(frame) else {}
+        """Runs left RUNNING (by a driver that died, say) take their trial's state in Ray."""
+        rows = frame.set_index("trial_id") if len(frame) else pd.DataFrame()
         for run in self.runs.children():
             if run.info.status != RUNNING:
                 continue
-            state = states.get(run.data.tags.get("tvae_sweep.trial_id"))
+            trial_id = run.data.tags.get("tvae_sweep.trial_id")
+            state = rows.loc[trial_id, "state"] if trial_id in rows.index else None
+            if state == RAY_ERROR:
+                reason = rows.loc[trial_id].get("error") if "error" in rows else None
+                self.runs.set_tags(run.info.run_id, {ERROR: reason or "failed"})
             status = FINISHED if state == RAY_FINISHED else FAILED if state == RAY_ERROR else KILLED
             self.runs.set_status(run.info.run_id, status)
 
@@ -180,6 +198,8 @@ class MlflowTracking(Callback):
             metrics = {k: v for k, v in result.items() if k not in NOT_METRICS and _number(v)}
             tags = {k: result[r] for k, r in (("ray.node_id", "node_id"), ("ray.hostname", "hostname"),
                                               ("tvae_sweep.device", "device")) if result.get(r)}
+            if searched_values(trial) != self.searched.get(trial.trial_id):  # PBT changes a trial's config
+                tags["tvae_sweep.searched"] = self.searched[trial.trial_id] = searched_values(trial)
             self.runs.log_step(child, step, metrics, tags)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
@@ -241,10 +261,10 @@ class MlflowTracking(Callback):
                 config = flatten(trial_run_config(self.spec.base_dict(), trial.config).to_dict())
             except ConfigError:
                 config = {k: str(v) for k, v in trial.config.items()}
-            searched = ", ".join(f"{k}={v}" for k, v in sorted(trial.config.items()))
             tags = {"ray.trial_name": str(trial), "ray.trial_path": str(trial.path),
-                    "tvae_sweep.searched": searched}
+                    "tvae_sweep.searched": searched_values(trial)}
             child = self.runs.child(trial.trial_id, f"trial-{trial.trial_id}", tags, config)
+            self.searched[trial.trial_id] = searched_values(trial)
             self.children[trial.trial_id] = child
         return child
 

@@ -71,6 +71,7 @@ def axes_figure(frame: pd.DataFrame, spec: SweepSpec) -> Figure | None:
             means = values.groupby(position).mean()
             ax.plot(means.index, means.values, "_-", color="tab:red", markersize=14)
             ax.set_xticks(range(len(order)), [_short(v) for v in order], fontsize=7, rotation=30)
+            ax.set_xlim(-0.5, len(order) - 0.5)
             ax.tick_params(axis="y", labelsize=7)
             if j == 0:
                 ax.set_ylabel(metric, fontsize=8)

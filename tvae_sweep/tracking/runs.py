@@ -27,7 +27,7 @@ NOTE = "mlflow.note.content"
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 BATCH = 100  # MLflow takes at most 100 params and 1000 metrics in one batch
-MAX_TAG = 5000
+MAX_TAG, MAX_PARAM = 5000, 6000  # value lengths kept within MLflow's limits
 
 
 @dataclass
@@ -39,6 +39,10 @@ class Child:
 
 def _quote(value: str) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def _clip(values: dict[str, Any], limit: int) -> dict[str, str]:
+    return {k: str(v)[:limit] for k, v in values.items()}
 
 
 def _now_ms() -> int:
@@ -111,7 +115,7 @@ class SweepRuns:
             self.set_status(self.parent_id, RUNNING)
             return False
         tags = {**tags, SWEEP: self.sweep, LAUNCH: self.launch, ROLE: "sweep"}
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name)
+        run = self.client.create_run(self.experiment_id, tags=_clip(tags, MAX_TAG), run_name=run_name)
         self.parent_id = run.info.run_id
         self.log_params(self.parent_id, params)
         for path in files:
@@ -128,7 +132,7 @@ class SweepRuns:
             return Child(found.info.run_id, last, found.info.status)
         tags = {**tags, PARENT: self.parent_id, SWEEP: self.sweep, LAUNCH: self.launch, ROLE: "trial",
                 TRIAL: trial_id}
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name)
+        run = self.client.create_run(self.experiment_id, tags=_clip(tags, MAX_TAG), run_name=run_name)
         self.log_params(run.info.run_id, params)
         return Child(run.info.run_id, 0, RUNNING)
 
@@ -140,7 +144,7 @@ class SweepRuns:
             return False
         stamp = _now_ms()
         batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
-        tag_list = [RunTag(k, str(v)[:MAX_TAG]) for k, v in {**(tags or {}), LAST_STEP: step}.items()]
+        tag_list = [RunTag(k, v) for k, v in _clip({**(tags or {}), LAST_STEP: step}, MAX_TAG).items()]
         self.client.log_batch(child.run_id, metrics=batch, tags=tag_list)
         child.last_step = step
         return True
@@ -150,7 +154,7 @@ class SweepRuns:
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)) for k, v in params.items()]
+        items = [Param(k, v) for k, v in _clip(params, MAX_PARAM).items()]
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run_id, params=items[i:i + BATCH])
 
@@ -158,7 +162,7 @@ class SweepRuns:
         from mlflow.entities import RunTag
 
         if tags:
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:MAX_TAG]) for k, v in tags.items()])
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _clip(tags, MAX_TAG).items()])
 
     def set_status(self, run_id: str, status: str) -> None:
         if status == RUNNING:

@@ -93,23 +93,46 @@ def stop(process: subprocess.Popen) -> None:
         pass
 
 
-def serve(store: Store, host: str, port: int, allowed_hosts: str | None, page: str,
+def page_url(base: str, page: str) -> str:
+    return f"{base}/#{page}"
+
+
+def experiment_page(experiment_id: str, run_id: str | None = None) -> str:
+    """The runs table of an experiment (in the UI's model-training view), or one run's page."""
+    if run_id:
+        return f"/experiments/{experiment_id}/runs/{run_id}"
+    return f"/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve(store: Store, host: str, port: int, allowed_hosts: str | None, pages: list[tuple[str, str]],
           echo=print, warn=print) -> int:
-    """Runs the MLflow server until Ctrl-C (or until it stops); `page` is the path after '#'."""
+    """Runs the MLflow server until Ctrl-C or SIGTERM (or until it stops by itself).
+
+    `pages` are (label, path after '#') pairs printed once the server answers."""
     if exposed(host):
         allowed_hosts = allowed_hosts or default_allowed_hosts(host)
         warn(f"tvae-sweep: warning: the MLflow UI on {host}:{port} is reachable from other machines and has no "
              f"login: whoever reaches it can read and change every run. Accepted Host headers: {allowed_hosts}")
     check_port(host, port)
-    process = subprocess.Popen(command(store, host, port, allowed_hosts), stdout=sys.stderr,
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # background jobs serve GenAI features only
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    process = subprocess.Popen(command(store, host, port, allowed_hosts), stdout=sys.stderr, env=env,
                                start_new_session=True)  # its own group: stopped as a whole below
-    local = "127.0.0.1" if host in ("0.0.0.0",) else "[::1]" if host == "::" else url_host(host)
+    local = "127.0.0.1" if host == "0.0.0.0" else "[::1]" if host == "::" else url_host(host)
+    base = f"http://{url_host(host)}:{port}"
     try:
         wait_until_up(process, f"http://{local}:{port}")
-        echo(f"MLflow UI: http://{url_host(host)}:{port}/#{page}")
+        for label, page in pages or [("MLflow UI", "/")]:
+            echo(f"{label}: {page_url(base, page)}")
         echo(f"store: {store.describe()}; Ctrl-C stops the server")
         return process.wait()
     except KeyboardInterrupt:
         return 0
     finally:
         stop(process)
+        signal.signal(signal.SIGTERM, previous)

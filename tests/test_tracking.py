@@ -1,0 +1,420 @@
+"""MLflow tracking with a real SQLite store and a real local Ray.
+
+One tiny sweep of three pinned trials (one of them diverges and fails) is stopped with Ctrl-C,
+resumed, killed with SIGKILL, and resumed again to its end; every check on runs, statuses, metric
+histories, images and aggregated tables is made on what that leaves. The sweep is built once per
+test session and shared with test_ui.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from helpers import tiny_raw
+
+from tvae_sweep.config import ConfigError
+
+CLI = [sys.executable, "-m", "tvae_sweep"]
+NAME = "tracked"
+GOOD_LR, BAD_LR = 1e-3, 1e6  # Adam at 1e6 makes the loss non-finite in the first epoch
+POINTS = [  # the three trials, in order; the second diverges
+    {"model.n_caps": 2, "model.shift": 1, "train.lr": GOOD_LR},
+    {"model.n_caps": 3, "model.shift": 1, "train.lr": BAD_LR},
+    {"model.n_caps": 3, "model.shift": 0, "train.lr": GOOD_LR},
+]
+AXES = ("model.n_caps", "model.shift", "train.lr")
+METRICS = ("equivariance_error", "equivariance_ratio", "log_likelihood", "roll_nll_gap", "capsule_correlation")
+HIGHER_IS_BETTER = {"log_likelihood", "capsule_correlation"}
+EPOCHS = 2
+
+
+# ---------------------------------------------------------------- running the CLI
+
+
+def env(**extra) -> dict:
+    out = dict(os.environ, RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", PYTHONUNBUFFERED="1",
+               MLFLOW_DISABLE_TELEMETRY="true", **extra)
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "TVAE_SWEEP_RESULTS"):
+        out.pop(key, None)
+    return out
+
+
+def run_cli(*args, timeout=600, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env(**extra))
+
+
+def start_cli(*args, log: Path) -> subprocess.Popen:
+    """The CLI in its own process group, so a SIGKILL takes its local Ray cluster along."""
+    return subprocess.Popen([*CLI, *map(str, args)], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env=env(), start_new_session=True)
+
+
+def spec_file(folder: Path) -> Path:
+    raw = tiny_raw(train={"epochs": EPOCHS}, data={"train_sequences": 24})
+    raw["space"] = {"model.n_caps": {"type": "categorical", "values": [2, 3]},
+                    "model.shift": {"type": "categorical", "values": [0, 1]},
+                    "train.lr": {"type": "categorical", "values": [GOOD_LR, BAD_LR]}}
+    raw["search"] = {"algorithm": "random", "metric": "log_likelihood", "mode": "max", "num_trials": 3,
+                     "max_concurrent": 1, "seed": 0, "scheduler": "fifo", "warm_start": POINTS}
+    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def db_count(db: Path, query: str) -> int:
+    """Reads the MLflow database while a sweep writes it (0 until the tables exist)."""
+    if not db.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return con.execute(query).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+TRIALS_WITH_METRICS = ("select count(distinct m.run_uuid) from metrics m join tags t on t.run_uuid = m.run_uuid "
+                       "where t.key = 'tvae_sweep.role' and t.value = 'trial'")
+TRIAL_RUNS = "select count(*) from tags where key = 'tvae_sweep.role' and value = 'trial'"
+
+
+def wait_for(condition, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the sweep ended before it could be interrupted:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out:\n{log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+def statuses(client, experiment_id: str) -> dict[str, str]:
+    return {r.info.run_name: r.info.status for r in client.search_runs([experiment_id])}
+
+
+def build_sweep(root: Path) -> dict:
+    """Launch, Ctrl-C, resume, SIGKILL, resume; returns what each stage left in MLflow."""
+    from mlflow import MlflowClient
+
+    results = root / "results"
+    spec = spec_file(root)
+    db = results / "mlflow.db"
+    record: dict = {"results": str(results), "name": NAME}
+
+    # 1. launch, Ctrl-C once the first trial has logged an epoch
+    log = root / "launch.log"
+    proc = start_cli("launch", spec, "--name", NAME, "--results-dir", results, log=log)
+    wait_for(lambda: db_count(db, TRIALS_WITH_METRICS) >= 1, proc, log)
+    proc.send_signal(signal.SIGINT)
+    record["interrupted_code"] = proc.wait(timeout=300)
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment_id = client.get_experiment_by_name(NAME).experiment_id
+    record["after_ctrl_c"] = statuses(client, experiment_id)
+    record["launch_log"] = log.read_text()[-5000:]
+
+    # 2. resume, SIGKILL once a second trial has its run
+    log = root / "resume1.log"
+    proc = start_cli("resume", NAME, "--results-dir", results, log=log)
+    wait_for(lambda: db_count(db, TRIAL_RUNS) >= 2, proc, log)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    record["after_sigkill"] = statuses(client, experiment_id)
+    record["state_after_sigkill"] = json.loads((results / NAME / "sweep.json").read_text())["status"]
+
+    # 3. resume to the end
+    done = run_cli("resume", NAME, "--results-dir", results)
+    record.update(final_code=done.returncode, final_stdout=done.stdout, final_stderr=done.stderr[-20000:])
+    return record
+
+
+def shared_sweep(tmp_path_factory) -> dict:
+    """The sweep, built by the first test (of any module or xdist worker) that needs it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tracked-sweep"
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        done = root / "record.json"
+        if not done.is_file():
+            done.write_text(json.dumps(build_sweep(root)))
+    record = json.loads(done.read_text())
+    assert record["final_code"] == 0, record["final_stdout"][-3000:] + record["final_stderr"][-3000:]
+    return record
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return shared_sweep(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client(sweep):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{Path(sweep['results']) / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def runs(sweep, client):
+    """(parent run, {trial id: child run}, Ray's trials table)."""
+    from mlflow.entities import ViewType
+
+    experiment = client.get_experiment_by_name(NAME)
+    every = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    parents = [r for r in every if r.data.tags.get("tvae_sweep.role") == "sweep"]
+    assert len(parents) == 1
+    children = [r for r in every if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    by_trial = {r.data.tags["tvae_sweep.trial_id"]: r for r in children}
+    assert len(by_trial) == len(children), "a trial has two runs"
+    trials = pd.read_parquet(Path(sweep["results"]) / NAME / "trials.parquet")
+    return parents[0], by_trial, trials
+
+
+def reported(run) -> list[str]:
+    """The aggregated metrics a run has (capsule correlation needs enough test sequences per factor)."""
+    core = [m for m in METRICS if m != "capsule_correlation"]
+    assert set(core) <= set(run.data.metrics), sorted(run.data.metrics)
+    return [m for m in METRICS if m in run.data.metrics]
+
+
+def trial_of(trials: pd.DataFrame, point: dict) -> str:
+    match = trials
+    for key, value in point.items():
+        match = match[match[f"config/{key}"] == value]
+    assert len(match) == 1
+    return match.iloc[0]["trial_id"]
+
+
+# ---------------------------------------------------------------- fast checks, no Ray
+
+
+def test_store_precedence_option_env_spec_default(tmp_path, monkeypatch):
+    from tvae_sweep.tracking.store import artifact_root, resolve
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = resolve(None, None, tmp_path)
+    assert default.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert default.artifact_root == (tmp_path / "mlartifacts").as_uri()
+    assert resolve(None, "http://spec:5000", tmp_path).uri == "http://spec:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert resolve(None, "http://spec:5000", tmp_path).uri == "http://env:5000"
+    chosen = resolve("http://option:5000", "http://spec:5000", tmp_path)
+    assert (chosen.uri, chosen.source, chosen.artifact_root) == ("http://option:5000", "--tracking-uri", None)
+    assert resolve(str(tmp_path / "other.db"), None, tmp_path).uri == f"sqlite:///{tmp_path / 'other.db'}"
+    assert artifact_root("http://x", "s3://bucket/mlflow") == "s3://bucket/mlflow"
+    for folder_store in ("./mlruns", "file:///tmp/mlruns"):
+        with pytest.raises(ConfigError, match="refuses folder"):
+            resolve(folder_store, None, tmp_path)
+
+
+def cli(*args):
+    """The CLI in this process, for commands that start no sweep."""
+    from click.testing import CliRunner
+
+    from tvae_sweep.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_unreachable_tracking_server_is_a_one_line_error(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    result = cli("launch", spec_file(tmp_path), "--name", "x", "--results-dir", tmp_path / "r",
+                 "--tracking-uri", f"http://127.0.0.1:{port}")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"tvae-sweep: error: --tracking-uri http://127.0.0.1:{port}: no MLflow server answers")
+
+
+def test_aggregate_tables_with_bins_presets_and_unsampled_keys():
+    from tvae_sweep.sweep.spec import ParamSpec
+    from tvae_sweep.tracking.aggregate import axis_table, best_trial, pareto_front
+
+    rng = list(range(12))
+    frame = pd.DataFrame({
+        "trial_id": [f"t{i}" for i in rng],
+        "state": ["TERMINATED"] * 11 + ["ERROR"],
+        "config/train.lr": [10 ** (-5 + i / 3) for i in rng],
+        "config/model.shift": [1 if i % 2 else None for i in rng],  # sampled only for some trials
+        "config/model.variant": ["tvae" if i < 6 else "vae" for i in rng],
+        "final/log_likelihood": [-100.0 - i for i in rng],
+        "final/equivariance_ratio": [1.0 / (i + 1) for i in rng],
+    })
+    lr = axis_table(frame, "train.lr", ParamSpec(type="float", low=1e-5, high=1e-1, log=True))
+    assert lr["train.lr"].nunique() == 5 and set(lr["metric"]) == {"log_likelihood", "equivariance_ratio"}
+    assert lr.groupby("metric")["count"].sum().to_dict() == {"equivariance_ratio": 11, "log_likelihood": 11}
+    shift = axis_table(frame, "model.shift", ParamSpec(type="int", low=0, high=2, when={"model.variant": ["tvae"]}))
+    ll = shift[shift["metric"] == "log_likelihood"]
+    assert ll["count"].tolist() == [5, 6]  # 1, then not sampled (the ERROR trial is left out)
+    assert ll["best"].tolist() == [-101.0, -100.0]
+    assert ll["std"].iloc[0] == pytest.approx(pd.Series([-101.0, -103, -105, -107, -109]).std())
+    preset = ParamSpec(type="preset", values={"bubble": {"model.variant": "tvae"}, "plain": {"model.variant": "vae"}})
+    by_preset = axis_table(frame, "model.variant", preset)
+    assert by_preset[by_preset["metric"] == "log_likelihood"].set_index("model.variant")["count"].to_dict() == \
+        {"bubble": 6, "plain": 5}
+    assert best_trial(frame, "log_likelihood", "max")["trial_id"] == "t0"
+    front = pareto_front(frame)  # the likeliest trial is also the least equivariant here, so all are on it
+    assert list(front["trial_id"]) == [f"t{i}" for i in reversed(range(11))]
+
+
+# ---------------------------------------------------------------- the sweep: interrupted, killed, resumed
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_run_running(sweep):
+    assert sweep["interrupted_code"] == 130, sweep["launch_log"]
+    after = sweep["after_ctrl_c"]
+    assert after[NAME] == "KILLED"
+    assert after and set(after.values()) <= {"KILLED", "FINISHED"}, after
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_runs_that_the_resume_settles(sweep, runs):
+    assert sweep["state_after_sigkill"] == "running"
+    assert sweep["after_sigkill"][NAME] == "RUNNING"  # the killed driver could not close it
+    parent, children, trials = runs
+    assert parent.info.status == "FINISHED"
+    assert sorted(children) == sorted(trials["trial_id"]) and len(children) == len(POINTS)
+    assert "RUNNING" not in {r.info.status for r in children.values()}
+    assert "tracking:" not in sweep["final_stderr"], sweep["final_stderr"][-3000:]
+
+
+@pytest.mark.slow
+def test_each_trial_has_its_status_config_and_tags(runs, sweep):
+    parent, children, trials = runs
+    bad = trial_of(trials, POINTS[1])
+    for trial_id, run in children.items():
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["tvae_sweep.sweep"] == NAME and run.info.run_name == f"trial-{trial_id}"
+        config = trials.set_index("trial_id").loc[trial_id]
+        assert params["model.n_caps"] == str(config["config/model.n_caps"])
+        assert float(params["train.lr"]) == config["config/train.lr"]
+        assert params["train.epochs"] == str(EPOCHS) and params["data.dataset"] == "mnist5k"
+        assert "model.coherence_window" in params and "train.batch_size" in params  # the full config
+        if trial_id == bad:
+            assert run.info.status == "FAILED"
+            assert "DivergenceError" in tags["tvae_sweep.error"] or "non-finite" in tags["tvae_sweep.error"]
+            assert int(tags["tvae_sweep.retries"]) >= 1 and "non-finite" in tags["tvae_sweep.last_error"]
+        else:
+            assert run.info.status == "FINISHED"
+            assert Path(tags["tvae_sweep.checkpoint"]).is_dir()
+
+
+@pytest.mark.slow
+def test_every_epoch_logged_once_with_its_step(runs, client):
+    _, children, trials = runs
+    for point in (POINTS[0], POINTS[2]):
+        run = children[trial_of(trials, point)]
+        for metric in ("train_loss", "loss", *reported(run)):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+            assert steps == list(range(1, EPOCHS + 1)), (metric, steps)
+        final = trials.set_index("trial_id").loc[run.data.tags["tvae_sweep.trial_id"]]
+        assert run.data.metrics["log_likelihood"] == pytest.approx(final["final/log_likelihood"])
+
+
+@pytest.mark.slow
+def test_traversal_images_are_artifacts_of_finished_trials(runs, client, tmp_path):
+    from PIL import Image
+
+    _, children, trials = runs
+    for point in (POINTS[0], POINTS[2]):
+        run = children[trial_of(trials, point)]
+        assert "traversal.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        local = client.download_artifacts(run.info.run_id, "traversal.png", str(tmp_path))
+        assert Image.open(local).size[0] > 28
+    failed = children[trial_of(trials, POINTS[1])]
+    assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+
+
+@pytest.mark.slow
+def test_parent_has_spec_search_settings_and_best_metrics(runs, client, sweep):
+    parent, children, trials = runs
+    tags, params = parent.data.tags, parent.data.params
+    state = json.loads((Path(sweep["results"]) / NAME / "sweep.json").read_text())
+    assert tags["tvae_sweep.sweep"] == NAME and tags["tvae_sweep.experiment_path"] == state["experiment_path"]
+    assert json.loads(params["space.model.n_caps"]) == {"type": "categorical", "values": [2, 3]}
+    assert params["search.algorithm"] == "random" and params["search.metric"] == "log_likelihood"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "spec.yaml" in artifacts
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "aggregates")}
+    for name in ("pareto.png", "metrics_by_axis.png", "best_traversals.png", *(f"{a}.json" for a in AXES)):
+        assert f"aggregates/{name}" in figures
+    finished = [r for r in children.values() if r.info.status == "FINISHED"]
+    best = max(finished, key=lambda r: r.data.metrics["log_likelihood"])
+    assert tags["tvae_sweep.best_trial"] == best.data.tags["tvae_sweep.trial_id"]
+    for metric in reported(best):
+        assert parent.data.metrics[metric] == pytest.approx(best.data.metrics[metric])
+    assert parent.data.metrics["finished_trials"] == 2
+
+
+def recomputed(children: dict, axis: str) -> pd.DataFrame:
+    """The aggregated table of `axis`, computed again from the finished child runs in MLflow."""
+    finished = [run for run in children.values() if run.info.status == "FINISHED"]
+    metrics = [m for m in METRICS if any(m in run.data.metrics for run in finished)]
+    frame = pd.DataFrame([{"value": float(run.data.params[axis]), **run.data.metrics} for run in finished])
+    out = []
+    for value, group in frame.groupby("value"):
+        for metric in metrics:
+            series = group[metric].dropna()
+            out.append({"value": value, "metric": metric, "mean": series.mean(),
+                        "std": series.std(ddof=1) if len(series) > 1 else math.nan,
+                        "best": series.max() if metric in HIGHER_IS_BETTER else series.min(),
+                        "count": len(series)})
+    return pd.DataFrame(out).sort_values(["value", "metric"]).reset_index(drop=True)
+
+
+def same_table(table: pd.DataFrame, axis: str, expected: pd.DataFrame) -> None:
+    got = table.rename(columns={axis: "value"}).astype({"value": float})
+    got = got.sort_values(["value", "metric"]).reset_index(drop=True)
+    assert list(got["value"]) == pytest.approx(list(expected["value"]))
+    assert list(got["metric"]) == list(expected["metric"])
+    assert list(got["count"]) == list(expected["count"])
+    for stat in ("mean", "std", "best"):
+        assert list(got[stat].fillna(-1e300)) == pytest.approx(list(expected[stat].fillna(-1e300))), (axis, stat)
+
+
+@pytest.mark.slow
+def test_aggregated_tables_match_a_recomputation_from_the_trials(runs, client, sweep, tmp_path):
+    parent, children, _ = runs
+    folder = Path(sweep["results"]) / NAME / "aggregates"
+    for axis in AXES:
+        expected = recomputed(children, axis)
+        same_table(pd.read_parquet(folder / f"{axis}.parquet"), axis, expected)
+        logged = client.download_artifacts(parent.info.run_id, f"aggregates/{axis}.json", str(tmp_path))
+        doc = json.loads(Path(logged).read_text())
+        same_table(pd.DataFrame(doc["data"], columns=doc["columns"]), axis, expected)
+    assert set(recomputed(children, "train.lr")["value"]) == {GOOD_LR}  # the failed trial is left out
+
+
+@pytest.mark.slow
+def test_report_prints_and_writes_the_same_tables(runs, sweep, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    results = Path(sweep["results"])
+    result = cli("report", NAME, "--results-dir", results)
+    assert result.exit_code == 0, result.output
+    markdown = (results / NAME / "report.md").read_text()
+    parent = runs[0]
+    assert parent.info.run_id in result.stdout and parent.info.run_id in markdown
+    for axis in AXES:
+        assert f"\n{axis}  " in result.stdout and f"## {axis}" in markdown
+        table = pd.read_parquet(results / NAME / "aggregates" / f"{axis}.parquet")
+        for _, row in table.iterrows():
+            assert f"| {row['metric']} | {row['mean']:.4g} |" in markdown
+    assert "![Likelihood against equivariance ratio (Pareto front)](aggregates/pareto.png)" in markdown
