@@ -1,0 +1,46 @@
+"""The same model, data and training on a CUDA device (run where a GPU is present)."""
+import pytest
+import torch
+
+from tvae_sweep import ModelConfig, build_model
+from tvae_sweep.data import build_data
+from tvae_sweep.model import topographic_energy
+from tvae_sweep.training import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_energy_and_model_match_the_cpu():
+    u_sq = torch.rand(2, 18, 18, 18, dtype=torch.float64)
+    cpu = topographic_energy(u_sq, 13, 1, 1)
+    gpu = topographic_energy(u_sq.cuda(), 13, 1, 1)
+    torch.testing.assert_close(gpu.cpu(), cpu)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_caps=4, cap_dim=6, seq_len=6, coherence_window=3)).double()
+    x = torch.rand(2, 6, 3, 28, 28, dtype=torch.float64)
+    q_cpu = model.encode(x)
+    q_gpu = model.cuda().encode(x.cuda())
+    torch.testing.assert_close(q_gpu.z_mean.cpu(), q_cpu.z_mean)
+    torch.testing.assert_close(model.decode(q_gpu.z_mean).cpu(), model.cpu().decode(q_cpu.z_mean))
+
+
+def test_sequences_are_generated_on_the_device_and_seeded(tiny_config):
+    cfg = tiny_config()
+    data = build_data(cfg.data, cfg.model.seq_len, "cuda", seed=0)
+    a = data.sample_train(4, torch.Generator("cuda").manual_seed(1))
+    b = data.sample_train(4, torch.Generator("cuda").manual_seed(1))
+    assert a.x.is_cuda and torch.equal(a.x, b.x)
+
+
+def test_training_on_cuda_resumes_exactly(tiny_config, tmp_path):
+    cfg = tiny_config(train={"device": "cuda", "epochs": 2})
+    straight = Trainer(cfg)
+    history = list(straight.epochs())
+    first = Trainer(cfg)
+    next(first.epochs())
+    first.save_checkpoint(tmp_path)
+    resumed = Trainer(cfg)
+    resumed.load_checkpoint(tmp_path)
+    list(resumed.epochs())
+    assert resumed.history[-1]["log_likelihood"] == history[-1]["log_likelihood"]
+    assert all(p.is_cuda for p in resumed.model.parameters())
