@@ -306,10 +306,9 @@ class StepCase:
 def step_functions(case: StepCase) -> dict[str, Callable[[], None]]:
     torch.manual_seed(0)
     fns = {"dense": train_step(build_model(case.cfg), case.x),
+           "floor": gemm_floor(case.cfg, case.n_images),
            "conv": train_step(conv_model(case.cfg), case.x),
-           "floor": gemm_floor(case.cfg, case.n_images)}
-    if case.cfg.variant != "vae":
-        fns["fused"] = train_step(FusedFirstLayerTVAE(case.cfg), case.x)
+           "fused": train_step(FusedFirstLayerTVAE(case.cfg), case.x)}
     if case.cfg.variant == "tvae":
         fns["combined"] = train_step(CombinedTVAE(case.cfg), case.x, fused=True)
         fns["fwd_bwd"] = forward_backward(build_model(case.cfg), case.x)
@@ -325,7 +324,7 @@ def load_data(seed: int = 0):
     return build_data(DataConfig(), seq_len=MNIST.seq_len, device="cpu", seed=seed)
 
 
-def run(rounds: int, batches: tuple[int, ...]) -> dict:
+def run(quiet_rounds: int, max_seconds: float, batches: tuple[int, ...]) -> dict:
     data = load_data()
     gen = torch.Generator().manual_seed(0)
     samples = {b: data.sample_train(b, gen).x for b in batches}
@@ -344,7 +343,7 @@ def run(rounds: int, batches: tuple[int, ...]) -> dict:
             fns[f"{case.name}|{variant}"] = fn
     for b in batches:
         fns[f"generate|{b}"] = lambda b=b: data.sample_train(b, gen)
-    times = interleaved(fns, rounds=rounds)
+    times = interleaved(fns, quiet_rounds, max_seconds)
     return {"cases": cases, "batches": batches, "times": times, "errors": errors}
 
 
@@ -408,17 +407,19 @@ def data_table(result: dict) -> tuple[list[str], list[bool]]:
     return lines, met
 
 
-def report(result: dict, rounds: int, loads: tuple[str, str]) -> str:
+def report(result: dict, loads: tuple[str, str]) -> str:
+    n_rounds = len(next(iter(result["times"].times.values())))
     steps, steps_met = step_table(result)
     rates, rates_met = data_table(result)
     return "\n".join([
         "## Core model: training step and data rate (`python -m benchmarks.bench_core`)",
         "",
         f"Machine: {machine_line()}. Load average (1, 5, 15 min) before: {loads[0]}; after: {loads[1]}.",
-        f"{rounds} rounds, variants alternating within each round, each timing repeated to last at "
-        f"least 0.2 s. A round is quiet when other processes used less than {QUIET:.0%} of the CPUs "
-        "during the timings compared; times are medians over quiet rounds (over all rounds when fewer "
-        "than 3 are quiet), the fastest round in brackets; ratios are medians of per-round ratios.",
+        f"{n_rounds} rounds, variants alternating within each round, each timing repeated to last at "
+        f"least 0.2 s. A timing is quiet when other processes used less than {QUIET:.0%} of the CPUs "
+        "meanwhile; times are medians over quiet rounds (over all rounds when fewer than 3 are "
+        "quiet), the fastest round in brackets; ratios are medians of per-round ratios over the "
+        "rounds where both timings are quiet.",
         "",
         "Training step (forward, backward, SGD with momentum), ms per step:",
         "",
@@ -447,18 +448,22 @@ def load_average() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds, for a smoke check")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds of alternating variants (default 15)")
+    parser.add_argument("--quick", action="store_true", help="one round, for a smoke check")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="quiet rounds wanted of every variant (default 10)")
+    parser.add_argument("--max-minutes", type=float, default=20.0,
+                        help="stop adding rounds after this long, quiet or not (default 20)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 15)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {rounds} rounds")
+    rounds, max_seconds = (1, 0.0) if args.quick else (args.rounds, 60 * args.max_minutes)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"until {rounds} quiet rounds or {max_seconds / 60:g} minutes")
     before = load_average()
-    result = run(rounds, batches=(8, 32))
-    text = report(result, rounds, (before, load_average()))
+    result = run(rounds, max_seconds, batches=(8, 32))
+    text = report(result, (before, load_average()))
     print(text)
     if not args.no_write:
         write_section("bench_core", text)

@@ -115,21 +115,25 @@ def calibrate(fn: Callable[[], object], min_seconds: float) -> int:
     return max(1, round(min_seconds / max(seconds, 1e-6) + 0.5))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, min_seconds: float = 0.2,
-                warmup: int = 2) -> Timings:
+def interleaved(fns: dict[str, Callable[[], object]], quiet_rounds: int, max_seconds: float,
+                min_seconds: float = 0.2, warmup: int = 2) -> Timings:
     """Times each function once per round, the functions alternating within a round; each timing
-    repeats its function enough times to last at least min_seconds."""
+    repeats its function enough times to last at least min_seconds. Rounds go on until every
+    function has quiet_rounds quiet timings, or max_seconds have passed (one round at least)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     reps = {name: calibrate(fn, min_seconds) for name, fn in fns.items()}
     out = Timings({name: [] for name in fns}, {name: [] for name in fns})
-    for _ in range(rounds):
+    start = time.perf_counter()
+    while True:
         for name, fn in fns.items():
             seconds, busy = time_call(fn, reps[name])
             out.times[name].append(seconds)
             out.busy[name].append(busy)
-    return out
+        enough = all(out.n_quiet(name) >= quiet_rounds for name in fns)
+        if enough or time.perf_counter() - start > max_seconds:
+            return out
 
 
 def write_section(name: str, body: str, path: Path = RESULTS) -> None:

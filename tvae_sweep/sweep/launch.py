@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, dump_yaml
+from .cluster import check_reachable, check_storage, join_error
 from .layout import SweepDir, storage_location
 from .spec import SweepSpec, spec_from_dict
 from .space import define_by_run, make_sampler, num_trials
@@ -18,19 +19,28 @@ MAX_FAILURES = 2
 
 
 def connect(address: str | None, quiet: bool = True) -> None:
-    """Joins the Ray cluster at `address` (or $RAY_ADDRESS), else starts one on this machine."""
+    """Joins the Ray cluster at `address` (or $RAY_ADDRESS), else starts one on this machine.
+
+    A cluster with token authentication (what `ray start --head` starts) accepts this driver only with
+    RAY_AUTH_MODE=token and the cluster's token ($RAY_AUTH_TOKEN_PATH, $RAY_AUTH_TOKEN or
+    ~/.ray/auth_token) in the environment. An address where nothing listens fails within seconds.
+    """
     import ray
+    from ray.exceptions import AuthenticationError
 
     if ray.is_initialized():
         return
+    label = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": "WARNING"}
     if address is None:
-        kwargs["include_dashboard"] = False
+        ray.init(include_dashboard=False, **kwargs)  # a one-machine cluster for this command
+        return
+    check_reachable(address, label)
     try:
         ray.init(address=address, **kwargs)
-    except ConnectionError as e:
-        raise ConfigError(f"--address {address}: no Ray cluster answers there ({e})") from None
+    except (ConnectionError, AuthenticationError, RuntimeError) as e:
+        raise join_error(address, label, e) from None
 
 
 def experiment_path(spec: SweepSpec, sweep: SweepDir) -> str:
@@ -116,6 +126,7 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     from ray import tune
 
     connect(address)
+    check_storage(spec, sweep)
     state = sweep.read_state()
     path = state["experiment_path"]
     trainable = _trainable(spec)

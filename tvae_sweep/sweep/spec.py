@@ -138,8 +138,25 @@ class TrackingSpec(Strict):
 
 
 class StorageSpec(Strict):
-    path: str | None = None  # None: the sweep's folder under the results directory
+    """Where Ray keeps trial results and checkpoints: the sweep's folder under the results directory
+    (None), a folder, or an object store URI (s3://, gs://, abfss://...). On a cluster of several
+    nodes every node must reach it: an object store URI, or a folder mounted at the same path on
+    every node, declared with shared: true."""
+
+    path: str | None = None
+    shared: bool = False
     keep_checkpoints: int = Field(2, ge=1)
+
+    @field_validator("shared")
+    @classmethod
+    def _shared_needs_a_folder(cls, value: bool, info) -> bool:
+        path = info.data.get("path")
+        if value and not path:
+            raise ValueError("true needs storage.path, the folder every node mounts")
+        if value and "://" in path and not path.startswith("file://"):
+            raise ValueError(f"{path} is an object store URI, which every node reads already; "
+                             "shared is for a filesystem path: remove it")
+        return value
 
 
 class SweepSpec(Strict):

@@ -57,7 +57,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = Non
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load_checkpoint(directory)
-    node_id = ray.get_runtime_context().get_node_id()
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device),
+             "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
 
     for _ in trainer.epochs():
         with tempfile.TemporaryDirectory() as directory:
@@ -67,5 +68,5 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = Non
                 save_traversal(trainer.model, test.x[:TRAVERSAL_SEQUENCES], Path(directory) / TRAVERSAL_FILE)
                 if run.model.variant == "tvae2d":
                     save_topographic_map(trainer.model, test.x, test.label, Path(directory) / TOPOGRAPHIC_MAP_FILE)
-            report = {**carried_metrics(trainer.history), "node_id": node_id, "device": str(device)}
+            report = {**carried_metrics(trainer.history), **where}
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))

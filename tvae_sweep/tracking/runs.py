@@ -112,6 +112,11 @@ class SweepRuns:
         found = self.find_parent()
         if found is not None:
             self.parent_id = found.info.run_id
+            self.complete(found, params)
+            logged = {a.path for a in self.client.list_artifacts(self.parent_id)}
+            for path in files:
+                if Path(path).name not in logged:
+                    self.client.log_artifact(self.parent_id, str(path))
             self.set_status(self.parent_id, RUNNING)
             return False
         tags = {**tags, SWEEP: self.sweep, LAUNCH: self.launch, ROLE: "sweep"}
@@ -128,6 +133,7 @@ class SweepRuns:
         """The run of a trial, found by its id under the parent, else created with its config."""
         found = self.find_child(trial_id)
         if found is not None:
+            self.complete(found, params)
             last = int(found.data.tags.get(LAST_STEP, 0))
             return Child(found.info.run_id, last, found.info.status)
         tags = {**tags, PARENT: self.parent_id, SWEEP: self.sweep, LAUNCH: self.launch, ROLE: "trial",
@@ -150,6 +156,12 @@ class SweepRuns:
         return True
 
     # ------------------------------------------------------------ common
+
+    def complete(self, run, params: dict[str, str]) -> None:
+        """Logs the params a found run lacks: its driver may have died between creating and filling it."""
+        missing = {k: v for k, v in params.items() if k not in run.data.params}
+        if missing:
+            self.log_params(run.info.run_id, missing)
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
