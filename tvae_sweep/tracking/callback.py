@@ -128,6 +128,25 @@ class MlflowTracking(Callback):
         if not created:
             history = client.get_metric_history(self.runs.parent_id, "finished_trials")
             self.parent_step = max((m.step for m in history), default=0)
+            self.discard_lost_trials()
+
+    def discard_lost_trials(self) -> None:
+        """Deletes the runs of trials missing from Ray's saved experiment: their driver was killed
+        before Ray saved them, and the resume replaces them with new trials."""
+        from ray import tune
+
+        from ..sweep.results import trials_frame
+
+        path = self.sweep.read_state()["experiment_path"]
+        try:
+            saved = set(trials_frame(path)["trial_id"]) if tune.Tuner.can_restore(path) else set()
+        except Exception as e:  # unreadable now: keep every run rather than guess
+            self.warn("reading Ray's saved trials", e)
+            return
+        for run in self.runs.children():
+            if run.data.tags.get("tvae_sweep.trial_id") not in saved:
+                self.runs.discard(run, "its driver was killed before Ray saved this trial, "
+                                       "so the resumed sweep replaced it with a new trial")
 
     def parent_tags(self) -> dict[str, str]:
         state = self.sweep.read_state()

@@ -3,7 +3,9 @@
 A run is looked up before it is made: the parent by the sweep's name and launch, a child by its Ray
 trial id under that parent. So a resumed sweep (a new driver) or a retried trial logs into the run it
 had. The last logged epoch of a child is kept in a tag, written with the metrics, so an epoch that is
-reported again after a resume is not logged twice.
+reported again after a resume is not logged twice. A trial that a killed driver started but Ray had
+not yet saved is run again under a new id after the resume: its first run is deleted, so each trial
+Ray knows has exactly one run.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ ROLE = "tvae_sweep.role"  # "sweep" or "trial"
 TRIAL = "tvae_sweep.trial_id"
 LAST_STEP = "tvae_sweep.last_step"
 ERROR = "tvae_sweep.error"
+DISCARDED = "tvae_sweep.discarded"
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
 
@@ -154,6 +157,13 @@ class SweepRuns:
         self.client.log_batch(child.run_id, metrics=batch, tags=tag_list)
         child.last_step = step
         return True
+
+    def discard(self, run, reason: str) -> None:
+        """Deletes (recoverably) the run of a trial that Ray will never continue."""
+        self.set_tags(run.info.run_id, {DISCARDED: reason})
+        if run.info.status == RUNNING:
+            self.set_status(run.info.run_id, KILLED)
+        self.client.delete_run(run.info.run_id)
 
     # ------------------------------------------------------------ common
 
