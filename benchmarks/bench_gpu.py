@@ -23,9 +23,8 @@ import time
 
 import torch
 
-from tvae_sweep import ModelConfig, build_model
+from tvae_sweep import ModelConfig
 from tvae_sweep.config import DataConfig, RunConfig, TrainConfig
-from tvae_sweep.data import build_data
 from tvae_sweep.training import Trainer
 
 FULL_MNIST_TRAIN, FULL_MNIST_TEST = 60_000, 10_000

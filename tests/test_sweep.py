@@ -98,13 +98,13 @@ def test_launching_an_existing_name_never_overwrites_it(finished_sweep):
 
 def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
     spec = sweep_spec(tmp_path, train={"epochs": 3}, resources={"cpus_per_trial": 0.5},
-                      search={"algorithm": "random", "scheduler": "pbt", "num_trials": 4, "max_concurrent": 4,
+                      search={"algorithm": "random", "scheduler": "pbt", "num_trials": 3, "max_concurrent": 3,
                               "perturbation_interval": 1, "mutate": ["train.lr"]})
     results = tmp_path / "results"
     proc = run_cli("launch", spec, "--name", "pbt", "--results-dir", results)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     frame = trials(results, "pbt")
-    assert len(frame) == 4 and set(frame["state"]) == {"TERMINATED"}
+    assert len(frame) == 3 and set(frame["state"]) == {"TERMINATED"}
     histories = []
     for folder in (results / "pbt" / "tune").glob("train_trial_*"):
         lines = [json.loads(ln) for ln in (folder / "result.json").read_text().splitlines()]

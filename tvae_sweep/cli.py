@@ -116,12 +116,14 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
     """Run the sweep of SPEC: Optuna proposes configs, Ray Tune runs them as trials."""
     from .config import apply_overrides, read_yaml
     from .sweep.layout import sweep_dir
-    from .sweep.launch import create
+    from .sweep.launch import check_new, create, join
     from .sweep.spec import spec_from_dict
 
     raw = apply_overrides(read_yaml(spec_path), list(overrides))
     spec = spec_from_dict(raw)
     sweep = sweep_dir(results_dir, name or spec.name or spec_path.stem)
+    check_new(sweep, overwrite)
+    join(spec, sweep, address)  # before anything is written: a refused cluster leaves nothing behind
     create(spec, sweep, raw, overwrite)
     _run_sweep(spec, sweep, address, resume=False, tracking_uri=tracking_uri)
 
@@ -133,11 +135,12 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
 @tracking_uri_option
 def resume(name: str, results_dir: Path | None, address: str | None, tracking_uri: str | None) -> None:
     """Continue a sweep after a crash or Ctrl-C; finished trials are not run again."""
-    from .sweep.launch import load_saved_spec
+    from .sweep.launch import join, load_saved_spec
     from .sweep.layout import sweep_dir
 
     sweep = sweep_dir(results_dir, name)
     spec = load_saved_spec(sweep)
+    join(spec, sweep, address)
     _run_sweep(spec, sweep, address, resume=True, tracking_uri=tracking_uri)
 
 

@@ -56,9 +56,10 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train
+        fused = self.device.type in ("cpu", "cuda")  # one kernel for all parameters: ~10% of a CPU step
         if t.optimizer == "adam":
-            return torch.optim.Adam(self.model.parameters(), lr=t.lr)
-        return torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum)
+            return torch.optim.Adam(self.model.parameters(), lr=t.lr, fused=fused)
+        return torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum, fused=fused)
 
     @property
     def steps_per_epoch(self) -> int:

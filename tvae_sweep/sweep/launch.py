@@ -5,10 +5,9 @@ import os
 import random
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, dump_yaml
+from ..config import dump_yaml
 from .cluster import check_reachable, check_storage, join_error
 from .layout import SweepDir, storage_location
 from .spec import SweepSpec, spec_from_dict
@@ -65,7 +64,8 @@ def _trainable(spec: SweepSpec):
 
 def _searcher(spec: SweepSpec, sweep: SweepDir):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from .searcher import OptunaSearch
 
     s = spec.search
     if s.scheduler == "pbt":
@@ -108,12 +108,23 @@ def _run_config(spec: SweepSpec, sweep: SweepDir, callbacks: list):
     )
 
 
+def check_new(sweep: SweepDir, overwrite: bool) -> None:
+    """Refuses to replace an existing sweep unless told to."""
+    if sweep.root.exists() and any(sweep.root.iterdir()) and not overwrite:
+        raise FileExistsError(f"a sweep named {sweep.name!r} exists in {sweep.root.parent}: "
+                              f"`tvae-sweep resume {sweep.name}` continues it, or pass --overwrite")
+
+
+def join(spec: SweepSpec, sweep: SweepDir, address: str | None) -> None:
+    """Connects to Ray and checks that every node can reach the sweep's storage."""
+    connect(address)
+    check_storage(spec, sweep)
+
+
 def create(spec: SweepSpec, sweep: SweepDir, raw_spec: dict, overwrite: bool) -> None:
-    """Makes results/<name>/, refusing to replace an existing sweep unless told to."""
-    if sweep.root.exists() and any(sweep.root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"a sweep named {sweep.name!r} exists in {sweep.root.parent}: "
-                                  f"`tvae-sweep resume {sweep.name}` continues it, or pass --overwrite")
+    """Makes results/<name>/ (replacing an existing sweep only when told to)."""
+    check_new(sweep, overwrite)
+    if sweep.root.exists():
         shutil.rmtree(sweep.root)
     sweep.root.mkdir(parents=True, exist_ok=True)
     dump_yaml(raw_spec, sweep.spec)
@@ -122,11 +133,9 @@ def create(spec: SweepSpec, sweep: SweepDir, raw_spec: dict, overwrite: bool) ->
 
 
 def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, callbacks: list) -> str:
-    """Runs (or resumes) the sweep to its end; returns the final status."""
+    """Runs (or resumes) the sweep to its end on the cluster `join` connected to; returns the final status."""
     from ray import tune
 
-    connect(address)
-    check_storage(spec, sweep)
     state = sweep.read_state()
     path = state["experiment_path"]
     trainable = _trainable(spec)
