@@ -24,7 +24,7 @@ smoke: setup
 	$(BIN)/tvae-sweep launch search_spaces/smoke.yaml --overwrite
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 benchmark: setup
 	$(BIN)/python -m benchmarks.bench_core
