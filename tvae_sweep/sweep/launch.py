@@ -163,9 +163,9 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
         )
     random.seed(spec.search.seed)  # PBT's explore step draws from Python's random
     grid = tuner.fit()
-    finished = sum(1 for r in grid if r.metrics.get("done") or r.error is None)
+    failed = sum(1 for r in grid if r.error is not None)
     status = "finished" if len(grid) >= state["num_trials"] and not _unfinished(path) else "interrupted"
-    sweep.write_state(status=status, trials=len(grid), finished=finished)
+    sweep.write_state(status=status, trials=len(grid), failed=failed)
     return status
 
 
