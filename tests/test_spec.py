@@ -161,3 +161,19 @@ def test_shipped_specs_are_valid():
     for path in specs:
         result = CliRunner().invoke(main, ["validate", str(path)])
         assert result.exit_code == 0, (path, result.output)
+
+
+def test_a_failed_trial_counts_as_the_worst_value_seen():
+    from tvae_sweep.sweep.searcher import OptunaSearch
+
+    spec = spec_from_dict(spec_raw())
+    search = OptunaSearch(space=define_by_run(spec), metric="log_likelihood", mode="max",
+                          sampler=make_sampler(spec))
+    for trial_id in ("a", "b", "c"):
+        search.suggest(trial_id)
+    search.on_trial_complete("a", result={"log_likelihood": -300.0})
+    search.on_trial_complete("b", result={"log_likelihood": -900.0})
+    search.on_trial_complete("c", error=True)  # diverged
+    values = {t.number: t.value for t in search._ot_study.get_trials()}
+    assert values == {0: -300.0, 1: -900.0, 2: -900.0}
+    search.on_trial_result("a", {"log_likelihood": -1.0, "training_iteration": 3})  # finished: ignored

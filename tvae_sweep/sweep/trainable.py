@@ -17,10 +17,11 @@ from ray import tune
 from ..data import build_data
 from ..images import save_topographic_map, save_traversal
 from ..run import TRAVERSAL_SEQUENCES
-from ..training import Trainer
+from ..training import DivergenceError, Trainer
 from .space import trial_run_config
 
 TRAVERSAL_FILE = "traversal.png"
+DIVERGED_FILE = "diverged.txt"  # in the trial folder: why the trial failed, so a retry fails fast
 TOPOGRAPHIC_MAP_FILE = "topographic_map.png"
 
 
@@ -51,6 +52,10 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = Non
     torch.set_num_threads(run.train.num_threads)
     device = trial_device(gpus)
 
+    diverged = Path(ctx.get_trial_dir()) / DIVERGED_FILE
+    if diverged.is_file():  # a retry would diverge again at the same epoch: fail at once
+        raise DivergenceError(diverged.read_text())
+
     data = build_data(run.data, run.model.seq_len, device, run.train.seed, sources=sources)
     trainer = Trainer(run, data=data, device=device)
     checkpoint = tune.get_checkpoint()
@@ -60,13 +65,22 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = Non
     where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device),
              "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
 
-    for _ in trainer.epochs():
-        with tempfile.TemporaryDirectory() as directory:
-            trainer.save_checkpoint(directory)
-            if trainer.finished:
-                test = trainer.data.test_set()
-                save_traversal(trainer.model, test.x[:TRAVERSAL_SEQUENCES], Path(directory) / TRAVERSAL_FILE)
-                if run.model.variant == "tvae2d":
-                    save_topographic_map(trainer.model, test.x, test.label, Path(directory) / TOPOGRAPHIC_MAP_FILE)
-            report = {**carried_metrics(trainer.history), **where}
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
+    try:
+        for _ in trainer.epochs():
+            report_epoch(trainer, where)
+    except DivergenceError as e:
+        diverged.write_text(str(e))
+        raise
+
+
+def report_epoch(trainer: Trainer, where: dict) -> None:
+    """Reports the epoch's metrics with a checkpoint (and, after the last epoch, its pictures)."""
+    with tempfile.TemporaryDirectory() as directory:
+        trainer.save_checkpoint(directory)
+        if trainer.finished:
+            test = trainer.data.test_set()
+            save_traversal(trainer.model, test.x[:TRAVERSAL_SEQUENCES], Path(directory) / TRAVERSAL_FILE)
+            if trainer.cfg.model.variant == "tvae2d":
+                save_topographic_map(trainer.model, test.x, test.label, Path(directory) / TOPOGRAPHIC_MAP_FILE)
+        report = {**carried_metrics(trainer.history), **where}
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
