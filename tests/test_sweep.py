@@ -5,6 +5,9 @@ import pytest
 import yaml
 from sweeps import run_cli, sweep_spec, trials
 
+from tvae_sweep.sweep.pbt import full_points
+from tvae_sweep.sweep.spec import load_spec
+
 pytestmark = pytest.mark.slow
 
 
@@ -105,14 +108,14 @@ def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     frame = trials(results, "pbt")
     assert len(frame) == 3 and set(frame["state"]) == {"TERMINATED"}
+    without_lr = lambda c: {k: v for k, v in c.items() if k != "train.lr"}
+    population = [without_lr(p) for p in full_points(load_spec(results / "pbt" / "spec.yaml"))]
     histories = []
     for folder in (results / "pbt" / "tune").glob("train_trial_*"):
         lines = [json.loads(ln) for ln in (folder / "result.json").read_text().splitlines()]
-        histories.append([ln["config"] for ln in lines])
+        histories.append([ln["config"] for ln in lines])  # empty if it took over a finished trial at once
     mutated = [h for h in histories if len({c["train.lr"] for c in h}) > 1]
     assert mutated, "no trial was exploited and explored"
-    without_lr = lambda c: {k: v for k, v in c.items() if k != "train.lr"}
-    population = [without_lr(h[0]) for h in histories]
     for history in mutated:
         for config in history:
             assert 1e-5 <= config["train.lr"] <= 3e-3  # kept inside the space
