@@ -12,8 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict
 
-ALGORITHMS = ("tpe", "gp", "cmaes", "random", "grid")
-SCHEDULERS = ("asha", "fifo", "pbt")
 RUN_SECTIONS = ("data", "model", "train")
 
 # what a trial reports at an evaluated epoch, by the data it sees
