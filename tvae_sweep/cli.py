@@ -47,10 +47,10 @@ def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: boo
 
     from .config import load_run_config
     from .run import train_to_directory
-    from .training import DivergenceError
+    from .training import DivergenceError, steps_per_epoch
 
     cfg = load_run_config(config, overrides)
-    steps = -(-cfg.data.train_sequences // cfg.train.batch_size)
+    steps = steps_per_epoch(cfg)
     bar = tqdm(total=cfg.train.epochs * steps, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def on_step(step: int, loss: float) -> None:

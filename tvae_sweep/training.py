@@ -23,6 +23,10 @@ from .seeding import fixed_rng
 CHECKPOINT_FILE = "state.pt"
 
 
+def steps_per_epoch(cfg: RunConfig) -> int:
+    return math.ceil(cfg.data.train_sequences / cfg.train.batch_size)
+
+
 class DivergenceError(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -63,7 +67,7 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.cfg.data.train_sequences / self.cfg.train.batch_size)
+        return steps_per_epoch(self.cfg)
 
     @property
     def finished(self) -> bool:

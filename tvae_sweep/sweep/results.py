@@ -48,7 +48,7 @@ def trials_frame(path: str) -> pd.DataFrame:
             if history is not None and metric in history:
                 series = history[metric].dropna()
                 if len(series):
-                    row[f"best/{metric}"] = series.max() if metric_mode(metric) == "max" else series.min()
+                    row[f"best/{metric}"] = best_of(series, metric)
         row["epochs"] = last.get("training_iteration", 0)
         row["time_s"] = last.get("time_total_s", float("nan"))
         row["node_id"] = last.get("node_id")
@@ -59,14 +59,23 @@ def trials_frame(path: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def last_line(text: str) -> str:
+    """The last line of a traceback: the exception and its message."""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "failed"
+
+
+def best_of(series: pd.Series, metric: str) -> float:
+    """The best value of a metric's series, in the metric's direction."""
+    return series.max() if metric_mode(metric) == "max" else series.min()
+
+
 def _error_text(trial) -> str | None:
     """The last line of the trial's error, if it failed."""
     if trial.status != "ERROR":
         return None
     path = Path(trial.path) / "error.txt"
-    message = path.read_text() if path.is_file() else ""
-    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "failed"
+    return last_line(path.read_text() if path.is_file() else "")
 
 
 def write_table(frame: pd.DataFrame, out: str | Path) -> Path:

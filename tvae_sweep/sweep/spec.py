@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict
+from ..config import SECTIONS, ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict
 
-RUN_SECTIONS = ("data", "model", "train")
+RUN_SECTIONS = tuple(SECTIONS)  # data, model, train
 
 # what a trial reports at an evaluated epoch, by the data it sees
 SEQUENCE_METRICS = ("equivariance_error", "equivariance_ratio", "roll_nll", "roll_nll_gap", "capsule_correlation")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..sweep.results import metric_mode
+from ..sweep.results import best_of
 from ..sweep.spec import ParamSpec, SweepSpec
 
 METRICS = ("equivariance_error", "equivariance_ratio", "log_likelihood", "roll_nll_gap", "capsule_correlation")
@@ -127,7 +127,7 @@ def axis_table(frame: pd.DataFrame, key: str, param: ParamSpec) -> pd.DataFrame:
 def _best(series: pd.Series, metric: str) -> float:
     if series.empty:
         return np.nan
-    return float(series.max() if metric_mode(metric) == "max" else series.min())
+    return float(best_of(series, metric))
 
 
 def axis_tables(frame: pd.DataFrame, spec: SweepSpec) -> dict[str, pd.DataFrame]:

@@ -22,6 +22,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECK
 
 from ..config import ConfigError
 from ..sweep.layout import SweepDir
+from ..sweep.results import last_line
 from ..sweep.space import num_trials, trial_run_config
 from ..sweep.spec import SweepSpec
 from . import publish, store as stores
@@ -40,12 +41,6 @@ def _number(value: Any) -> bool:
 def first_line(text: str) -> str:
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
     return lines[0] if lines else ""
-
-
-def last_line(text: str) -> str:
-    """The last line of a traceback: the exception and its message."""
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "failed"
 
 
 def parent_params(spec: SweepSpec) -> dict[str, str]:
