@@ -290,9 +290,13 @@ class MlflowTracking(Callback):
     @staticmethod
     def error_reason(trial) -> str:
         try:
-            return last_line(trial.get_error() or "failed")
-        except Exception:  # the error file may be gone
-            return "failed"
+            text = trial.get_error()
+        except Exception:  # the pickled error may be unreadable
+            text = None
+        if not text:  # fall back to the error file Ray writes beside the trial's results
+            path = Path(trial.path) / "error.txt"
+            text = path.read_text() if path.is_file() else ""
+        return last_line(text)
 
     def publish(self, frame: pd.DataFrame, final: bool) -> None:
         """Aggregates to the results folder and the parent run; figures at most every figure_interval."""
