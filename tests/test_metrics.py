@@ -5,7 +5,10 @@ from tvae_sweep.metrics import (
     capsule_roll,
     equivariance_error,
     equivariance_ratio,
+    has_map,
     permute_frames,
+    preferred_classes,
+    topographic_agreement,
 )
 
 
@@ -79,3 +82,30 @@ def test_capsule_correlation_is_one_for_a_rolling_code_and_low_for_noise():
     noise = torch.randn(b, 15, 4, 15, generator=g)
     out = capsule_correlation(noise, factor, start, [n_values, n_values], ["x", "y"])
     assert abs(out["capsule_correlation"]) < 0.5
+
+
+def test_preferred_classes_find_the_unit_each_class_drives():
+    # 9 units on a 3x3 grid; images of class k drive unit k (and every image a little of every unit)
+    labels = torch.arange(90) % 9
+    t = 0.1 * torch.ones(90, 1, 1, 9)
+    t[torch.arange(90), 0, 0, labels] = 5.0
+    preferred = preferred_classes(t, labels, n_classes=9)
+    assert preferred.shape == (3, 3)
+    assert preferred.flatten().tolist() == list(range(9))
+
+
+def test_topographic_agreement_counts_neighbours_on_the_torus():
+    uniform = torch.zeros(4, 4, dtype=torch.long)
+    assert topographic_agreement(uniform) == (1.0, 1.0)
+    checker = (torch.arange(4)[:, None] + torch.arange(4)[None, :]) % 2  # no neighbour agrees
+    observed, chance = topographic_agreement(checker)
+    assert observed == 0.0
+    assert abs(chance - 7 / 15) < 1e-12  # 8 units of each class: pairs of the same class 2*8*7 / (16*15)
+    halves = torch.zeros(4, 4, dtype=torch.long)
+    halves[2:] = 1  # two bands: only the 8 vertical pairs across the two borders disagree
+    assert topographic_agreement(halves)[0] == 24 / 32
+
+
+def test_has_map_needs_a_static_square_latent():
+    assert has_map(1, 324, 1) and has_map(4, 4, 1)
+    assert not has_map(1, 10, 1) and not has_map(18, 18, 18)

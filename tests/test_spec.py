@@ -10,7 +10,7 @@ from helpers import SPACE, tiny_raw
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError
 from tvae_sweep.sweep.space import define_by_run, grid_points, make_sampler, num_trials, trial_run_config
-from tvae_sweep.sweep.spec import spec_from_dict
+from tvae_sweep.sweep.spec import load_spec, select_profile, spec_from_dict
 
 def spec_raw(**sections):
     raw = tiny_raw()
@@ -177,3 +177,49 @@ def test_a_failed_trial_counts_as_the_worst_value_seen():
     values = {t.number: t.value for t in search._ot_study.get_trials()}
     assert values == {0: -300.0, 1: -900.0, 2: -900.0}
     search.on_trial_result("a", {"log_likelihood": -1.0, "training_iteration": 3})  # finished: ignored
+
+
+def profiled_spec(tmp_path):
+    raw = spec_raw()
+    raw["profiles"] = {"small": {"train.epochs": 1, "search.max_concurrent": 1},
+                       "large": {"name": "large_run", "train.epochs": 3, "resources.cpus_per_trial": 2}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_a_profile_sets_its_values_and_set_overrides_win(tmp_path):
+    path = profiled_spec(tmp_path)
+    default = load_spec(path)
+    assert default.profile == "small" and default.train["epochs"] == 1 and default.search.max_concurrent == 1
+    large = load_spec(path, profile="large")
+    assert (large.profile, large.name, large.train["epochs"], large.resources.cpus_per_trial) == ("large", "large_run", 3, 2)
+    assert load_spec(path, ["train.epochs=5"], profile="large").train["epochs"] == 5
+    raw = yaml.safe_load(path.read_text())
+    raw["profile"] = "large"  # the spec's own choice of default
+    assert spec_from_dict(select_profile(raw)).train["epochs"] == 3
+
+
+def test_profile_errors_are_one_line(tmp_path):
+    path = profiled_spec(tmp_path)
+    result = CliRunner().invoke(main, ["validate", str(path), "--profile", "huge"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "tvae-sweep: error: profile 'huge': no such profile; the spec has: small, large"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(spec_raw()))
+    result = CliRunner().invoke(main, ["validate", str(plain), "--profile", "small"])
+    assert result.exit_code == 2 and "has no profiles section" in result.output
+    with pytest.raises(ConfigError, match="profiles: must map"):
+        select_profile({"profiles": {"small": 3}})
+
+
+def test_shipped_paper_specs_have_a_cpu_and_a_full_profile():
+    for name in ("paper_table1", "paper_table2", "paper_2d"):
+        path = f"search_spaces/{name}.yaml"
+        cpu, full = load_spec(path, profile="cpu"), load_spec(path, profile="full")
+        assert num_trials(cpu) == num_trials(full) and len(cpu.space["train.seed"].values) >= 3
+        assert cpu.base_config().data.dataset == "mnist5k" or name == "paper_table2"
+        assert full.base_config().train.optimizer == "sgd" and full.base_config().train.lr == 1e-4
+        assert full.base_config().train.epochs == (250 if name == "paper_2d" else 100)
+        assert full.resources.gpus_per_trial > 0 and cpu.resources.gpus_per_trial == 0
+        assert full.name == f"{name}_full" and cpu.name == name

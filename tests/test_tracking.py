@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 from helpers import tiny_raw
 
 from tvae_sweep.config import ConfigError
@@ -424,3 +425,39 @@ def test_report_prints_and_writes_the_same_tables(runs, sweep, monkeypatch):
         for _, row in table.iterrows():
             assert f"| {row['metric']} | {row['mean']:.4g} |" in markdown
     assert "![Likelihood against equivariance ratio (Pareto front)](aggregates/pareto.png)" in markdown
+
+
+def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):
+    from tvae_sweep.sweep.layout import SweepDir
+    from tvae_sweep.sweep.spec import spec_from_dict
+    from tvae_sweep.tracking import publish, report
+
+    raw = tiny_raw()
+    raw["space"] = {"paper_model": {"type": "preset", "values": {
+        "vae": {"model.variant": "vae"}, "bubble": {"model.shift": 0}, "tvae": {"model.shift": 1}}},
+        "train.seed": {"type": "categorical", "values": [0, 1]}}
+    raw["search"] = {"algorithm": "grid", "scheduler": "fifo"}
+    spec = spec_from_dict(raw)
+    rows = []
+    for i, (variant, shift) in enumerate([("vae", 1), ("vae", 1), ("tvae", 0), ("tvae", 0), ("tvae", 1), ("tvae", 1)]):
+        checkpoint = tmp_path / f"t{i}"
+        checkpoint.mkdir()
+        Image.new("RGB", (20, 10), (i * 40, 0, 0)).save(checkpoint / "forecast.png")
+        rows.append({"trial_id": f"t{i}", "state": "TERMINATED", "config/model.variant": variant,
+                     "config/model.shift": shift, "config/train.seed": i % 2, "checkpoint": str(checkpoint),
+                     "final/log_likelihood": -100.0 - i, "final/equivariance_error": 10.0 * i})
+    frame = pd.DataFrame(rows)
+    sweep = SweepDir(tmp_path / "sweep")
+    result = publish.compute(frame, spec, sweep)
+    wide = pd.read_parquet(tmp_path / "sweep" / "aggregates" / "paper_model_summary.parquet")
+    assert wide["paper_model"].tolist() == ["vae", "bubble", "tvae"]  # the spec's order
+    assert wide["log_likelihood_mean"].tolist() == [-100.5, -102.5, -104.5]
+    assert wide["equivariance_error_std"].tolist() == pytest.approx([pd.Series([0.0, 10]).std()] * 3)
+    assert wide["count"].tolist() == [2, 2, 2]
+    pictures = publish.pictures_by_value(frame, spec, sweep, "paper_model", "forecast.png")
+    assert [(title.split("\n")[1], path.parent.name) for title, path in pictures] == \
+        [("t0", "t0"), ("t2", "t2"), ("t4", "t4")]  # the best seed of each model
+    assert "forecasts.png" in result.figures and "topographic_maps.png" not in result.figures
+    _, markdown = report.render("paper", frame, spec, result, None)
+    assert "| vae | 5 ± 7.071 | -100.5 ± 0.7071 | 2 |" in markdown
+    assert "(aggregates/forecasts.png)" in markdown

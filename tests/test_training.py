@@ -6,6 +6,8 @@ import yaml
 from click.testing import CliRunner
 
 from tvae_sweep.cli import main
+from tvae_sweep.images import forecast_rows
+from tvae_sweep.seeding import fixed_rng
 from tvae_sweep.training import DivergenceError, Trainer
 
 from helpers import tiny_raw
@@ -118,6 +120,36 @@ def test_tvae2d_run_draws_its_topographic_map(tmp_path):
     result = CliRunner().invoke(main, ["train", str(config), "--output", str(out), "--set", "train.epochs=1"])
     assert result.exit_code == 0, result.output
     assert (out / "topographic_map.png").is_file()
+    assert not (out / "forecast.png").exists()  # no time axis, nothing to forecast
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    assert 0 <= final["topographic_agreement"] <= 1 and 0 < final["topographic_agreement_chance"] <= 1
+
+
+def test_forecast_decodes_unseen_frames_from_the_seen_ones_only(tiny_config):
+    trainer = Trainer(tiny_config(train={"epochs": 1}))
+    x = trainer.data.test_set().x[:2]
+    seen = 3
+    rows = forecast_rows(trainer.model, x, seen)
+    assert len(rows) == 4 and rows[1].shape == x[0].shape
+    changed = x.clone()
+    changed[:, seen:] = torch.rand_like(changed[:, seen:])  # frames the encoder must not see
+    again = forecast_rows(trainer.model, changed, seen)
+    assert torch.equal(again[1], rows[1]) and torch.equal(again[3], rows[3])
+    assert not torch.equal(again[0], rows[0])  # the true frames row does show them
+    # the unseen frames are the last seen frame's capsules rolled one step per frame
+    with fixed_rng(x.device, 0):
+        forecast_latent = trainer.model.sample_latent(x[:, :seen])
+    t = torch.roll(forecast_latent[:, -1], trainer.model.metric_shift * 2, dims=-1)
+    expected = torch.sigmoid(trainer.model.decode(t[:, None]))[0, 0]
+    assert torch.allclose(rows[1][seen + 1], expected, atol=1e-6)
+
+
+def test_a_sequence_run_draws_its_forecast(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(write_config(tmp_path)), "--output", str(out), "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert (out / "forecast.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "topographic_map.png").exists()
 
 
 @pytest.mark.parametrize("override,field", [

@@ -88,17 +88,24 @@ tracking_uri_option = click.option(
          "sqlite:///<results-dir>/mlflow.db, artifacts in <results-dir>/mlartifacts].")
 
 
+profile_option = click.option(
+    "--profile", default=None, metavar="NAME",
+    help="Apply one of the spec's profiles, e.g. cpu or full [default: the spec's profile key, else its first].")
+
+
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec value (repeatable).")
-def validate(spec_path: Path, overrides: tuple[str, ...]) -> None:
+@profile_option
+def validate(spec_path: Path, overrides: tuple[str, ...], profile: str | None) -> None:
     """Check a sweep spec without launching anything."""
     from .sweep.space import num_trials
     from .sweep.spec import load_spec
 
-    spec = load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides, profile)
     s = spec.search
-    click.echo(f"{spec_path}: valid; {num_trials(spec)} trials of {', '.join(spec.space) or 'the base config'} "
+    shown = f" (profile {spec.profile})" if spec.profile else ""
+    click.echo(f"{spec_path}{shown}: valid; {num_trials(spec)} trials of {', '.join(spec.space) or 'the base config'} "
                f"by {s.algorithm} with {s.scheduler}, optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes))}")
 
 
@@ -110,16 +117,16 @@ def validate(spec_path: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a spec value, e.g. --set search.num_trials=4 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing sweep of the same name.")
+@profile_option
 @tracking_uri_option
 def launch(spec_path: Path, name: str | None, results_dir: Path | None, address: str | None,
-           overrides: tuple[str, ...], overwrite: bool, tracking_uri: str | None) -> None:
+           overrides: tuple[str, ...], overwrite: bool, profile: str | None, tracking_uri: str | None) -> None:
     """Run the sweep of SPEC: Optuna proposes configs, Ray Tune runs them as trials."""
-    from .config import apply_overrides, read_yaml
     from .sweep.layout import sweep_dir
     from .sweep.launch import check_new, create, join
-    from .sweep.spec import spec_from_dict
+    from .sweep.spec import read_spec, spec_from_dict
 
-    raw = apply_overrides(read_yaml(spec_path), list(overrides))
+    raw = read_spec(spec_path, overrides, profile)
     spec = spec_from_dict(raw)
     sweep = sweep_dir(results_dir, name or spec.name or spec_path.stem)
     check_new(sweep, overwrite)

@@ -268,16 +268,21 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     out = _deep_copy(raw)
     for text in overrides:
         path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text}: {part} is not a section")
-            node = child
-        node[path[-1]] = value
+        set_path(out, path, value, f"--set {text}")
     return out
+
+
+def set_path(raw: dict, path: list[str], value: Any, where: str) -> None:
+    """raw[path[0]][path[1]]... = value, making missing sections; `where` names the setting in errors."""
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
 
 
 def _deep_copy(raw: Any) -> Any:

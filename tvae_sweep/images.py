@@ -6,7 +6,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .metrics import has_map, preferred_classes
 from .seeding import fixed_rng
+
+# the pictures a finished run leaves beside its checkpoint
+TRAVERSAL_FILE = "traversal.png"
+FORECAST_FILE = "forecast.png"
+MAP_FILE = "topographic_map.png"
+PICTURES = (TRAVERSAL_FILE, FORECAST_FILE, MAP_FILE)
+PICTURE_SEQUENCES = 4  # sequences drawn in a traversal or forecast
 
 # ten distinct colours for the digit classes of the topographic map
 PALETTE = np.array([
@@ -23,15 +31,17 @@ def to_rgb(images: torch.Tensor) -> np.ndarray:
     return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
-def grid(rows: list[torch.Tensor], pad: int = 1) -> np.ndarray:
-    """Rows of (N, C, H, W) images -> one RGB canvas with a white border between images."""
+def grid(rows: list[torch.Tensor], pad: int = 1, split: int | None = None) -> np.ndarray:
+    """Rows of (N, C, H, W) images -> one RGB canvas with a white border between images (and a
+    wider one before column `split`)."""
     tiles = [to_rgb(r) for r in rows]
     n = max(len(t) for t in tiles)
     h, w = tiles[0].shape[1:3]
-    canvas = np.full((len(tiles) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    gap = 3 * pad if split else 0
+    canvas = np.full((len(tiles) * (h + pad) + pad, n * (w + pad) + pad + gap, 3), 255, dtype=np.uint8)
     for i, row in enumerate(tiles):
         for j, img in enumerate(row):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            y, x = pad + i * (h + pad), pad + j * (w + pad) + (gap if split and j >= split else 0)
             canvas[y:y + h, x:x + w] = img
     return canvas
 
@@ -53,6 +63,24 @@ def traversal_rows(model, x: torch.Tensor) -> list[torch.Tensor]:
     return rows
 
 
+@torch.no_grad()
+def forecast_rows(model, x: torch.Tensor, seen: int) -> list[torch.Tensor]:
+    """The paper's Figure 1: for each sequence of x (B, S, C, H, W), its true frames, then what
+    the model makes of its first `seen` frames alone: their reconstructions, and each later frame
+    m decoded from the last seen frame's capsules rolled by shift * (m - seen + 1). The encoder
+    never sees the later frames; a model whose capsules roll with the transformation draws them."""
+    model.eval()
+    with fixed_rng(x.device, 0):
+        t = model.sample_latent(x[:, :seen])  # (B, seen, C, D)
+    last, shift = t[:, -1], model.metric_shift
+    ahead = [torch.roll(last, shift * (m - seen + 1), dims=-1) for m in range(seen, x.shape[1])]
+    decoded = torch.sigmoid(model.decode(torch.cat([t, torch.stack(ahead, dim=1)], dim=1)))
+    rows = []
+    for b in range(x.shape[0]):
+        rows += [x[b], decoded[b]]
+    return rows
+
+
 def save_png(canvas: np.ndarray, path: str | Path, scale: int = 2) -> Path:
     from PIL import Image  # imported here: the core needs Pillow only to write pictures
 
@@ -67,23 +95,35 @@ def save_traversal(model, x: torch.Tensor, path: str | Path) -> Path:
     return save_png(grid(traversal_rows(model, x)), path)
 
 
-@torch.no_grad()
-def topographic_map(model, x: torch.Tensor, labels: torch.Tensor, n_classes: int = 10) -> np.ndarray:
-    """The torus of a tvae2d model coloured by the class each unit prefers (paper Figure 3).
+def save_forecast(model, x: torch.Tensor, path: str | Path, seen: int | None = None) -> Path:
+    seen = seen or x.shape[1] // 2
+    return save_png(grid(forecast_rows(model, x, seen), split=seen), path)
 
-    A unit's preference is the class whose images give it the largest mean activation |t| above
-    the unit's mean over all images. Returns (side, side, 3) uint8.
-    """
+
+@torch.no_grad()
+def topographic_map(model, x: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """The latent grid (the torus of a tvae2d model) coloured by the class each unit prefers (paper
+    Figure 3). Returns (side, side, 3) uint8."""
     model.eval()
     with fixed_rng(x.device, 0):
-        t = model.sample_latent(x).flatten(1).abs()  # (N, D)
-    side = round(t.shape[1] ** 0.5)
-    overall = t.mean(0)
-    means = torch.stack([t[labels == k].mean(0) if (labels == k).any() else overall
-                         for k in range(n_classes)])  # (classes, D)
-    preferred = (means - overall).argmax(0).cpu().numpy()
-    return PALETTE[preferred % len(PALETTE)].reshape(side, side, 3)
+        t = model.sample_latent(x)
+    preferred = preferred_classes(t, labels).cpu().numpy()
+    return PALETTE[preferred % len(PALETTE)]
 
 
 def save_topographic_map(model, x: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
     return save_png(topographic_map(model, x, labels), path, scale=12)
+
+
+def save_pictures(model, test, directory: str | Path) -> list[Path]:
+    """The pictures of a trained model on its test set `test` (a Batch) into `directory`: the
+    traversal; the forecast for sequence models; the topographic map for static models whose
+    latent is a square grid."""
+    directory, cfg = Path(directory), model.cfg
+    x = test.x[:PICTURE_SEQUENCES]
+    saved = [save_traversal(model, x, directory / TRAVERSAL_FILE)]
+    if cfg.seq_len > 1:
+        saved.append(save_forecast(model, x, directory / FORECAST_FILE))
+    if has_map(cfg.n_caps, cfg.cap_dim, cfg.seq_len):
+        saved.append(save_topographic_map(model, test.x, test.label, directory / MAP_FILE))
+    return saved

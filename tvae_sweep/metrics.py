@@ -110,3 +110,37 @@ def roll_prediction(model, x: torch.Tensor, t: torch.Tensor, shift: int) -> tupl
     roll_nll = model.bernoulli_nll(model.decode(predicted), x)[:, 1:].mean(dim=1)
     self_nll = model.bernoulli_nll(model.decode(t), x)[:, 1:].mean(dim=1)
     return roll_nll, self_nll
+
+
+# ---------------------------------------------------------------- topographic maps (2-D model, paper Figure 3)
+
+
+def has_map(n_caps: int, cap_dim: int, seq_len: int) -> bool:
+    """A static-image model whose latent can be laid out as a square grid."""
+    side = round((n_caps * cap_dim) ** 0.5)
+    return seq_len == 1 and side * side == n_caps * cap_dim
+
+
+def preferred_classes(t: torch.Tensor, labels: torch.Tensor, n_classes: int = 10) -> torch.Tensor:
+    """The class each latent unit prefers, laid out as the (side, side) grid of the torus.
+
+    t: (N, ...) latents of N images, flattened to N x D units. A unit's preference is the class
+    whose images give it the largest mean |t| above the unit's mean over all images.
+    """
+    t = t.flatten(1).abs()
+    side = round(t.shape[1] ** 0.5)
+    overall = t.mean(0)
+    means = torch.stack([t[labels == k].mean(0) if (labels == k).any() else overall
+                         for k in range(n_classes)])  # (classes, D)
+    return (means - overall).argmax(0).reshape(side, side)
+
+
+def topographic_agreement(preferred: torch.Tensor) -> tuple[float, float]:
+    """(observed, chance): the fraction of neighbouring unit pairs on the torus (right and down
+    neighbours, wrapping) that prefer the same class, and the same fraction expected if the
+    units' preferences were placed at random."""
+    same = torch.cat([(preferred == torch.roll(preferred, 1, dims=d)).flatten() for d in (0, 1)])
+    counts = torch.bincount(preferred.flatten()).double()
+    n = counts.sum()
+    chance = float((counts * (counts - 1)).sum() / (n * (n - 1))) if n > 1 else 1.0
+    return float(same.double().mean()), chance

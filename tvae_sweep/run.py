@@ -2,7 +2,8 @@
 
 DIR/config.yaml (fully resolved), DIR/metrics.json ({"epochs": [...], "final": {...}}),
 DIR/checkpoint/ (resumed when the same config is run into the same directory again),
-DIR/traversal.png, and DIR/topographic_map.png for the 2-D model.
+DIR/traversal.png, DIR/forecast.png for sequence models, DIR/topographic_map.png for static models
+with a square latent grid (the 2-D model).
 """
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from typing import Callable
 import yaml
 
 from .config import ConfigError, RunConfig, dump_yaml
-from .images import save_topographic_map, save_traversal
+from .images import save_pictures
 from .training import CHECKPOINT_FILE, Trainer
-
-TRAVERSAL_SEQUENCES = 4
 
 
 def final_metrics(history: list[dict]) -> dict:
@@ -31,13 +30,6 @@ def write_metrics(path: Path, history: list[dict], error: str | None = None) -> 
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(path)
-
-
-def save_pictures(trainer: Trainer, output: Path) -> None:
-    test = trainer.data.test_set()
-    save_traversal(trainer.model, test.x[:TRAVERSAL_SEQUENCES], output / "traversal.png")
-    if trainer.cfg.model.variant == "tvae2d":
-        save_topographic_map(trainer.model, test.x, test.label, output / "topographic_map.png")
 
 
 def train_to_directory(cfg: RunConfig, output: str | Path, overwrite: bool = False,
@@ -67,6 +59,6 @@ def train_to_directory(cfg: RunConfig, output: str | Path, overwrite: bool = Fal
     except Exception as e:
         write_metrics(output / "metrics.json", trainer.history, error=str(e))
         raise
-    save_pictures(trainer, output)
+    save_pictures(trainer.model, trainer.data.test_set(), output)
     write_metrics(output / "metrics.json", trainer.history)
     return final_metrics(trainer.history)

@@ -16,7 +16,8 @@ import torch
 
 from .config import RunConfig
 from .data import SequenceData, build_data
-from .metrics import capsule_correlation, equivariance_error, permute_frames, roll_prediction
+from .metrics import (capsule_correlation, equivariance_error, has_map, permute_frames, preferred_classes,
+                      roll_prediction, topographic_agreement)
 from .model import build_model
 from .seeding import fixed_rng
 
@@ -120,7 +121,9 @@ class Trainer:
         with fixed_rng(self.device, t.seed + 2):
             perm_gen = torch.Generator(self.device).manual_seed(t.seed + 3)
             sums: dict[str, float] = {}
-            latents, n = [], 0
+            latents, labels, n = [], [], 0
+            m = self.cfg.model
+            draws_map = has_map(m.n_caps, m.cap_dim, m.seq_len)
             for batch in self.data.test_batches(t.eval_batch_size):
                 b = batch.x.shape[0]
                 n += b
@@ -138,9 +141,15 @@ class Trainer:
                     parts["equivariance_error_permuted"] = equivariance_error(permute_frames(tt, perm_gen), shift).sum()
                     parts["roll_nll"] = roll_nll.sum()
                     parts["self_nll"] = self_nll.sum()
+                elif draws_map:
+                    latents.append(out.t)
+                    labels.append(batch.label)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
         out = {k: v / n for k, v in sums.items()}
+        if draws_map:
+            preferred = preferred_classes(torch.cat(latents), torch.cat(labels))
+            out["topographic_agreement"], out["topographic_agreement_chance"] = topographic_agreement(preferred)
         if "equivariance_error" in out:
             out["equivariance_ratio"] = out["equivariance_error"] / max(out.pop("equivariance_error_permuted"), 1e-12)
             out["roll_nll_gap"] = out["roll_nll"] - out.pop("self_nll")

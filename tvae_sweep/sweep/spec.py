@@ -10,13 +10,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import SECTIONS, ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict
+from ..config import SECTIONS, ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict, set_path
+from ..metrics import has_map
 
 RUN_SECTIONS = tuple(SECTIONS)  # data, model, train
 
 # what a trial reports at an evaluated epoch, by the data it sees
 SEQUENCE_METRICS = ("equivariance_error", "equivariance_ratio", "roll_nll", "roll_nll_gap", "capsule_correlation")
 ALWAYS_METRICS = ("loss", "log_likelihood", "train_loss")
+MAP_METRICS = ("topographic_agreement", "topographic_agreement_chance")  # static models with a square latent
 
 
 class Strict(BaseModel):
@@ -159,6 +161,7 @@ class StorageSpec(Strict):
 
 class SweepSpec(Strict):
     name: str | None = None
+    profile: str | None = None  # the profile the spec was resolved with (see select_profile)
     data: dict[str, Any] = Field(default_factory=dict)
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
@@ -220,6 +223,8 @@ def reported_metrics(run: RunConfig) -> set[str]:
     if run.data.transforms and run.model.seq_len > 1:
         metrics |= set(SEQUENCE_METRICS)
         metrics |= {f"capsule_correlation_{t}" for t in (run.data.test_transforms or run.data.transforms)}
+    if has_map(run.model.n_caps, run.model.cap_dim, run.model.seq_len):
+        metrics |= set(MAP_METRICS)
     return metrics
 
 
@@ -267,10 +272,38 @@ def check_space_keys(spec: SweepSpec, run: RunConfig) -> None:
                 raise ConfigError(f"space.{key}: refers to {dep}, which is not a config key")
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+def select_profile(raw: dict, profile: str | None = None) -> dict:
+    """The spec with one of its profiles applied, and the profiles section removed.
+
+    A spec may carry `profiles: {NAME: {section.key: value}}`, e.g. a `cpu` size and the paper's
+    `full` size. The profile is `profile` (--profile), else the spec's `profile` key, else the first
+    one listed; the result records it under `profile`. --set overrides apply after it.
+    """
+    profiles = raw.get("profiles")
+    if profiles is None:
+        if profile:
+            raise ConfigError(f"--profile {profile}: the spec has no profiles section")
+        return raw
+    if not isinstance(profiles, dict) or not profiles or not all(isinstance(p, dict) for p in profiles.values()):
+        raise ConfigError("profiles: must map each profile name to {section.key: value}")
+    name = profile or raw.get("profile") or next(iter(profiles))
+    if name not in profiles:
+        raise ConfigError(f"profile {name!r}: no such profile; the spec has: {', '.join(profiles)}")
+    out = {k: v for k, v in raw.items() if k != "profiles"}
+    for key, value in profiles[name].items():
+        set_path(out, str(key).split("."), value, f"profiles.{name}.{key}")
+    out["profile"] = name
+    return out
+
+
+def read_spec(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> dict:
+    """The raw spec of a file, with its profile and then the --set overrides applied."""
+    return apply_overrides(select_profile(read_yaml(path), profile), list(overrides))
+
+
+def load_spec(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> SweepSpec:
     """Reads, overrides and checks a spec; raises ConfigError with one line on any problem."""
-    raw = apply_overrides(read_yaml(path), list(overrides))
-    return spec_from_dict(raw)
+    return spec_from_dict(read_spec(path, overrides, profile))
 
 
 def spec_from_dict(raw: dict) -> SweepSpec:

@@ -15,14 +15,11 @@ import torch
 from ray import tune
 
 from ..data import build_data
-from ..images import save_topographic_map, save_traversal
-from ..run import TRAVERSAL_SEQUENCES
+from ..images import save_pictures
 from ..training import DivergenceError, Trainer
 from .space import trial_run_config
 
-TRAVERSAL_FILE = "traversal.png"
 DIVERGED_FILE = "diverged.txt"  # in the trial folder: why the trial failed, so a retry fails fast
-TOPOGRAPHIC_MAP_FILE = "topographic_map.png"
 
 
 def trial_device(gpus: float) -> torch.device:
@@ -78,9 +75,6 @@ def report_epoch(trainer: Trainer, where: dict) -> None:
     with tempfile.TemporaryDirectory() as directory:
         trainer.save_checkpoint(directory)
         if trainer.finished:
-            test = trainer.data.test_set()
-            save_traversal(trainer.model, test.x[:TRAVERSAL_SEQUENCES], Path(directory) / TRAVERSAL_FILE)
-            if trainer.cfg.model.variant == "tvae2d":
-                save_topographic_map(trainer.model, test.x, test.label, Path(directory) / TOPOGRAPHIC_MAP_FILE)
+            save_pictures(trainer.model, trainer.data.test_set(), directory)
         report = {**carried_metrics(trainer.history), **where}
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -16,7 +16,8 @@ import pandas as pd
 from ..sweep.results import best_of
 from ..sweep.spec import ParamSpec, SweepSpec
 
-METRICS = ("equivariance_error", "equivariance_ratio", "log_likelihood", "roll_nll_gap", "capsule_correlation")
+METRICS = ("equivariance_error", "equivariance_ratio", "log_likelihood", "roll_nll_gap", "capsule_correlation",
+           "topographic_agreement", "topographic_agreement_chance")
 TERMINATED = "TERMINATED"  # a finished trial in Ray
 MAX_VALUES = 8  # a numeric key with more distinct values than this is binned
 BINS = 5
@@ -128,6 +129,21 @@ def _best(series: pd.Series, metric: str) -> float:
     if series.empty:
         return np.nan
     return float(best_of(series, metric))
+
+
+def wide_table(table: pd.DataFrame, key: str, order: list | None = None) -> pd.DataFrame:
+    """An axis table with one row per value and the columns <metric>_mean, <metric>_std and count:
+    the paper's layout (mean and standard deviation over seeds). Rows follow `order` when given."""
+    if table.empty:
+        return pd.DataFrame(columns=[key, "count"])
+    wide = table.pivot(index=key, columns="metric", values=["mean", "std"])
+    wide.columns = [f"{metric}_{stat}" for stat, metric in wide.columns]
+    metrics = list(dict.fromkeys(table["metric"]))
+    wide = wide[[f"{m}_{stat}" for m in metrics for stat in ("mean", "std")]]
+    wide["count"] = table.groupby(key)["count"].max()
+    if order is not None:
+        wide = wide.reindex([v for v in order if v in wide.index])
+    return wide.reset_index()
 
 
 def axis_tables(frame: pd.DataFrame, spec: SweepSpec) -> dict[str, pd.DataFrame]:

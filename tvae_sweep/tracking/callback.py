@@ -21,6 +21,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
 from ..config import ConfigError
+from ..images import PICTURES
 from ..sweep.layout import SweepDir
 from ..sweep.results import last_line
 from ..sweep.space import num_trials, trial_run_config
@@ -29,7 +30,6 @@ from . import publish, store as stores
 from .aggregate import TERMINATED as RAY_FINISHED, frame_from_trials
 from .runs import ERROR, FAILED, FINISHED, KILLED, NOTE, RUNNING, Child, SweepRuns, flatten, launch_id
 
-IMAGES = ("traversal.png", "topographic_map.png")  # read from a trial's checkpoint when present
 NOT_METRICS = set(AUTO_RESULT_KEYS) | {DONE, SHOULD_CHECKPOINT, TRIAL_ID, EXPERIMENT_TAG, "node_id", "device"}
 RAY_ERROR = "ERROR"
 
@@ -221,14 +221,13 @@ class MlflowTracking(Callback):
             child = self.child(trial)
             self.runs.set_tags(child.run_id, {"tvae_sweep.checkpoint": checkpoint_location(checkpoint)})
             with tempfile.TemporaryDirectory() as tmp:
-                for name in IMAGES:
+                for name in PICTURES:
                     local = Path(tmp) / name
                     if copy_from_checkpoint(checkpoint, name, local):
                         self.runs.put_file(child.run_id, local)
-                        if name == publish.TRAVERSAL_FILE:
-                            cached = publish.cached_traversal(self.sweep, trial.trial_id)
-                            cached.parent.mkdir(parents=True, exist_ok=True)
-                            cached.write_bytes(local.read_bytes())
+                        cached = publish.cached_picture(self.sweep, trial.trial_id, name)
+                        cached.parent.mkdir(parents=True, exist_ok=True)
+                        cached.write_bytes(local.read_bytes())
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         with self.guard("on_trial_complete"):

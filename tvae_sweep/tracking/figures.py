@@ -100,20 +100,24 @@ def _short(value) -> str:
     return text if len(text) <= 14 else text[:13] + "…"
 
 
-def traversals_figure(images: list[tuple[str, Path]]) -> Figure | None:
-    """Traversal pictures of the best trials side by side, each titled with its trial and score."""
+def traversals_figure(images: list[tuple[str, Path]], columns: int | None = None) -> Figure | None:
+    """Pictures (traversals, forecasts, maps) in a grid of `columns` (default: one row), each titled."""
     from PIL import Image
 
     images = [(title, Path(p)) for title, p in images if p and Path(p).is_file()]
     if not images:
         return None
     pictures = [np.asarray(Image.open(p).convert("RGB")) for _, p in images]
-    height = max(p.shape[0] for p in pictures)
-    width = sum(p.shape[1] for p in pictures)
-    scale = min(1.0, 14 / (width / 100 + 0.5 * len(pictures)))
-    fig = _figure(scale * (width / 100 + 0.5 * len(pictures)), scale * (height / 100) + 0.6)
-    for ax, (title, _), picture in zip(fig.subplots(1, len(pictures), squeeze=False)[0], images, pictures):
+    columns = min(columns or len(pictures), len(pictures))
+    rows = -(-len(pictures) // columns)
+    height = max(p.shape[0] for p in pictures) / 100 + 0.45  # inches per row, with its title
+    width = max(p.shape[1] for p in pictures) / 100 + 0.2
+    scale = min(1.0, 14 / (width * columns))
+    fig = _figure(scale * width * columns, scale * height * rows + 0.2)
+    axes = fig.subplots(rows, columns, squeeze=False).flatten()
+    for ax in axes:
+        ax.axis("off")
+    for ax, (title, _), picture in zip(axes, images, pictures):
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(title, fontsize=8)
-        ax.axis("off")
     return fig

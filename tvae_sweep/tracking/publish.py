@@ -1,8 +1,11 @@
 """A sweep's aggregated results, written to results/<name>/aggregates/ and logged on the parent run.
 
-Files: <key>.parquet per searched key (value, metric, mean, std, best, count), pareto.png,
-metrics_by_axis.png, best_traversals.png, and traversals/<trial>.png (each finished trial's traversal,
-kept so the best ones can be drawn side by side).
+Files: <key>.parquet per searched key (value, metric, mean, std, best, count), <key>_summary.parquet
+for the first preset key (one row per preset: <metric>_mean, <metric>_std, count), pareto.png,
+metrics_by_axis.png, best_traversals.png; for a spec with a preset key (the paper's models), the
+best trial of each preset's forecast (forecasts.png, the paper's Figure 1) and topographic map
+(topographic_maps.png, Figure 3); and trials/<trial>/<picture>.png, each finished trial's pictures,
+kept so that they can be drawn side by side after Ray has pruned its checkpoints.
 """
 from __future__ import annotations
 
@@ -12,14 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..images import FORECAST_FILE, MAP_FILE, TRAVERSAL_FILE
 from ..sweep.layout import SweepDir
 from ..sweep.spec import SweepSpec
-from .aggregate import axis_tables, best_trial, finished, ranked
+from .aggregate import axis_tables, axis_values, best_trial, finished, ranked, wide_table
 from .figures import axes_figure, pareto_figure, save, traversals_figure
 
 FOLDER = "aggregates"
 TOP_TRAVERSALS = 4
-TRAVERSAL_FILE = "traversal.png"
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Aggregates:
     best: pd.Series | None
     finished: int
     figures: dict[str, Path] = field(default_factory=dict)
+    wide: dict[str, pd.DataFrame] = field(default_factory=dict)  # the compared key's paper-style table
 
 
 def folder(sweep: SweepDir) -> Path:
@@ -38,8 +42,8 @@ def table_path(sweep: SweepDir, key: str) -> Path:
     return folder(sweep) / f"{key}.parquet"  # keys are config keys: letters, digits, '.', '_'
 
 
-def cached_traversal(sweep: SweepDir, trial_id: str) -> Path:
-    return folder(sweep) / "traversals" / f"{trial_id}.png"
+def cached_picture(sweep: SweepDir, trial_id: str, name: str) -> Path:
+    return folder(sweep) / "trials" / trial_id / name
 
 
 def objective(spec: SweepSpec) -> tuple[str, str]:
@@ -55,24 +59,53 @@ def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool
         table.to_parquet(table_path(sweep, key), index=False)
     metric, mode = objective(spec)
     result = Aggregates(tables, best_trial(frame, metric, mode), len(finished(frame)))
+    key = compared_key(spec)
+    if key is not None:
+        result.wide[key] = wide_table(tables[key], key, list(spec.space[key].values))
+        result.wide[key].to_parquet(folder(sweep) / f"{key}_summary.parquet", index=False)
     if figures:
         drawn = {"pareto.png": pareto_figure(frame), "metrics_by_axis.png": axes_figure(frame, spec),
-                 "best_traversals.png": traversals_figure(best_traversals(frame, spec, sweep))}
+                 "best_traversals.png": traversals_figure(best_pictures(frame, spec, sweep, TRAVERSAL_FILE))}
+        if key is not None:
+            drawn["forecasts.png"] = traversals_figure(pictures_by_value(frame, spec, sweep, key, FORECAST_FILE), 2)
+            drawn["topographic_maps.png"] = traversals_figure(pictures_by_value(frame, spec, sweep, key, MAP_FILE))
         result.figures = {name: save(fig, out / name) for name, fig in drawn.items() if fig is not None}
     return result
 
 
-def best_traversals(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir) -> list[tuple[str, Path]]:
-    """(title, picture) of the best finished trials: the cached copy, else the one in its checkpoint."""
+def picture(sweep: SweepDir, row: pd.Series, name: str) -> Path | None:
+    """A finished trial's picture: the cached copy, else the one in its last checkpoint."""
+    path = cached_picture(sweep, row["trial_id"], name)
+    checkpoint = row.get("checkpoint")
+    if not path.is_file() and isinstance(checkpoint, str):
+        path = Path(checkpoint) / name
+    return path if path.is_file() else None
+
+
+def best_pictures(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, name: str) -> list[tuple[str, Path]]:
+    """(title, picture) of the best finished trials."""
     metric, mode = objective(spec)
-    pictures = []
-    for _, row in ranked(frame, metric, mode, TOP_TRAVERSALS).iterrows():
-        path = cached_traversal(sweep, row["trial_id"])
-        checkpoint = row.get("checkpoint")
-        if not path.is_file() and isinstance(checkpoint, str) and (Path(checkpoint) / TRAVERSAL_FILE).is_file():
-            path = Path(checkpoint) / TRAVERSAL_FILE
-        pictures.append((f"{row['trial_id']}\n{metric} {row[f'final/{metric}']:.5g}", path))
-    return pictures
+    return [(f"{row['trial_id']}\n{metric} {row[f'final/{metric}']:.5g}", picture(sweep, row, name))
+            for _, row in ranked(frame, metric, mode, TOP_TRAVERSALS).iterrows()]
+
+
+def compared_key(spec: SweepSpec) -> str | None:
+    """The first preset key of the space: the named models a sweep compares."""
+    return next((key for key, p in spec.space.items() if p.type == "preset"), None)
+
+
+def pictures_by_value(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, key: str,
+                      name: str) -> list[tuple[str, Path]]:
+    """(title, picture) of the best finished trial of each value of `key`, in the spec's order."""
+    metric, mode = objective(spec)
+    done = finished(frame)
+    values = axis_values(done, key, spec.space[key])
+    out = []
+    for value in spec.space[key].values:
+        best = ranked(done[values == value], metric, mode, 1)
+        for _, row in best.iterrows():
+            out.append((f"{value}\n{row['trial_id']}", picture(sweep, row, name)))
+    return out
 
 
 def best_metrics(result: Aggregates) -> dict[str, float]:

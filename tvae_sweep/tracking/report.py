@@ -14,7 +14,9 @@ from .publish import FOLDER, Aggregates, objective
 NOT_SAMPLED = "(not sampled)"
 FIGURES = (("pareto.png", "Likelihood against equivariance ratio (Pareto front)"),
            ("metrics_by_axis.png", "Each metric against each searched key"),
-           ("best_traversals.png", "Traversals of the best trials"))
+           ("best_traversals.png", "Traversals of the best trials"),
+           ("forecasts.png", "Forecasts: each model's best trial, from half a test sequence (the paper's Figure 1)"),
+           ("topographic_maps.png", "Topographic maps: each model's best trial, units coloured by the digit class they prefer (Figure 3)"))
 
 
 def fmt(value) -> str:
@@ -56,6 +58,17 @@ def markdown_table(table: pd.DataFrame, key: str) -> str:
     return "\n".join(lines)
 
 
+def wide_markdown(wide: pd.DataFrame, key: str) -> str:
+    """The paper-style table: one row per value of `key`, 'mean ± std' per metric."""
+    metrics = [c.removesuffix("_mean") for c in wide.columns if c.endswith("_mean")]
+    lines = ["| " + " | ".join([f"`{key}`", *metrics, "trials"]) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(metrics) + 1)) + "|"]
+    for _, row in wide.iterrows():
+        cells = [f"{fmt(row[f'{m}_mean'])} ± {fmt(row[f'{m}_std'])}" for m in metrics]
+        lines.append("| " + " | ".join([fmt(row[key]), *cells, fmt(row["count"])]) + " |")
+    return "\n".join(lines)
+
+
 def summary(frame: pd.DataFrame, spec: SweepSpec, result: Aggregates) -> list[str]:
     counts = frame["state"].value_counts().to_dict() if len(frame) else {}
     lines = [f"{len(frame)} trials: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none")]
@@ -77,6 +90,8 @@ def render(name: str, frame: pd.DataFrame, spec: SweepSpec, result: Aggregates,
           "Over finished trials, per searched value: mean, standard deviation, best and count of each "
           "final metric (lower equivariance error, ratio and roll NLL gap are better; higher "
           "log-likelihood and capsule correlation are better).", ""]
+    for key, wide in result.wide.items():
+        md += [f"## Mean ± standard deviation over seeds, per `{key}`", "", wide_markdown(wide, key), ""]
     for key, table in result.tables.items():
         text += [text_table(table, key), ""]
         md += [f"## {key}", "", markdown_table(table, key), ""]
