@@ -158,6 +158,7 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
                 search_alg=_searcher(spec, sweep), scheduler=_scheduler(spec),
                 num_samples=num_trials(spec), max_concurrent_trials=s.max_concurrent,
                 metric=s.metrics[0] if single else None, mode=s.modes[0] if single else None,
+                reuse_actors=spec.resources.reuse_actors,
             ),
             run_config=_run_config(spec, sweep, callbacks),
         )

@@ -16,7 +16,8 @@ from .spec import SweepSpec
 METRIC_MODES = {
     "loss": "min", "train_loss": "min", "log_likelihood": "max",
     "equivariance_error": "min", "equivariance_ratio": "min",
-    "roll_nll": "min", "roll_nll_gap": "min", "capsule_correlation": "max", "topographic_agreement": "max",
+    "roll_nll": "min", "roll_nll_gap": "min", "capsule_correlation": "max",
+    "topographic_agreement": "max", "topographic_agreement_chance": "max",
 }
 
 

@@ -116,6 +116,7 @@ class SearchSpec(Strict):
 class ResourcesSpec(Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
+    reuse_actors: bool = True  # a finished trial's worker process runs the next trial (no new process)
 
     @field_validator("gpus_per_trial")
     @classmethod
