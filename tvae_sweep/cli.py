@@ -46,18 +46,27 @@ def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: boo
     from tqdm import tqdm
 
     from .config import load_run_config
+    from .data import check_sources
     from .run import train_to_directory
-    from .training import DivergenceError, steps_per_epoch
+    from .training import CheckpointError, DivergenceError, steps_per_epoch
 
     cfg = load_run_config(config, overrides)
+    check_sources(cfg.data)
     steps = steps_per_epoch(cfg)
-    bar = tqdm(total=cfg.train.epochs * steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+    bars = []  # the progress bar, shown from the first step on (not before a refused start)
+
+    def progress():
+        if not bars:
+            bars.append(tqdm(total=cfg.train.epochs * steps, unit="step", dynamic_ncols=True, file=sys.stderr))
+        return bars[0]
 
     def on_step(step: int, loss: float) -> None:
+        bar = progress()
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.1f}", refresh=False)
 
     def on_epoch(metrics: dict) -> None:
+        bar = progress()
         bar.n = metrics["epoch"] * steps
         shown = {k: metrics[k] for k in ("train_loss", "log_likelihood", "equivariance_error",
                                           "equivariance_ratio") if k in metrics}
@@ -65,11 +74,13 @@ def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: boo
 
     try:
         final = train_to_directory(cfg, output, overwrite=overwrite, on_epoch=on_epoch, on_step=on_step)
+    except CheckpointError as e:
+        raise ConfigError(f"{e}; delete it, or pass --overwrite to start afresh") from None
     except DivergenceError as e:
-        bar.close()
+        progress().close()
         click.echo(f"tvae-sweep: error: {e}; lower train.lr or set train.grad_clip", err=True)
         sys.exit(1)
-    bar.close()
+    progress().close()
     click.echo(f"done: {output}/metrics.json, {output}/traversal.png")
     for key in sorted(final):
         if key != "epoch":
@@ -123,13 +134,14 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
            overrides: tuple[str, ...], overwrite: bool, profile: str | None, tracking_uri: str | None) -> None:
     """Run the sweep of SPEC: Optuna proposes configs, Ray Tune runs them as trials."""
     from .sweep.layout import sweep_dir
-    from .sweep.launch import check_new, create, join
+    from .sweep.launch import check_new, create, join, preflight
     from .sweep.spec import read_spec, spec_from_dict
 
     raw = read_spec(spec_path, overrides, profile)
     spec = spec_from_dict(raw)
     sweep = sweep_dir(results_dir, name or spec.name or spec_path.stem)
     check_new(sweep, overwrite)
+    preflight(spec, sweep, tracking_uri)  # an unwritable folder, missing data or a dead tracking server
     join(spec, sweep, address)  # before anything is written: a refused cluster leaves nothing behind
     create(spec, sweep, raw, overwrite)
     _run_sweep(spec, sweep, address, resume=False, tracking_uri=tracking_uri)
@@ -142,11 +154,12 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
 @tracking_uri_option
 def resume(name: str, results_dir: Path | None, address: str | None, tracking_uri: str | None) -> None:
     """Continue a sweep after a crash or Ctrl-C; finished trials are not run again."""
-    from .sweep.launch import join, load_saved_spec
+    from .sweep.launch import join, load_saved_spec, preflight
     from .sweep.layout import sweep_dir
 
     sweep = sweep_dir(results_dir, name)
     spec = load_saved_spec(sweep)
+    preflight(spec, sweep, tracking_uri)
     join(spec, sweep, address)
     _run_sweep(spec, sweep, address, resume=True, tracking_uri=tracking_uri)
 
@@ -218,8 +231,8 @@ def list_sweeps(results_dir: Path | None) -> None:
 @results_dir_option
 def status(name: str | None, results_dir: Path | None) -> None:
     """Show a sweep's trials (or every sweep's state), with its disk footprint."""
+    from .sweep.launch import saved_trials
     from .sweep.layout import all_sweeps, disk_usage, sweep_dir
-    from .sweep.results import trials_frame
 
     sweeps = [sweep_dir(results_dir, name)] if name else all_sweeps(results_dir)
     for sweep in sweeps:
@@ -228,7 +241,7 @@ def status(name: str | None, results_dir: Path | None) -> None:
         click.echo(f"{sweep.name}: {state.get('status')}, {state.get('num_trials')} trials planned, "
                    f"{size / 1e6:.1f} MB on disk in {sweep.root}")
         if name:
-            frame = trials_frame(state["experiment_path"])
+            frame = saved_trials(sweep)
             shown = [c for c in frame.columns if c.startswith(("config/", "final/"))][:10]
             click.echo(frame[["trial_id", "state", "epochs", *shown]].to_string(index=False))
 
@@ -240,11 +253,12 @@ def status(name: str | None, results_dir: Path | None) -> None:
 @results_dir_option
 def results(name: str, out: Path, results_dir: Path | None) -> None:
     """Write a sweep's trials table: config, final and best metrics, state and run time per trial."""
+    from .sweep.launch import saved_trials
     from .sweep.layout import sweep_dir
-    from .sweep.results import trials_frame, write_table
+    from .sweep.results import write_table
 
     sweep = sweep_dir(results_dir, name)
-    frame = trials_frame(sweep.read_state()["experiment_path"])
+    frame = saved_trials(sweep)
     write_table(frame, out)
     click.echo(f"{len(frame)} trials -> {out}")
 
@@ -257,13 +271,13 @@ def results(name: str, out: Path, results_dir: Path | None) -> None:
 @results_dir_option
 def export_best_cmd(name: str, metric: str | None, top: int, out: Path, results_dir: Path | None) -> None:
     """Export the best trials' configs as YAML files that `tvae-sweep train` runs as they are."""
-    from .sweep.launch import load_saved_spec
+    from .sweep.launch import load_saved_spec, saved_trials
     from .sweep.layout import sweep_dir
-    from .sweep.results import export_best, trials_frame
+    from .sweep.results import export_best
 
     sweep = sweep_dir(results_dir, name)
     spec = load_saved_spec(sweep)
-    frame = trials_frame(sweep.read_state()["experiment_path"])
+    frame = saved_trials(sweep)
     for path in export_best(spec, frame, metric or spec.search.metrics[0], top, out):
         click.echo(path)
 
@@ -328,14 +342,13 @@ def ui(name: str | None, host: str, port: int, allowed_hosts: str | None, tracki
 def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> None:
     """Print a sweep's aggregated equivariance results, per searched key, and write them with
     figures to results/NAME/report.md (tables as parquet in results/NAME/aggregates/)."""
-    from .sweep.launch import load_saved_spec
-    from .sweep.results import trials_frame
+    from .sweep.launch import load_saved_spec, saved_trials
     from .tracking import publish, report as reports
     from .tracking.runs import locate
 
     store, experiment, sweep = _sweep_store(name, results_dir, tracking_uri)
     spec = load_saved_spec(sweep)
-    frame = trials_frame(sweep.read_state()["experiment_path"])
+    frame = saved_trials(sweep)
     result = publish.compute(frame, spec, sweep)
     mlflow_line = None
     if spec.tracking.enabled or tracking_uri:

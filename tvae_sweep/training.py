@@ -32,6 +32,10 @@ class DivergenceError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be restored: truncated, corrupt, or not a training state."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -204,6 +208,9 @@ class Trainer:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as e:  # a truncated or foreign file
-            raise ValueError(f"{path}: not a readable tvae-sweep checkpoint ({type(e).__name__})") from None
-        state["rng"] = {k: v.cpu() for k, v in state["rng"].items()}  # RNG states are CPU byte tensors
-        self.load_state_dict(state)
+            raise CheckpointError(f"{path}: not a readable tvae-sweep checkpoint ({type(e).__name__})") from None
+        try:
+            state["rng"] = {k: v.cpu() for k, v in state["rng"].items()}  # RNG states are CPU byte tensors
+            self.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{path}: holds no training state of this config ({type(e).__name__})") from None

@@ -105,6 +105,13 @@ def grid_row(shape: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return (((shape * 15 + x) * 15 + y) * 15 + o) * 5 + s
 
 
+def check_npz(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data.path: no dsprites npz at {path} (leave data.path empty to render dSprites instead)")
+    return path
+
+
 def read_npz(path: str | Path) -> np.ndarray:
     """The sprites of the sequence grid from the official dsprites npz: (3*15*15*15*5, 64, 64) uint8.
 
@@ -113,9 +120,7 @@ def read_npz(path: str | Path) -> np.ndarray:
     index NPZ_ORIENTATION_INDEX[orientation] and scale index NPZ_SCALE_INDEX[scale]. The file may
     hold any subset of the official rows as long as every one of these is there.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"data.path: no dsprites npz at {path} (leave data.path empty to render dSprites instead)")
+    path = check_npz(path)
     with np.load(path, allow_pickle=False) as npz:
         for key in ("imgs", "latents_classes"):
             if key not in npz.files:

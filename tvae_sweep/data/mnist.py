@@ -113,6 +113,19 @@ def download_idx(directory: Path) -> None:
             raise ValueError(f"could not download {name}.gz from any MNIST mirror; put {files} in {directory}")
 
 
+def idx_paths(directory: Path) -> list[Path]:
+    """The four IDX files in `directory`, in IDX_FILES order; a one-line ValueError if one is missing."""
+    if not directory.is_dir():
+        raise ValueError(f"data.path: {directory} is not a directory (set data.download: true to fetch MNIST there)")
+    files = []
+    for name in IDX_FILES.values():
+        file = find_idx(directory, name)
+        if file is None:
+            raise ValueError(f"data.path: {directory} has no {name} or {name}.gz (set data.download: true to fetch it)")
+        files.append(file)
+    return files
+
+
 def read_mnist_idx(path: str | os.PathLike | None, download: bool = False):
     """Full MNIST from a directory: (train_images, train_labels, test_images, test_labels).
 
@@ -123,14 +136,7 @@ def read_mnist_idx(path: str | os.PathLike | None, download: bool = False):
     directory = Path(path)
     if download:
         download_idx(directory)
-    if not directory.is_dir():
-        raise ValueError(f"data.path: {directory} is not a directory (set data.download: true to fetch MNIST there)")
-    arrays = []
-    for name in IDX_FILES.values():
-        file = find_idx(directory, name)
-        if file is None:
-            raise ValueError(f"data.path: {directory} has no {name} or {name}.gz (set data.download: true to fetch it)")
-        arrays.append(read_idx(file))
+    arrays = [read_idx(file) for file in idx_paths(directory)]
     train_x, train_y, test_x, test_y = arrays
     for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
         if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):

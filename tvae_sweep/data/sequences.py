@@ -26,6 +26,7 @@ start 0, and factor_names is empty.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -306,6 +307,22 @@ def load_sources(cfg) -> Sources:
     train_x, train_y, test_x, test_y = mnist.read_mnist_idx(cfg.path, cfg.download)
     images, labels = np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y])
     return Sources(images, labels, np.arange(len(train_x)), np.arange(len(train_x), len(images)))
+
+
+def check_sources(cfg) -> None:
+    """Refuses, with a one-line ConfigError naming data.path, a DataConfig whose files are missing,
+    without reading them (an MNIST folder may be missing when data.download fetches it)."""
+    from ..config import ConfigError
+
+    try:
+        if cfg.dataset == "dsprites" and cfg.path:
+            dsprites.check_npz(cfg.path)
+        elif cfg.dataset == "mnist5k":
+            mnist.mnist5k_path()
+        elif cfg.dataset == "mnist" and not cfg.download:
+            mnist.idx_paths(Path(cfg.path))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_data(cfg, seq_len: int, device: torch.device | str, seed: int,

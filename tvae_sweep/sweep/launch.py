@@ -5,9 +5,10 @@ import os
 import random
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
-from ..config import dump_yaml
+from ..config import ConfigError, dump_yaml
 from .cluster import check_reachable, check_storage, join_error
 from .layout import SweepDir, storage_location
 from .spec import SweepSpec, spec_from_dict
@@ -115,6 +116,32 @@ def check_new(sweep: SweepDir, overwrite: bool) -> None:
                               f"`tvae-sweep resume {sweep.name}` continues it, or pass --overwrite")
 
 
+def check_results_folder(root: Path) -> None:
+    """Refuses a results folder that cannot be made or written, without making it."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"results folder {root}: cannot be created: {existing} is a file, not a folder; "
+                          "pass another --results-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"results folder {root}: {existing} is not writable; pass another --results-dir")
+
+
+def preflight(spec: SweepSpec, sweep: SweepDir, tracking_uri: str | None) -> None:
+    """What a sweep needs before Ray starts and before anything is written: a results folder it can
+    write, the data its trials read, and a tracking store that answers."""
+    from ..data import check_sources
+
+    check_results_folder(sweep.root.parent)
+    check_sources(spec.base_config().data)
+    if spec.tracking.enabled:
+        from ..tracking import store as stores
+
+        t = spec.tracking
+        stores.check(stores.resolve(tracking_uri, t.uri, sweep.root.parent, t.artifact_location))
+
+
 def join(spec: SweepSpec, sweep: SweepDir, address: str | None) -> None:
     """Connects to Ray and checks that every node can reach the sweep's storage."""
     connect(address)
@@ -176,6 +203,19 @@ def _unfinished(path: str) -> int:
 
     analysis = ExperimentAnalysis(path)
     return sum(1 for t in analysis.trials if t.status not in ("TERMINATED", "ERROR"))
+
+
+def saved_trials(sweep: SweepDir):
+    """Ray's trials table of the sweep (results.trials_frame); a one-line error when Ray saved none yet."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    from .results import trials_frame
+
+    path = sweep.read_state()["experiment_path"]
+    if _find_newest_experiment_checkpoint(path) is None:
+        raise ConfigError(f"sweep {sweep.name} has no trials saved in {path} yet (Ray saves them once its first "
+                          f"trial starts); if its launch stopped, `tvae-sweep resume {sweep.name}` runs them")
+    return trials_frame(path)
 
 
 def load_saved_spec(sweep: SweepDir) -> SweepSpec:
