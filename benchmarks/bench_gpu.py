@@ -65,22 +65,30 @@ def step_flops(cfg: ModelConfig, images: int) -> float:
     return 3 * per_image * images
 
 
-def run_config(batch: int) -> RunConfig:
-    return RunConfig(data=DataConfig(train_sequences=batch * 20, test_sequences=256),
-                     model=ModelConfig(), train=TrainConfig(batch_size=batch, device="cuda", optimizer="sgd"))
+def run_config(batch: int, cuda_graph: bool = False) -> RunConfig:
+    return RunConfig(data=DataConfig(train_sequences=batch * 20, test_sequences=256), model=ModelConfig(),
+                     train=TrainConfig(batch_size=batch, device="cuda", optimizer="sgd", cuda_graph=cuda_graph))
 
 
-def step_time(batch: int, tf32: bool) -> dict:
+def step_time(batch: int, tf32: bool, cuda_graph: bool = False) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    trainer = Trainer(run_config(batch))
+    trainer = Trainer(run_config(batch, cuda_graph))
     trainer.train_epoch()  # warm-up
     steps = trainer.steps_per_epoch
     seconds = sync_time(trainer.train_epoch, 3) / steps
     torch.backends.cuda.matmul.allow_tf32 = False
     flops = step_flops(trainer.cfg.model, batch * trainer.cfg.model.seq_len)
-    tag = f"b{batch}_{'tf32' if tf32 else 'fp32'}"
+    tag = f"b{batch}_{'tf32' if tf32 else 'fp32'}" + ("_graph" if cuda_graph else "")
     return {f"step_ms_{tag}": seconds * 1e3, f"step_tflops_{tag}": flops / seconds / 1e12,
             f"sequences_per_s_{tag}": batch / seconds}
+
+
+def sample_time(batch: int) -> dict:
+    """Milliseconds to generate one training batch of sequences on the GPU (part of every step)."""
+    trainer = Trainer(run_config(batch))
+    draw = lambda: trainer.data.sample_train(batch, trainer.generator)
+    draw()
+    return {f"sample_ms_b{batch}": sync_time(draw, 20) * 1e3}
 
 
 def eval_time_per_sequence() -> float:
@@ -89,8 +97,8 @@ def eval_time_per_sequence() -> float:
     return sync_time(trainer.evaluate, 3) / trainer.cfg.data.test_sequences
 
 
-def _trial_worker(seconds: float, start, queue) -> None:
-    trainer = Trainer(run_config(8))
+def _trial_worker(seconds: float, start, queue, cuda_graph: bool = False) -> None:
+    trainer = Trainer(run_config(8, cuda_graph))
     trainer.train_epoch()  # warm-up
     start.wait()
     done, began = 0, time.perf_counter()
@@ -101,11 +109,11 @@ def _trial_worker(seconds: float, start, queue) -> None:
     queue.put(done / (time.perf_counter() - began))
 
 
-def shared_gpu(n_trials: int, seconds: float) -> float:
+def shared_gpu(n_trials: int, seconds: float, cuda_graph: bool = False) -> float:
     """Summed sequences/s of n trials training at once on the one GPU."""
     ctx = mp.get_context("spawn")
     start, queue = ctx.Barrier(n_trials + 1), ctx.Queue()
-    procs = [ctx.Process(target=_trial_worker, args=(seconds, start, queue)) for _ in range(n_trials)]
+    procs = [ctx.Process(target=_trial_worker, args=(seconds, start, queue, cuda_graph)) for _ in range(n_trials)]
     for p in procs:
         p.start()
     start.wait()
@@ -126,11 +134,15 @@ def main() -> None:
     for batch in (8, 32):
         for tf32 in (False, True):
             res.update(step_time(batch, tf32))
+        res.update(step_time(batch, False, cuda_graph=True))
+        res.update(sample_time(batch))
     res["eval_s_per_test_sequence"] = eval_time_per_sequence()
     res["full_mnist_epoch_s"] = (FULL_MNIST_TRAIN / 8 * res["step_ms_b8_fp32"] / 1e3
                                  + FULL_MNIST_TEST * res["eval_s_per_test_sequence"])
     for n in (1, 2, 4, 8):
         res[f"shared_{n}_sequences_per_s"] = shared_gpu(n, args.share_seconds)
+    for n in (1, 4):
+        res[f"shared_{n}_graph_sequences_per_s"] = shared_gpu(n, args.share_seconds, cuda_graph=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     for key, value in res.items():

@@ -97,6 +97,7 @@ def test_set_reaches_the_search_and_resources_keys(tmp_path):
 BROKEN = [
     (lambda r: r.update(colour=1), "colour: unknown key"),
     (lambda r: r["search"].update(algorithm="bayes"), "search.algorithm"),
+    (lambda r: r["train"].update(cuda_graph=True, device="auto"), "train.cuda_graph: trials run on the CPU"),
     (lambda r: r["search"].update(scheduler="hyperband"), "search.scheduler"),
     (lambda r: r["search"].update(num_trials=0), "search.num_trials"),
     (lambda r: r["search"].update(num_trials="many"), "search.num_trials"),

@@ -6,6 +6,7 @@ import yaml
 from click.testing import CliRunner
 
 from tvae_sweep.cli import main
+from tvae_sweep.config import ConfigError
 from tvae_sweep.images import forecast_rows
 from tvae_sweep.seeding import fixed_rng
 from tvae_sweep.training import DivergenceError, Trainer
@@ -169,3 +170,11 @@ def test_bad_config_exits_2_with_one_line_naming_the_field(tmp_path, override, f
     lines = [ln for ln in result.output.strip().splitlines() if ln]
     assert len(lines) == 1 and field in lines[0], result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_cuda_graphs_are_refused_without_a_gpu(tiny_config):
+    with pytest.raises(ConfigError, match="train.cuda_graph"):
+        tiny_config(train={"cuda_graph": True, "device": "cpu"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="needs a CUDA device"):
+            Trainer(tiny_config(train={"cuda_graph": True, "device": "auto"}))

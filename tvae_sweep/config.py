@@ -83,6 +83,7 @@ class TrainConfig:
     ll_samples: int = 10
     num_threads: int | None = None
     grad_clip: float | None = None
+    cuda_graph: bool = False  # replay each step as one CUDA graph (CUDA only; for small batches)
 
     def __post_init__(self) -> None:
         validate_train(self)
@@ -164,6 +165,8 @@ def validate_train(t: TrainConfig) -> None:
     _check(t.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}, got {t.device!r}")
     _check(t.num_threads is None or t.num_threads >= 1, "train.num_threads", f"must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", f"must be > 0, got {t.grad_clip}")
+    _check(not t.cuda_graph or t.device in ("auto", "cuda"), "train.cuda_graph",
+           f"CUDA graphs need train.device cuda (or auto on a GPU), got {t.device!r}")
 
 
 def validate_run(run: RunConfig) -> None:

@@ -14,8 +14,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data import SequenceData, build_data
+from .graphed import GraphedStep
 from .metrics import (capsule_correlation, equivariance_error, has_map, permute_frames, preferred_classes,
                       roll_prediction, topographic_agreement)
 from .model import build_model
@@ -60,14 +61,19 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.data = data or build_data(cfg.data, cfg.model.seq_len, self.device, t.seed)
         self.generator = torch.Generator(self.device).manual_seed(t.seed + 1)
+        self.graphed = None
+        if t.cuda_graph:
+            if self.device.type != "cuda":
+                raise ConfigError(f"train.cuda_graph: needs a CUDA device, and this run is on {self.device}")
+            self.graphed = GraphedStep(self._step, lambda: self.optimizer.zero_grad(set_to_none=True))
         self.epoch = 0
         self.history: list[dict] = []
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train
         fused = self.device.type in ("cpu", "cuda")  # one kernel for all parameters: ~10% of a CPU step
-        if t.optimizer == "adam":
-            return torch.optim.Adam(self.model.parameters(), lr=t.lr, fused=fused)
+        if t.optimizer == "adam":  # a captured step keeps Adam's step count on the device
+            return torch.optim.Adam(self.model.parameters(), lr=t.lr, fused=fused, capturable=t.cuda_graph)
         return torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum, fused=fused)
 
     @property
@@ -86,19 +92,27 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for step in range(self.steps_per_epoch):
             batch = self.data.sample_train(t.batch_size, self.generator)
-            out = self.model(batch.x)
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            self.optimizer.step()
-            total += out.loss.detach()
+            if self.graphed is not None:
+                loss = self.graphed(batch.x)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self._step(batch.x)
+            total += loss
             if on_step is not None:
-                on_step(step, float(out.loss.detach()))
+                on_step(step, float(loss))
         train_loss = float(total) / self.steps_per_epoch
         if not math.isfinite(train_loss):
             raise DivergenceError(f"non-finite loss at epoch {self.epoch + 1}")
         return {"train_loss": train_loss}
+
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and the optimiser step on zeroed gradients; returns the detached loss."""
+        loss = self.model(x).loss
+        loss.backward()
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
 
     def epochs(self, on_step: Callable[[int, float], None] | None = None) -> Iterator[dict]:
         """Trains the remaining epochs, yielding each epoch's metrics (evaluated ones included)."""
@@ -180,7 +194,9 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Restores the state; hyperparameters stay the config's (a PBT trial may carry a new lr)."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # new state tensors: capture the step again
+        if self.graphed is not None:
+            self.graphed.reset()
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.train.lr
             if "momentum" in group:

@@ -231,6 +231,9 @@ def reported_metrics(run: RunConfig) -> set[str]:
 
 def check_search(spec: SweepSpec, run: RunConfig) -> None:
     s = spec.search
+    if run.train.cuda_graph and spec.resources.gpus_per_trial == 0:
+        raise ConfigError("train.cuda_graph: trials run on the CPU (resources.gpus_per_trial is 0); "
+                          "give them GPUs or set it false")
     if len(s.metrics) != len(s.modes):
         raise ConfigError(f"search.mode: give one mode per metric ({len(s.metrics)} metrics, {len(s.modes)} modes)")
     allowed = reported_metrics(run)
