@@ -17,7 +17,9 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as e:
-            click.echo(f"tvae-sweep: error: {e}", err=True)
+            from .tracking.store import redact
+
+            click.echo(f"tvae-sweep: error: {redact(str(e))}", err=True)
             sys.exit(2)
 
 
@@ -329,7 +331,7 @@ def ui(name: str | None, host: str, port: int, allowed_hosts: str | None, tracki
             pages.append(("its parent run (aggregated results)", experiment_page(experiment_id, parent)))
     if store.is_server:
         for label, page in pages:
-            click.echo(f"{label}: {page_url(store.uri.rstrip('/'), page)}")
+            click.echo(f"{label}: {page_url(store.shown.rstrip('/'), page)}")
         click.echo("the store is an MLflow server already: nothing to start")
         return
     sys.exit(serve(store, host, port, allowed_hosts, pages, echo=click.echo, warn=lambda m: click.echo(m, err=True)))
@@ -358,7 +360,7 @@ def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> Non
             check(store)
         experiment_id, parent = locate(store, experiment, sweep)
         if parent:
-            mlflow_line = f"MLflow: parent run {parent} in experiment {experiment!r} (id {experiment_id}), store {store.uri}"
+            mlflow_line = f"MLflow: parent run {parent} in experiment {experiment!r} (id {experiment_id}), store {store.shown}"
     text, markdown = reports.render(name, frame, spec, result, mlflow_line)
     click.echo(text, nl=False)
     click.echo(f"report: {reports.write(sweep, markdown)}")

@@ -154,9 +154,20 @@ def create(spec: SweepSpec, sweep: SweepDir, raw_spec: dict, overwrite: bool) ->
     if sweep.root.exists():
         shutil.rmtree(sweep.root)
     sweep.root.mkdir(parents=True, exist_ok=True)
-    dump_yaml(raw_spec, sweep.spec)
+    dump_yaml(without_passwords(raw_spec), sweep.spec)
     sweep.write_state(name=sweep.name, status="created", created=time.time(),
                       experiment_path=experiment_path(spec, sweep), num_trials=num_trials(spec))
+
+
+def without_passwords(raw_spec: dict) -> dict:
+    """The spec as saved with the sweep: its tracking URIs without their passwords (a resume is given
+    the full URI again by --tracking-uri or $MLFLOW_TRACKING_URI)."""
+    from ..tracking.store import redact
+
+    tracking = raw_spec.get("tracking")
+    if not isinstance(tracking, dict):
+        return raw_spec
+    return {**raw_spec, "tracking": {k: redact(v) if isinstance(v, str) else v for k, v in tracking.items()}}
 
 
 def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, callbacks: list) -> str:

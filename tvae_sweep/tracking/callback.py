@@ -91,10 +91,18 @@ class MlflowTracking(Callback):
         self.last_figures = 0.0
         self.warned = False
 
-    # Ray pickles the run config (with its callbacks) into the experiment: keep only the settings.
+    # Ray pickles the run config (with its callbacks) into the experiment: keep only the settings,
+    # and no password (a resumed sweep is given this driver's callbacks, never the pickled ones).
     def __getstate__(self) -> dict:
+        import dataclasses
+
         state = self.__dict__.copy()
-        state.update(runs=None, children={}, searched={}, finished=set())
+        t = self.spec.tracking
+        tracking = t.model_copy(update={"uri": t.uri and stores.redact(t.uri),
+                                        "artifact_location": t.artifact_location and stores.redact(t.artifact_location)})
+        state.update(runs=None, children={}, searched={}, finished=set(),
+                     store=dataclasses.replace(self.store, uri=self.store.shown),
+                     spec=self.spec.model_copy(update={"tracking": tracking}))
         return state
 
     # ------------------------------------------------------------ opening and closing
@@ -119,7 +127,8 @@ class MlflowTracking(Callback):
             created = self.runs.open_parent(self.sweep.name, self.parent_tags(), parent_params(self.spec),
                                             [self.sweep.spec] if self.sweep.spec.is_file() else [])
         except (MlflowException, OSError) as e:
-            raise ConfigError(f"tracking store {self.store.describe()}: {first_line(str(e)) or type(e).__name__}") from None
+            reason = stores.redact(first_line(str(e))) or type(e).__name__
+            raise ConfigError(f"tracking store {self.store.describe()}: {reason}") from None
         if not created:
             history = client.get_metric_history(self.runs.parent_id, "finished_trials")
             self.parent_step = max((m.step for m in history), default=0)
@@ -313,12 +322,12 @@ class MlflowTracking(Callback):
         return _Guard(self, hook)
 
     def warn(self, hook: str, error: BaseException) -> None:
-        print(f"tvae-sweep: tracking: {hook} failed: {type(error).__name__}: {first_line(str(error))}",
+        print(f"tvae-sweep: tracking: {hook} failed: {type(error).__name__}: {stores.redact(first_line(str(error)))}",
               file=sys.stderr, flush=True)
         if not self.warned:
             import traceback
 
-            traceback.print_exception(error, file=sys.stderr)
+            print(stores.redact("".join(traceback.format_exception(error))), end="", file=sys.stderr, flush=True)
             self.warned = True
 
 

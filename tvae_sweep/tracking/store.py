@@ -7,6 +7,7 @@ results/mlartifacts). MLflow 3 refuses the old ./mlruns file store, so plain fol
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,32 @@ DEFAULT_ARTIFACTS = "mlartifacts"
 # tells the MLflow 3 UI that this is a model-training experiment (it asks otherwise)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 REMOTE_SCHEMES = ("http://", "https://")
+HIDDEN = "***"  # stands for a password wherever a URI is shown or stored
+_NETLOC = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<netloc>[^/\s?#'\"]*)")
+_SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&;](?:password|passwd|pwd)=)(?P<value>[^&;#\s'\"]*)")
+
+
+def redact(text: str) -> str:
+    """`text` (a URI, or any message holding URIs) with every password replaced by ***: the one in
+    user:password@host and a password=... query parameter. The user name and the host stay."""
+    def netloc(match: re.Match) -> str:
+        userinfo, at, host = match["netloc"].rpartition("@")
+        if not at or ":" not in userinfo:
+            return match[0]
+        user = userinfo.split(":", 1)[0]
+        return f"{match['scheme']}{user}:{HIDDEN}@{host}"
+
+    text = _NETLOC.sub(netloc, str(text))
+    return _SECRET_QUERY.sub(lambda m: m["key"] + HIDDEN if m["value"] else m[0], text)
+
+
+def hidden_password(uri: str) -> bool:
+    """True for a URI whose password redact() replaced, such as the tracking.uri of a saved spec."""
+    match = _NETLOC.match(uri.strip())
+    userinfo = match["netloc"].rpartition("@")[0] if match else ""
+    if userinfo.partition(":")[2] == HIDDEN:
+        return True
+    return any(m["value"] == HIDDEN for m in _SECRET_QUERY.finditer(uri))
 
 
 @dataclass(frozen=True)
@@ -30,8 +57,13 @@ class Store:
     def is_server(self) -> bool:
         return self.uri.startswith(REMOTE_SCHEMES)
 
+    @property
+    def shown(self) -> str:
+        """The URI as printed and stored: without its password."""
+        return redact(self.uri)
+
     def describe(self) -> str:
-        return f"{self.uri} (from {self.source})"
+        return f"{self.shown} (from {self.source})"
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -47,10 +79,13 @@ def default_uri(results_root: Path) -> str:
 
 def _normalise(uri: str, source: str) -> str:
     uri = uri.strip()
+    if hidden_password(uri):
+        raise ConfigError(f"{source} {uri}: its password was left out when it was saved; pass the full URI "
+                          f"with --tracking-uri or $MLFLOW_TRACKING_URI")
     if "://" not in uri and ":" not in uri.split("/")[0] and uri.endswith(".db"):
         return f"sqlite:///{Path(uri).expanduser().absolute()}"  # a path to a database file
     if uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks")):
-        raise ConfigError(f"{source} {uri!r}: MLflow 3 refuses folder (file) stores; "
+        raise ConfigError(f"{source} {redact(uri)!r}: MLflow 3 refuses folder (file) stores; "
                           f"use sqlite:///PATH/mlflow.db or an MLflow server's http:// address")
     return uri
 
@@ -83,9 +118,9 @@ def check(store: Store) -> None:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"{store.source} {store.uri}: cannot create {db.parent} ({e.strerror})") from None
+            raise ConfigError(f"{store.source} {store.shown}: cannot create {db.parent} ({e.strerror})") from None
         if not os.access(db.parent, os.W_OK):
-            raise ConfigError(f"{store.source} {store.uri}: {db.parent} is not writable")
+            raise ConfigError(f"{store.source} {store.shown}: {db.parent} is not writable")
     elif store.is_server:
         import requests
 
@@ -93,14 +128,20 @@ def check(store: Store) -> None:
             answer = requests.get(store.uri.rstrip("/") + "/health", timeout=10)
             answer.raise_for_status()
         except requests.RequestException as e:
-            reason = type(e).__name__ if not getattr(e, "response", None) else f"HTTP {e.response.status_code}"
-            raise ConfigError(f"{store.source} {store.uri}: no MLflow server answers there ({reason}); "
+            response = getattr(e, "response", None)
+            if response is not None and response.status_code in (401, 403):
+                raise ConfigError(f"{store.source} {store.shown}: the MLflow server refused these credentials "
+                                  f"(HTTP {response.status_code}); check the user and password") from None
+            reason = type(e).__name__ if response is None else f"HTTP {response.status_code}"
+            raise ConfigError(f"{store.source} {store.shown}: no MLflow server answers there ({reason}); "
                               f"start it or pass another --tracking-uri") from None
 
 
 def client(store: Store):
     from mlflow import MlflowClient
 
+    if store.shown != store.uri:  # MLflow prints each closed run's page on the URI as given, password and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=store.uri)
 
 
