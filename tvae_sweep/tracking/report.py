@@ -89,7 +89,7 @@ def render(name: str, frame: pd.DataFrame, spec: SweepSpec, result: Aggregates,
     md = [f"# Sweep {name}", "", *(f"- {line}" for line in head), "",
           "Over finished trials, per searched value: mean, standard deviation, best and count of each "
           "final metric (lower equivariance error, ratio and roll NLL gap are better; higher "
-          "log-likelihood and capsule correlation are better).", ""]
+          "log-likelihood, capsule correlation and topographic agreement are better).", ""]
     for key, wide in result.wide.items():
         md += [f"## Mean ± standard deviation over seeds, per `{key}`", "", wide_markdown(wide, key), ""]
     for key, table in result.tables.items():
