@@ -301,10 +301,13 @@ class MlflowTracking(Callback):
             text = trial.get_error()
         except Exception:  # the pickled error may be unreadable
             text = None
-        if not text:  # fall back to the error file Ray writes beside the trial's results
-            path = Path(trial.path) / "error.txt"
-            text = path.read_text() if path.is_file() else ""
-        return last_line(text)
+        if not text:  # fall back to the error file Ray writes beside the trial's results, or to the
+            # driver's copy of it, which reaches the storage path later (at once after a lost node)
+            for path in (Path(trial.path) / "error.txt", trial.error_file and Path(trial.error_file)):
+                if path and path.is_file():
+                    text = path.read_text()
+                    break
+        return last_line(text or "")
 
     def publish(self, frame: pd.DataFrame, final: bool) -> None:
         """Aggregates to the results folder and the parent run; figures at most every figure_interval."""
