@@ -317,6 +317,29 @@ def step_functions(case: StepCase) -> dict[str, Callable[[], None]]:
     return fns
 
 
+def evaluation_functions(x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """What an evaluation costs on a batch of test sequences x, in its two parts: the 10-sample
+    log-likelihood, and the sequence metrics (a forward pass for t, equivariance error of t and of
+    frame-shuffled t, roll prediction), as `Trainer.evaluate` computes them."""
+    from tvae_sweep.metrics import equivariance_error, permute_frames, roll_prediction
+
+    torch.manual_seed(0)
+    model = build_model(MNIST).eval()
+    gen = torch.Generator().manual_seed(0)
+
+    @torch.no_grad()
+    def likelihood():
+        return model.log_likelihood(x, 10)
+
+    @torch.no_grad()
+    def sequence_metrics():
+        t = model(x).t
+        return (equivariance_error(t, 1), equivariance_error(permute_frames(t, gen), 1),
+                roll_prediction(model, x, t, 1))
+
+    return {"likelihood": likelihood, "sequence_metrics": sequence_metrics}
+
+
 def load_data(seed: int = 0):
     from tvae_sweep.config import DataConfig
     from tvae_sweep.data import build_data
@@ -343,6 +366,8 @@ def run(quiet_rounds: int, max_seconds: float, batches: tuple[int, ...]) -> dict
             fns[f"{case.name}|{variant}"] = fn
     for b in batches:
         fns[f"generate|{b}"] = lambda b=b: data.sample_train(b, gen)
+    for part, fn in evaluation_functions(samples[batches[0]]).items():
+        fns[f"eval|{part}"] = fn
     times = interleaved(fns, quiet_rounds, max_seconds)
     return {"cases": cases, "batches": batches, "times": times, "errors": errors}
 
@@ -407,6 +432,22 @@ def data_table(result: dict) -> tuple[list[str], list[bool]]:
     return lines, met
 
 
+def evaluation_table(result: dict) -> list[str]:
+    t: Timings = result["times"]
+    b = result["batches"][0]
+    step = t.median(f"MNIST TVAE, {b} sequences|dense") / b
+    lines = ["| part, full-size MNIST TVAE, per test sequence | ms | against a training step per sequence |",
+             "| --- | ---: | ---: |"]
+    parts = (("likelihood", "log-likelihood, 10 importance samples"),
+             ("sequence_metrics", "equivariance error and ratio, roll prediction"))
+    for part, title in parts:
+        ms = t.median(f"eval|{part}") / b
+        lines.append(f"| {title} | {ms * 1e3:.2f} | {ms / step:.2f}x |")
+    total = sum(t.median(f"eval|{part}") for part, _ in parts) / b
+    lines.append(f"| evaluation in all | {total * 1e3:.2f} | {total / step:.2f}x |")
+    return lines
+
+
 def report(result: dict, loads: tuple[str, str]) -> str:
     n_rounds = len(next(iter(result["times"].times.values())))
     steps, steps_met = step_table(result)
@@ -428,6 +469,11 @@ def report(result: dict, loads: tuple[str, str]) -> str:
         "Sequence generation (`data.sample_train`) against training at the same batch:",
         "",
         *rates,
+        "",
+        f"Evaluation cost, on batches of {result['batches'][0]} test sequences (a run evaluates its "
+        "fixed test set after every `eval_every` epochs and after the last):",
+        "",
+        *evaluation_table(result),
         "",
         "Where the dense step's time goes, ms (medians, same rounds):",
         "",
