@@ -328,7 +328,8 @@ def test_sweep_spreads_trials_over_both_nodes_with_shared_storage(ray_cluster, t
     shared = tmp_path / "shared"  # both nodes are this machine: a folder they all read
     spec = sweep_spec(tmp_path, search={"num_trials": 3, "max_concurrent": 3, "scheduler": "fifo"},
                       train={"epochs": 2}, tracking={"enabled": False},
-                      storage={"path": str(shared), "shared": True})
+                      storage={"path": str(shared), "shared": True},
+                      resources={"reuse_actors": False})  # placed by Ray's scheduler, not a reused worker
     results = tmp_path / "results"
     proc = launch(ray_cluster, spec, results, "spread")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

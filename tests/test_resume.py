@@ -24,7 +24,9 @@ def finished_trials(experiment, epochs=3):
 
 
 def test_resume_after_sigkill_keeps_finished_trials_and_completes_the_rest(tmp_path):
-    spec = sweep_spec(tmp_path, search={"num_trials": 4, "max_concurrent": 1, "scheduler": "fifo"})
+    # trials of a few seconds each, so that the kill lands with some of them still to run
+    spec = sweep_spec(tmp_path, search={"num_trials": 4, "max_concurrent": 1, "scheduler": "fifo"},
+                      data={"train_sequences": 1024})
     results = tmp_path / "results"
     experiment = results / "killed" / "tune"
     proc = subprocess.Popen([*CLI, "launch", str(spec), "--name", "killed", "--results-dir", str(results)],
