@@ -1,4 +1,7 @@
 """Shared test configs."""
+import copy
+
+
 def tiny_raw(**sections):
     """A config small enough to train in about a second on one core."""
     raw = {
@@ -25,3 +28,14 @@ SPACE = {
     "model.coherence_window": {"type": "int", "low": 1, "high": 6, "max_from": "model.seq_len"},
     "train.lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
 }
+
+
+def spec_raw(search: dict | None = None, **sections) -> dict:
+    """A sweep spec of tiny_raw's config over SPACE; keyword sections replace the defaults."""
+    raw = tiny_raw()
+    raw["space"] = copy.deepcopy(SPACE)
+    raw["search"] = copy.deepcopy(search) if search else {"algorithm": "tpe", "metric": "log_likelihood", "mode": "max", "num_trials": 4,
+                               "max_concurrent": 2, "seed": 0, "scheduler": "fifo"}
+    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}
+    raw.update(copy.deepcopy(sections))
+    return raw

@@ -8,7 +8,6 @@ the same end to end.
 """
 from __future__ import annotations
 
-import copy
 import socket
 import subprocess
 import sys
@@ -18,24 +17,20 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import SPACE, tiny_raw
+import helpers
+from helpers import tiny_raw
 from sweeps import CLI, cli_env
 
 from tvae_sweep.cli import main
 
 PREFIX = "tvae-sweep: error:"
 NAME = "bad"
+SEARCH = {"algorithm": "random", "metric": "log_likelihood", "mode": "max", "num_trials": 2,
+          "max_concurrent": 1, "seed": 0, "scheduler": "fifo"}
 
 
 def spec_raw(**sections) -> dict:
-    raw = tiny_raw()
-    raw["space"] = copy.deepcopy(SPACE)
-    raw["search"] = {"algorithm": "random", "metric": "log_likelihood", "mode": "max", "num_trials": 2,
-                     "max_concurrent": 1, "seed": 0, "scheduler": "fifo"}
-    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}
-    for key, value in sections.items():
-        raw[key] = value
-    return raw
+    return helpers.spec_raw(**{"search": SEARCH, **sections})
 
 
 def write_spec(folder: Path, raw: dict | str, name: str = "spec.yaml") -> Path:

@@ -1,27 +1,15 @@
 """Sweep specs: what is accepted, what is refused (exit 2, one line naming the field), how spaces sample."""
-import copy
 
 import optuna
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import SPACE, tiny_raw
+from helpers import spec_raw, tiny_raw
 
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError
 from tvae_sweep.sweep.space import define_by_run, grid_points, make_sampler, num_trials, trial_run_config
 from tvae_sweep.sweep.spec import load_spec, select_profile, spec_from_dict
-
-def spec_raw(**sections):
-    raw = tiny_raw()
-    raw["space"] = copy.deepcopy(SPACE)
-    raw["search"] = {"algorithm": "tpe", "metric": "log_likelihood", "mode": "max", "num_trials": 4,
-                     "max_concurrent": 2, "seed": 0, "scheduler": "fifo"}
-    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}
-    for key, value in sections.items():
-        raw[key] = value
-    return raw
-
 
 def sample(spec, n, seed=0):
     study = optuna.create_study(sampler=make_sampler(spec), direction="maximize")
