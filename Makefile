@@ -28,6 +28,7 @@ test: setup
 
 benchmark: setup
 	$(BIN)/python -m benchmarks.bench_core
+	$(BIN)/python -m benchmarks.bench_sweep
 
 clean:
 	rm -rf $(VENV) .pytest_cache

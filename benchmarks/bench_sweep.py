@@ -1,6 +1,6 @@
 """Sweep benchmark: what a sweep costs beyond its trainings, and how much search it buys.
 
-    .venv/bin/python -m benchmarks.bench_sweep                 # about 25 minutes on 2 cores
+    .venv/bin/python -m benchmarks.bench_sweep                 # about 35 minutes on 2 cores
     .venv/bin/python -m benchmarks.bench_sweep --quick         # a smoke check of every part
     .venv/bin/python -m benchmarks.bench_sweep --only overhead # overhead and concurrency only
 
@@ -36,10 +36,10 @@ CLI = [sys.executable, "-m", "tvae_sweep"]
 # one training of about 30 s on one thread: the full-size MNIST TVAE, a few hundred sequences
 TRIAL = {
     "data": {"dataset": "mnist5k", "transforms": ["rotation", "hue", "scale"],
-             "train_sequences": 192, "test_sequences": 32},
+             "train_sequences": 384, "test_sequences": 32},
     "model": {"variant": "tvae", "n_caps": 18, "cap_dim": 18, "seq_len": 18, "coherence_window": 13,
               "n_off_diag": 1, "shift": 1, "mu_init": 30.0},
-    "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "optimizer": "adam", "seed": 0,
+    "train": {"epochs": 3, "batch_size": 8, "lr": 1e-3, "optimizer": "adam", "seed": 0,
               "device": "cpu", "ll_samples": 10, "num_threads": 1},
 }
 QUICK_TRIAL = {"data": {"train_sequences": 16, "test_sequences": 8}, "train": {"epochs": 1}}
@@ -113,10 +113,10 @@ def ray_start_up() -> dict:
     return {"import_s": imported, "init_s": started, "shutdown_s": stopped}
 
 
-def sweep_spec(trial: dict, n: int, concurrent: int, reuse: bool) -> dict:
+def sweep_spec(trial: dict, n: int, concurrent: int, reuse: bool, tracking: bool = True) -> dict:
     return {**trial, "space": {"train.seed": {"type": "categorical", "values": list(range(n))}},
             "search": {"algorithm": "grid", "scheduler": "fifo", "max_concurrent": concurrent},
-            "resources": {"cpus_per_trial": 1, "reuse_actors": reuse}}
+            "resources": {"cpus_per_trial": 1, "reuse_actors": reuse}, "tracking": {"enabled": tracking}}
 
 
 def trial_times(results: Path, name: str) -> list[float]:
@@ -135,14 +135,18 @@ def timed_sweep(spec: dict, work: Path, name: str) -> dict:
     return {"wall_s": wall, "trial_s": trial_times(work / "results", name)}
 
 
+# (label, trials at a time, reused workers, MLflow tracking)
+VARIANTS = (("one_at_a_time", 1, True, True), ("new_process_per_trial", 1, False, True),
+            ("without_mlflow", 1, True, False), ("two_at_a_time", 2, True, True))
+
+
 def overhead(quick: bool, n: int) -> dict:
     trial = merged(TRIAL, QUICK_TRIAL) if quick else TRIAL
     out = {"n": n, "ray": ray_start_up(), "loop": plain_loop(trial, n)}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for label, concurrent, reuse in (("one_at_a_time", 1, True), ("new_process_per_trial", 1, False),
-                                         ("two_at_a_time", 2, True)):
-            out[label] = timed_sweep(sweep_spec(trial, n, concurrent, reuse), work, label)
+        for label, concurrent, reuse, tracking in VARIANTS:
+            out[label] = timed_sweep(sweep_spec(trial, n, concurrent, reuse, tracking), work, label)
     return out
 
 
@@ -201,34 +205,38 @@ def search_efficiency(quick: bool, seeds: list[int]) -> dict:
 
 
 def overhead_text(o: dict) -> str:
-    loop = sum(o["loop"]["trial_s"])
     ray = o["ray"]
     start_up = ray["import_s"] + ray["init_s"] + ray["shutdown_s"]
+    loop = o["loop"]["import_s"] + sum(o["loop"]["trial_s"])  # a plain loop imports torch too
     lines = [
         f"{o['n']} identical trainings (the full-size MNIST TVAE, 18x18 capsules, {TRIAL['data']['train_sequences']} "
         f"training and {TRIAL['data']['test_sequences']} test sequences, {TRIAL['train']['epochs']} epochs, one thread each).",
         "",
         f"Ray start-up, timed apart: import {ray['import_s']:.1f} s, `ray.init` {ray['init_s']:.1f} s, shutdown "
-        f"{ray['shutdown_s']:.1f} s: {start_up:.1f} s in all.",
+        f"{ray['shutdown_s']:.1f} s: {start_up:.1f} s in all, taken off every sweep's wall time below.",
         "",
-        "| how | wall s | trainings s (sum) | per training s | overhead beyond the loop, less Ray start-up |",
+        "| how | wall s | trainings s (sum, as each trial timed itself) | per training s | overhead beyond the loop |",
         "| --- | ---: | ---: | ---: | ---: |",
-        f"| plain loop, one process | {loop:.1f} | {loop:.1f} | {loop / o['n']:.1f} | - |",
+        f"| plain loop, one process (with its {o['loop']['import_s']:.1f} s of imports) | {loop:.1f} | "
+        f"{sum(o['loop']['trial_s']):.1f} | {sum(o['loop']['trial_s']) / o['n']:.1f} | - |",
     ]
-    for label, title in (("one_at_a_time", "sweep, one trial at a time, reused workers"),
-                         ("new_process_per_trial", "sweep, one at a time, a new worker per trial"),
+    for label, title in (("one_at_a_time", "sweep, one trial at a time, reused workers (the default)"),
+                         ("new_process_per_trial", "sweep, one at a time, a new worker per trial (before)"),
+                         ("without_mlflow", "sweep, one at a time, reused workers, MLflow tracking off"),
                          ("two_at_a_time", "sweep, two one-CPU trials at a time")):
+        if label not in o:
+            continue
         s = o[label]
         trainings = sum(s["trial_s"])
-        extra = (s["wall_s"] - start_up - loop) / loop if label != "two_at_a_time" else None
-        shown = f"{100 * extra:.1f}%" if extra is not None else "-"
+        extra = (s["wall_s"] - start_up - loop) / loop
+        shown = f"{100 * extra:.1f}%" if label != "two_at_a_time" else "-"
         lines.append(f"| {title} | {s['wall_s']:.1f} | {trainings:.1f} | {trainings / max(1, len(s['trial_s'])):.1f} | {shown} |")
     one, two = o["one_at_a_time"]["wall_s"] - start_up, o["two_at_a_time"]["wall_s"] - start_up
-    overhead_pct = 100 * (o["one_at_a_time"]["wall_s"] - start_up - loop) / loop
-    lines += ["", f"Sweep overhead (one at a time, reused workers, less Ray start-up): {overhead_pct:.1f}% "
-                  f"(goal <= 10%: {'met' if overhead_pct <= 10 else '**not met**'}).",
+    pct = 100 * (one - loop) / loop
+    lines += ["", f"Sweep overhead (one at a time, reused workers, less Ray start-up): {pct:.1f}% "
+                  f"(goal <= 10%: {'met' if pct <= 10 else '**not met**'}).",
               f"Concurrency: two one-CPU trials at a time give {one / two:.2f}x the throughput of one "
-              f"(sweep wall time less Ray start-up; goal >= 1.7x: {'met' if one / two >= 1.7 else '**not met**'})."]
+              f"(sweep wall times less Ray start-up; goal >= 1.7x: {'met' if one / two >= 1.7 else '**not met**'})."]
     return "\n".join(lines)
 
 
@@ -259,32 +267,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every part runs")
     parser.add_argument("--only", choices=("overhead", "search"), default=None)
-    parser.add_argument("--trials", type=int, default=4, help="identical trials for overhead and concurrency")
+    parser.add_argument("--trials", type=int, default=8, help="identical trials for overhead and concurrency")
     parser.add_argument("--seeds", type=int, default=3, help="search seeds per algorithm")
     parser.add_argument("--no-write", action="store_true", help="print without touching RESULTS.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = parser.parse_args(argv)
 
-    load_before = os.getloadavg()
     raw: dict = {"machine": machine_line()}
-    sections = []
-    if args.only in (None, "overhead"):
-        raw["overhead"] = overhead(args.quick, args.trials)
-        sections.append("### Sweep overhead and concurrency\n\n" + overhead_text(raw["overhead"]))
-        print(sections[-1], flush=True)
-    if args.only in (None, "search"):
-        raw["search"] = search_efficiency(args.quick, list(range(args.seeds)))
-        sections.append("### Search efficiency: TPE with ASHA against random search\n\n" + search_text(raw["search"]))
-        print(sections[-1], flush=True)
-    load_after = os.getloadavg()
-    text = (f"## Sweeps: overhead, concurrency, search efficiency (`python -m benchmarks.bench_sweep`)\n\n"
-            f"Machine: {raw['machine']}. Load average (1, 5, 15 min) before: "
-            f"{' '.join(f'{v:.2f}' for v in load_before)}; after: {' '.join(f'{v:.2f}' for v in load_after)}.\n\n"
-            + "\n\n".join(sections))
+    parts = {"overhead": ("Sweep overhead and concurrency", lambda: overhead(args.quick, args.trials), overhead_text),
+             "search": ("Search efficiency: TPE with ASHA against random search",
+                        lambda: search_efficiency(args.quick, list(range(args.seeds))), search_text)}
+    for part, (title, measure, render) in parts.items():
+        if args.only not in (None, part):
+            continue
+        load_before = os.getloadavg()
+        raw[part] = measure()
+        load_after = os.getloadavg()
+        text = (f"### Sweeps: {title} (`python -m benchmarks.bench_sweep --only {part}`)\n\n"
+                f"Machine: {raw['machine']}. Load average (1, 5, 15 min) before: "
+                f"{' '.join(f'{v:.2f}' for v in load_before)}; after: {' '.join(f'{v:.2f}' for v in load_after)}.\n\n"
+                + render(raw[part]))
+        print(text, flush=True)
+        if not args.no_write and not args.quick:
+            write_section(f"bench_sweep_{part}", text)
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1))
-    if not args.no_write and not args.quick:
-        write_section("bench_sweep" if args.only is None else f"bench_sweep_{args.only}", text)
 
 
 if __name__ == "__main__":

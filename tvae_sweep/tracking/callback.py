@@ -77,12 +77,14 @@ def copy_from_checkpoint(checkpoint, name: str, target: Path) -> bool:
 
 class MlflowTracking(Callback):
     def __init__(self, store: stores.Store, experiment: str, spec: SweepSpec, sweep: SweepDir,
-                 figure_interval: float = 30.0):
+                 figure_interval: float = 300.0):
         self.store = store
         self.experiment = experiment
         self.spec = spec
         self.sweep = sweep
-        self.figure_interval = figure_interval  # figures are redrawn at most this often during a sweep
+        # during a sweep the figures are redrawn at most this often: drawing them takes the driver
+        # seconds, between one trial's end and the next one's start (the tables take milliseconds)
+        self.figure_interval = figure_interval
         self.runs: SweepRuns | None = None
         self.children: dict[str, Child] = {}
         self.searched: dict[str, str] = {}  # the searched values last tagged on each trial's run
@@ -310,7 +312,8 @@ class MlflowTracking(Callback):
         return last_line(text or "")
 
     def publish(self, frame: pd.DataFrame, final: bool) -> None:
-        """Aggregates to the results folder and the parent run; figures at most every figure_interval."""
+        """Aggregated tables to the results folder and the parent run after every finished trial;
+        figures at the end and during the sweep at most every figure_interval seconds."""
         draw = final or time.monotonic() - self.last_figures >= self.figure_interval
         result = publish.compute(frame, self.spec, self.sweep, figures=draw)
         if draw:

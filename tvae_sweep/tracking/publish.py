@@ -51,7 +51,8 @@ def objective(spec: SweepSpec) -> tuple[str, str]:
 
 
 def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool = True) -> Aggregates:
-    """Tables (and figures) from a trials frame, written into the sweep's aggregates folder."""
+    """Tables (and figures, which take seconds to draw) from a trials frame, written into the
+    sweep's aggregates folder."""
     out = folder(sweep)
     out.mkdir(parents=True, exist_ok=True)
     tables = axis_tables(frame, spec)
@@ -63,13 +64,14 @@ def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool
     if key is not None:
         result.wide[key] = wide_table(tables[key], key, list(spec.space[key].values))
         result.wide[key].to_parquet(folder(sweep) / f"{key}_summary.parquet", index=False)
-    if figures:
-        drawn = {"pareto.png": pareto_figure(frame), "metrics_by_axis.png": axes_figure(frame, spec),
-                 "best_traversals.png": traversals_figure(best_pictures(frame, spec, sweep, TRAVERSAL_FILE))}
-        if key is not None:
-            drawn["forecasts.png"] = traversals_figure(pictures_by_value(frame, spec, sweep, key, FORECAST_FILE), 2)
-            drawn["topographic_maps.png"] = traversals_figure(pictures_by_value(frame, spec, sweep, key, MAP_FILE))
-        result.figures = {name: save(fig, out / name) for name, fig in drawn.items() if fig is not None}
+    if not figures:
+        return result
+    drawn = {"pareto.png": pareto_figure(frame), "metrics_by_axis.png": axes_figure(frame, spec),
+             "best_traversals.png": traversals_figure(best_pictures(frame, spec, sweep, TRAVERSAL_FILE))}
+    if key is not None:
+        drawn["forecasts.png"] = traversals_figure(pictures_by_value(frame, spec, sweep, key, FORECAST_FILE), 2)
+        drawn["topographic_maps.png"] = traversals_figure(pictures_by_value(frame, spec, sweep, key, MAP_FILE))
+    result.figures = {name: save(fig, out / name) for name, fig in drawn.items() if fig is not None}
     return result
 
 
