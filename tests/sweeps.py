@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -42,3 +44,17 @@ def run_cli(*args, timeout=600, **env) -> subprocess.CompletedProcess:
 
 def trials(results: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(results / name / "trials.parquet")
+
+
+@contextmanager
+def running(args: list, log: Path, env: dict | None = None):
+    """The CLI started with `args` in its own process group, its output in `log`; the group is killed
+    if it still runs when the block ends."""
+    proc = subprocess.Popen([*CLI, *map(str, args)], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env=env or cli_env(), start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

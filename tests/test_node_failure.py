@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from sweeps import CLI, cli_env, sweep_spec, trials
+from sweeps import cli_env, running, sweep_spec, trials
 from test_cluster import LocalCluster, alive, descendants
 
 pytestmark = pytest.mark.slow
@@ -91,10 +90,8 @@ def test_a_killed_worker_node_is_survived_and_its_trial_retried_on_the_other(two
     results = tmp_path / "results"
     log = tmp_path / "launch.log"
     started = time.monotonic()
-    proc = subprocess.Popen([*CLI, "launch", str(spec), "--address", cluster.address, "--name", "killed",
-                             "--results-dir", str(results)], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=cli_env(**cluster.driver_env()), start_new_session=True)
-    try:
+    args = ["launch", spec, "--address", cluster.address, "--name", "killed", "--results-dir", results]
+    with running(args, log, cli_env(**cluster.driver_env())) as proc:
         # wait for the worker node's trial to report an epoch (so it has a checkpoint) but not its last
         deadline = time.monotonic() + 300
         while True:
@@ -112,10 +109,6 @@ def test_a_killed_worker_node_is_survived_and_its_trial_retried_on_the_other(two
         assert alive(cluster.procs[0].pid)  # the head lives on
 
         code = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     output = log.read_text()
     assert code == 0, output[-5000:]
     assert killed

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from sweeps import CLI, cli_env, sweep_spec, trials
+from sweeps import running, sweep_spec, trials
 from test_cluster import alive, descendants
 from test_node_failure import reports
 
@@ -40,10 +39,8 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint_in_the_same_run(tm
                       train={"epochs": EPOCHS}, data={"train_sequences": TRAIN_SEQUENCES})
     results = tmp_path / "results"
     log = tmp_path / "launch.log"
-    proc = subprocess.Popen([*CLI, "launch", str(spec), "--name", "worker", "--results-dir", str(results)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=cli_env(), start_new_session=True)
     experiment = results / "worker" / "tune"
-    try:
+    with running(["launch", spec, "--name", "worker", "--results-dir", results], log) as proc:
         # wait for the first epoch's report (so a checkpoint exists), then kill the worker mid-epoch
         deadline = time.monotonic() + 300
         while not any(lines and lines[-1]["epoch"] >= 1 for lines in reports(experiment).values()):
@@ -55,10 +52,6 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint_in_the_same_run(tm
         assert reported[-1]["epoch"] < EPOCHS, "the trial finished before its worker could be killed"
         os.kill(victim, signal.SIGKILL)
         code = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     output = log.read_text()
     assert code == 0, output[-5000:]
     assert not alive(victim)
