@@ -1,5 +1,6 @@
 """A real sweep on a real local Ray: trials, ASHA, the results table, exports, and a name clash."""
 import json
+import re
 
 import pytest
 import yaml
@@ -88,6 +89,13 @@ def test_status_and_list_show_the_sweep(finished_sweep):
     assert proc.returncode == 0 and "e2e" in proc.stdout and "finished" in proc.stdout
     proc = run_cli("status", "e2e", "--results-dir", results)
     assert proc.returncode == 0 and "MB on disk" in proc.stdout and "TERMINATED" in proc.stdout
+    # the footprint it reports is the folder's, and every trial keeps at most keep_checkpoints (2)
+    shown = float(re.search(r"([0-9.]+) MB on disk", proc.stdout).group(1))
+    on_disk = sum(f.stat().st_size for f in (results / "e2e").rglob("*") if f.is_file()) / 1e6
+    assert abs(shown - on_disk) <= 0.1 + 0.05 * on_disk
+    trial_dirs = list((results / "e2e" / "tune").glob("train_trial_*"))
+    assert len(trial_dirs) == 6
+    assert all(1 <= len(list(d.glob("checkpoint_*"))) <= 2 for d in trial_dirs)
 
 
 def test_launching_an_existing_name_never_overwrites_it(finished_sweep):
