@@ -461,3 +461,14 @@ def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):
     _, markdown = report.render("paper", frame, spec, result, None)
     assert "| vae | 5 ± 7.071 | -100.5 ± 0.7071 | 2 |" in markdown
     assert "(aggregates/forecasts.png)" in markdown
+
+
+def test_reports_name_a_local_store_relative_to_the_working_folder(tmp_path, monkeypatch):
+    from tvae_sweep.tracking.store import Store
+
+    monkeypatch.chdir(tmp_path)
+    inside = Store(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}", "test", None)
+    assert inside.portable() == "sqlite:///results/mlflow.db"
+    outside = Store("sqlite:////elsewhere/mlflow.db", "test", None)
+    assert outside.portable() == "sqlite:////elsewhere/mlflow.db"
+    assert Store("http://alice:s3cret@host:5000", "test", None).portable() == "http://alice:***@host:5000"

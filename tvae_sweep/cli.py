@@ -360,7 +360,7 @@ def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> Non
             check(store)
         experiment_id, parent = locate(store, experiment, sweep)
         if parent:
-            mlflow_line = f"MLflow: parent run {parent} in experiment {experiment!r} (id {experiment_id}), store {store.shown}"
+            mlflow_line = f"MLflow: parent run {parent} in experiment {experiment!r} (id {experiment_id}), store {store.portable()}"
     text, markdown = reports.render(name, frame, spec, result, mlflow_line)
     click.echo(text, nl=False)
     click.echo(f"report: {reports.write(sweep, markdown)}")

@@ -65,6 +65,14 @@ class Store:
     def describe(self) -> str:
         return f"{self.shown} (from {self.source})"
 
+    def portable(self) -> str:
+        """The URI as written into a report: an SQLite file under the working folder as a relative
+        sqlite:/// URI (valid from that folder, and free of this machine's paths), others as shown."""
+        db = sqlite_file(self.uri)
+        if db is not None and db.is_relative_to(Path.cwd()):
+            return f"sqlite:///{db.relative_to(Path.cwd())}"
+        return self.shown
+
 
 def sqlite_file(uri: str) -> Path | None:
     """The database file of an sqlite:/// URI (three slashes and a relative path, or four and an absolute one)."""
