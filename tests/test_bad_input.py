@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -183,19 +182,16 @@ def test_bad_options_are_one_line(tmp_path, option, expected):
 # ---------------------------------------------------------------- data, folders, stores and clusters that are not there
 
 
-def test_missing_mnist_folder(tmp_path):
-    missing = tmp_path / "mnist"
-    raw = spec_raw(data={**tiny_raw()["data"], "dataset": "mnist", "path": str(missing)})
-    refused(f"data.path: {missing} is not a directory (set data.download: true",
-            "launch", write_spec(tmp_path, raw), "--results-dir", tmp_path / "results")
-    assert not (tmp_path / "results" / "spec").exists()
-
-
-def test_mnist_folder_without_its_files(tmp_path):
+@pytest.mark.parametrize("make_folder, message", [
+    (False, "is not a directory (set data.download: true"),
+    (True, "has no train-images-idx3-ubyte or train-images-idx3-ubyte.gz"),
+])
+def test_missing_mnist_files(tmp_path, make_folder, message):
     folder = tmp_path / "mnist"
-    folder.mkdir()
+    if make_folder:
+        folder.mkdir()
     raw = spec_raw(data={**tiny_raw()["data"], "dataset": "mnist", "path": str(folder)})
-    refused(f"data.path: {folder} has no train-images-idx3-ubyte or train-images-idx3-ubyte.gz",
+    refused(f"data.path: {folder} {message}",
             "launch", write_spec(tmp_path, raw), "--results-dir", tmp_path / "results")
     assert not (tmp_path / "results" / "spec").exists()
 

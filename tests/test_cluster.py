@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -289,20 +290,31 @@ class LocalCluster:
             shutil.rmtree(self.own_temp, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+HEAD_RESOURCE = "node:__internal_head__"
+
+
+@contextmanager
+def two_node_cluster(cls, tmp_path_factory, head_gpus: int, node_cpus: int):
+    """A head of one CPU (and `head_gpus` logical GPUs) and a second node of `node_cpus` CPUs, as
+    separate `ray start` process trees of class `cls`; head_id and node_ids name them."""
     if not sys.platform.startswith("linux"):
         pytest.skip("the test cluster reads /proc")
-    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), tmp_path_factory.mktemp("r"))
+    cluster = cls(tmp_path_factory.mktemp("cluster"), tmp_path_factory.mktemp("r"))
     try:
-        cluster.start_head(num_cpus=1, num_gpus=1)
-        cluster.add_node(num_cpus=2)
+        cluster.start_head(num_cpus=1, num_gpus=head_gpus)
+        cluster.add_node(num_cpus=node_cpus)
         nodes = cluster.wait_for_nodes(2)
-        cluster.head_id = next(n["id"] for n in nodes if n["resources"].get("GPU"))
+        cluster.head_id = next(n["id"] for n in nodes if HEAD_RESOURCE in n["resources"])
         cluster.node_ids = {n["id"] for n in nodes}
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    with two_node_cluster(LocalCluster, tmp_path_factory, head_gpus=1, node_cpus=2) as cluster:
+        yield cluster
 
 
 def launch(cluster: LocalCluster, spec: Path, results: Path, name: str, *args, **env):

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from sweeps import cli_env, running, sweep_spec, trials
-from test_cluster import LocalCluster, alive, descendants
+from test_cluster import LocalCluster, alive, descendants, two_node_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +24,6 @@ TRAIN_SEQUENCES = 256  # about a second an epoch: time to see the trial mid-run 
 # the head's GCS declares a node dead after 3 missed health checks a second apart (default: 5 of 3 s)
 FAST_HEALTH_CHECKS = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
                       "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
-HEAD_RESOURCE = "node:__internal_head__"
 
 
 class FastFailureCluster(LocalCluster):
@@ -35,18 +33,8 @@ class FastFailureCluster(LocalCluster):
 
 @pytest.fixture
 def two_nodes(tmp_path_factory):
-    if not sys.platform.startswith("linux"):
-        pytest.skip("the test cluster reads /proc")
-    cluster = FastFailureCluster(tmp_path_factory.mktemp("cluster"), tmp_path_factory.mktemp("r"))
-    try:
-        cluster.start_head(num_cpus=1, num_gpus=0)
-        cluster.add_node(num_cpus=1)  # one trial on each node
-        nodes = cluster.wait_for_nodes(2)
-        cluster.head_id = next(n["id"] for n in nodes if HEAD_RESOURCE in n["resources"])
-        cluster.node_ids = {n["id"] for n in nodes}
-        yield cluster
-    finally:
-        cluster.stop()
+    with two_node_cluster(FastFailureCluster, tmp_path_factory, head_gpus=0, node_cpus=1) as cluster:
+        yield cluster  # one trial on each node
 
 
 def reports(experiment: Path) -> dict[str, list[dict]]:

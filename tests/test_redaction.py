@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from sweeps import CLI, cli_env, sweep_spec
 
 from tvae_sweep.config import ConfigError
-from tvae_sweep.tracking.store import Store, hidden_password, redact, resolve
+from tvae_sweep.tracking.store import hidden_password, redact, resolve
 
 SECRET = "s3cret"
 START_TIMEOUT_S = 240  # the MLflow server starts in seconds on a quiet machine, far slower on a busy one

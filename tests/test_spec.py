@@ -4,7 +4,7 @@ import optuna
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import spec_raw, tiny_raw
+from helpers import spec_raw
 
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError

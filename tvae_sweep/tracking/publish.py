@@ -63,7 +63,7 @@ def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool
     key = compared_key(spec)
     if key is not None:
         result.wide[key] = wide_table(tables[key], key, list(spec.space[key].values))
-        result.wide[key].to_parquet(folder(sweep) / f"{key}_summary.parquet", index=False)
+        result.wide[key].to_parquet(out / f"{key}_summary.parquet", index=False)
     if not figures:
         return result
     drawn = {"pareto.png": pareto_figure(frame), "metrics_by_axis.png": axes_figure(frame, spec),
