@@ -18,7 +18,10 @@ import torch
 from torch import nn
 
 from tvae_sweep import ModelConfig, build_model
-from tvae_sweep.model import Posterior, TopographicVAE, topographic_energy, window_offsets
+from tvae_sweep.config import TrainConfig
+from tvae_sweep.model import topographic_energy
+from tvae_sweep.model.topographic import energy_by_rolls
+from tvae_sweep.training import make_optimizer
 
 from .common import QUIET, Timings, interleaved, machine_line, write_section
 
@@ -80,45 +83,6 @@ def conv_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
-class FusedFirstLayerTVAE(TopographicVAE):
-    """The dense model with the first layers of its two encoders as one Linear of stacked weights.
-
-    The same function and the same parameter count; one (C*H*W -> 6D) product replaces two
-    (C*H*W -> 3D) ones, forward and backward. Measured to size a change of the model, not used by it.
-    """
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg)
-        first_z, first_u = self.z_encoder.net[0], self.u_encoder.net[0]
-        self.first = nn.Linear(first_z.in_features, 2 * first_z.out_features)
-        with torch.no_grad():
-            self.first.weight.copy_(torch.cat([first_z.weight, first_u.weight]))
-            self.first.bias.copy_(torch.cat([first_z.bias, first_u.bias]))
-        self.z_rest, self.u_rest = self.z_encoder.net[1:], self.u_encoder.net[1:]
-        del self.z_encoder.net[0], self.u_encoder.net[0]
-
-    def encode(self, x: torch.Tensor) -> Posterior:
-        b, s = x.shape[:2]
-        shape = (b, s, self.cfg.n_caps, self.cfg.cap_dim)
-        h_z, h_u = self.first(x.reshape(b * s, -1)).chunk(2, dim=-1)
-        z_mean, z_logvar = (p.reshape(shape) for p in self.z_rest(h_z).chunk(2, dim=-1))
-        u_mean, u_logvar = (p.reshape(shape) for p in self.u_rest(h_u).chunk(2, dim=-1))
-        return Posterior(z_mean, z_logvar, u_mean, u_logvar)
-
-
-class CombinedTVAE(FusedFirstLayerTVAE):
-    """The fused first layer, plus v = W(u^2) as one product with the (S*D, S*D) matrix of W."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg)
-        self.register_buffer("w_t", energy_matrix(cfg).t().contiguous(), persistent=False)
-
-    def energy(self, u_sq: torch.Tensor) -> torch.Tensor:
-        b, s, c, d = u_sq.shape
-        flat = u_sq.transpose(1, 2).reshape(b * c, s * d)
-        return (flat @ self.w_t).reshape(b, c, s, d).transpose(1, 2)
-
-
 def linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
@@ -168,9 +132,9 @@ def same_function_error(cfg: ModelConfig, x: torch.Tensor) -> float:
 # ---------------------------------------------------------------- the steps
 
 
-def train_step(model: nn.Module, x: torch.Tensor, fused: bool = False) -> Callable[[], None]:
-    """One step as the trainer takes it: forward, zero_grad, backward, SGD with momentum."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, fused=fused or None)
+def train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One step as the trainer takes it: forward, zero_grad, backward, the trainer's SGD with momentum."""
+    optimizer = make_optimizer(model, TrainConfig(lr=LR, momentum=MOMENTUM), x.device)
 
     def step() -> None:
         loss = model(x).loss
@@ -181,22 +145,51 @@ def train_step(model: nn.Module, x: torch.Tensor, fused: bool = False) -> Callab
     return step
 
 
+@dataclass(frozen=True)
+class Product:
+    """One matrix product of the model, y = x @ w.T with x (rows, d_in), and which gradients it has."""
+
+    rows: int
+    d_in: int
+    d_out: int
+    grad_input: bool = True   # False for the first encoder layers: the images need no gradient
+    grad_weight: bool = True  # False for W of the energy: a constant
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.rows * self.d_in * self.d_out * (1 + self.grad_input + self.grad_weight)
+
+
+def products(cfg: ModelConfig, n_images: int) -> list[Product]:
+    """Every matrix product of a training step, in forward order: the encoders' and decoder's
+    Linear layers and, for the topographic models, v = W(u^2) on each capsule's units."""
+    d, pixels, n = cfg.latent_dim, math.prod(cfg.image_shape), n_images
+    encoder = [Product(n, pixels, 3 * d, grad_input=False), Product(n, 3 * d, 2 * d), Product(n, 2 * d, 2 * d)]
+    decoder = [Product(n, d, 2 * d), Product(n, 2 * d, 3 * d), Product(n, 3 * d, pixels)]
+    if cfg.variant == "vae":
+        return encoder + decoder
+    units = cfg.seq_len * cfg.cap_dim if cfg.variant == "tvae" else cfg.cap_dim
+    energy = Product(n * cfg.latent_dim // units, units, units, grad_weight=False)
+    return encoder * 2 + [energy] + decoder
+
+
 @dataclass
 class Gemm:
-    """The three matrix products of one Linear layer on preallocated tensors."""
+    """The matrix products of one Product, forward and backward, on preallocated tensors."""
 
     x: torch.Tensor       # (N, in)
     w: torch.Tensor       # (out, in)
     y: torch.Tensor       # (N, out)
     grad_y: torch.Tensor  # (N, out)
-    grad_x: torch.Tensor | None  # (N, in), None when the layer's input needs no gradient
-    grad_w: torch.Tensor  # (out, in)
+    grad_x: torch.Tensor | None  # (N, in)
+    grad_w: torch.Tensor | None  # (out, in)
 
     @classmethod
-    def make(cls, n: int, d_in: int, d_out: int, grad_input: bool) -> "Gemm":
+    def make(cls, p: Product) -> "Gemm":
         r = torch.rand
-        return cls(r(n, d_in), r(d_out, d_in), torch.empty(n, d_out), r(n, d_out),
-                   torch.empty(n, d_in) if grad_input else None, torch.empty(d_out, d_in))
+        return cls(r(p.rows, p.d_in), r(p.d_out, p.d_in), torch.empty(p.rows, p.d_out), r(p.rows, p.d_out),
+                   torch.empty(p.rows, p.d_in) if p.grad_input else None,
+                   torch.empty(p.d_out, p.d_in) if p.grad_weight else None)
 
     def forward(self) -> None:
         torch.mm(self.x, self.w.t(), out=self.y)
@@ -204,24 +197,13 @@ class Gemm:
     def backward(self) -> None:
         if self.grad_x is not None:
             torch.mm(self.grad_y, self.w, out=self.grad_x)
-        torch.mm(self.grad_y.t(), self.x, out=self.grad_w)
-
-
-def layer_shapes(cfg: ModelConfig) -> list[tuple[int, int, bool]]:
-    """(in, out, needs grad input) of every Linear of the model, encoders first.
-
-    The first encoder layer reads the images, which need no gradient, so autograd skips its
-    grad-input product; the floor skips it too.
-    """
-    d, pixels = cfg.latent_dim, math.prod(cfg.image_shape)
-    encoder = [(pixels, 3 * d, False), (3 * d, 2 * d, True), (2 * d, 2 * d, True)]
-    decoder = [(d, 2 * d, True), (2 * d, 3 * d, True), (3 * d, pixels, True)]
-    n_encoders = 1 if cfg.variant == "vae" else 2
-    return encoder * n_encoders + decoder
+        if self.grad_w is not None:
+            torch.mm(self.grad_y.t(), self.x, out=self.grad_w)
 
 
 def gemm_floor(cfg: ModelConfig, n_images: int) -> Callable[[], None]:
-    gemms = [Gemm.make(n_images, i, o, g) for i, o, g in layer_shapes(cfg)]
+    """The step's matrix products alone, forward then backward in reverse: the floor."""
+    gemms = [Gemm.make(p) for p in products(cfg, n_images)]
 
     def step() -> None:
         for g in gemms:
@@ -241,52 +223,33 @@ def forward_backward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 
 def optimizer_alone(cfg: ModelConfig, x: torch.Tensor) -> Callable[[], None]:
-    """The SGD step of the model's parameters, gradients in place, nothing else."""
+    """The trainer's SGD step of the model's parameters, gradients in place, nothing else."""
     model = build_model(cfg)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    optimizer = make_optimizer(model, TrainConfig(lr=LR, momentum=MOMENTUM), x.device)
     model(x).loss.backward()
     optimizer.step()
     return optimizer.step
 
 
-def energy_matrix(cfg: ModelConfig) -> torch.Tensor:
-    """W of the spec's formula as a dense (S*D, S*D) 0/1 matrix over (frame, position)."""
-    s, d = cfg.seq_len, cfg.cap_dim
-    w = torch.zeros(s * d, s * d)
-    for t in range(s):
-        for p in range(d):
-            for delta in window_offsets(cfg.coherence_window):
-                for e in range(-cfg.n_off_diag, cfg.n_off_diag + 1):
-                    w[t * d + p, ((t + delta) % s) * d + (p + cfg.shift * delta + e) % d] += 1
-    return w
-
-
 def energy_steps(cfg: ModelConfig, batch: int) -> dict[str, Callable[[], None]]:
     """v = W(u^2) forward and backward on a (B, S, n_caps, cap_dim) u: as the model computes it
-    (sums of rolls) and as one product with the (S*D, S*D) matrix."""
-    shape = (batch, cfg.seq_len, cfg.n_caps, cfg.cap_dim)
-    u = torch.rand(shape, requires_grad=True)
-    w_t = energy_matrix(cfg).t().contiguous()
+    (one product with the (S*D, S*D) matrix of W) and as the sum of rolls it replaced."""
+    u = torch.rand(batch, cfg.seq_len, cfg.n_caps, cfg.cap_dim, requires_grad=True)
+    args = (cfg.coherence_window, cfg.n_off_diag, cfg.shift)
 
-    def rolls() -> None:
-        topographic_energy(u * u, cfg.coherence_window, cfg.n_off_diag, cfg.shift).sum().backward()
-        u.grad = None
-
-    def matrix() -> None:
-        sq = (u * u).transpose(1, 2).reshape(batch * cfg.n_caps, -1)
-        (sq @ w_t).reshape(batch, cfg.n_caps, cfg.seq_len, cfg.cap_dim).transpose(1, 2).sum().backward()
-        u.grad = None
+    def run(energy: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def step() -> None:
+            energy(u * u, *args).sum().backward()
+            u.grad = None
+        return step
 
     with torch.no_grad():
-        a = topographic_energy(u * u, cfg.coherence_window, cfg.n_off_diag, cfg.shift)
-        sq = (u * u).transpose(1, 2).reshape(batch * cfg.n_caps, -1)
-        b = (sq @ w_t).reshape(batch, cfg.n_caps, cfg.seq_len, cfg.cap_dim).transpose(1, 2)
-        torch.testing.assert_close(a, b)
-    return {"energy_rolls": rolls, "energy_matrix": matrix}
+        torch.testing.assert_close(topographic_energy(u * u, *args), energy_by_rolls(u * u, *args))
+    return {"energy_matrix": run(topographic_energy), "energy_rolls": run(energy_by_rolls)}
 
 
 def step_flops(cfg: ModelConfig, n_images: int) -> float:
-    return sum(2 * n_images * i * o * (3 if g else 2) for i, o, g in layer_shapes(cfg))
+    return sum(p.flops for p in products(cfg, n_images))
 
 
 # ---------------------------------------------------------------- the runs
@@ -307,10 +270,8 @@ def step_functions(case: StepCase) -> dict[str, Callable[[], None]]:
     torch.manual_seed(0)
     fns = {"dense": train_step(build_model(case.cfg), case.x),
            "floor": gemm_floor(case.cfg, case.n_images),
-           "conv": train_step(conv_model(case.cfg), case.x),
-           "fused": train_step(FusedFirstLayerTVAE(case.cfg), case.x)}
+           "conv": train_step(conv_model(case.cfg), case.x)}
     if case.cfg.variant == "tvae":
-        fns["combined"] = train_step(CombinedTVAE(case.cfg), case.x, fused=True)
         fns["fwd_bwd"] = forward_backward(build_model(case.cfg), case.x)
         fns["sgd"] = optimizer_alone(case.cfg, case.x)
         fns.update(energy_steps(case.cfg, case.x.shape[0]))
@@ -381,22 +342,21 @@ def yes(ok: bool) -> str:
 
 def step_table(result: dict) -> tuple[list[str], list[bool]]:
     t: Timings = result["times"]
-    lines = ["| case | images/step | GFLOP/step | dense ms | conv ms | floor ms | fused-first-layer ms "
-             "| conv/dense | dense/floor | fused/floor | quiet rounds | max rel. diff dense vs conv |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| case | images/step | GFLOP/step | dense ms | conv ms | floor ms "
+             "| conv/dense | dense/floor | quiet rounds | max rel. diff dense vs conv |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     met = []
     for case in result["cases"]:
-        key = {v: f"{case.name}|{v}" for v in ("dense", "conv", "floor", "fused")}
+        key = {v: f"{case.name}|{v}" for v in ("dense", "conv", "floor")}
         ms = {v: f"{t.median(k) * 1e3:.1f} ({t.fastest(k) * 1e3:.1f})" for v, k in key.items()}
         speedup = t.ratio(key["conv"], key["dense"])
         floor_ratio = t.ratio(key["dense"], key["floor"])
         met += [speedup >= SPEEDUP_GOAL, floor_ratio <= FLOOR_GOAL]
         lines.append(
             f"| {case.name} | {case.n_images} | {step_flops(case.cfg, case.n_images) / 1e9:.2f} "
-            f"| {ms['dense']} | {ms['conv']} | {ms['floor']} | {ms['fused']} "
+            f"| {ms['dense']} | {ms['conv']} | {ms['floor']} "
             f"| {speedup:.2f} ({yes(speedup >= SPEEDUP_GOAL)}) "
             f"| {floor_ratio:.2f} ({yes(floor_ratio <= FLOOR_GOAL)}) "
-            f"| {t.ratio(key['fused'], key['floor']):.2f} "
             f"| {t.n_quiet(key['dense'], key['floor'])}/{len(t.times[key['dense']])} "
             f"| {result['errors'][case.name]:.1e} |")
     return lines, met
@@ -405,16 +365,14 @@ def step_table(result: dict) -> tuple[list[str], list[bool]]:
 def breakdown_table(result: dict) -> list[str]:
     t: Timings = result["times"]
     lines = ["| case | dense step | forward+backward | SGD step alone | floor "
-             "| energy W(u^2) fwd+bwd, rolls (as the model) | energy as one matrix product "
-             "| combined step | combined/floor |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| energy W(u^2) fwd+bwd, one matrix (as the model) | energy as sums of rolls |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for case in result["cases"]:
         if f"{case.name}|fwd_bwd" not in t.times:
             continue
         cells = [f"{t.median(f'{case.name}|{v}') * 1e3:.1f}"
-                 for v in ("dense", "fwd_bwd", "sgd", "floor", "energy_rolls", "energy_matrix", "combined")]
-        ratio = t.ratio(f"{case.name}|combined", f"{case.name}|floor")
-        lines.append(f"| {case.name} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+                 for v in ("dense", "fwd_bwd", "sgd", "floor", "energy_matrix", "energy_rolls")]
+        lines.append(f"| {case.name} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -2,7 +2,15 @@ import pytest
 import torch
 
 from tvae_sweep import ModelConfig, build_model
-from tvae_sweep.model import topographic_energy, torus_energy, window_offsets
+from tvae_sweep.model import topographic, topographic_energy, torus_energy, window_offsets
+
+
+@pytest.fixture(params=["matrix", "rolls"])
+def energy_form(request, monkeypatch):
+    """Runs a test with W as one dense matrix and again as a sum of rolls (the form for large S*D)."""
+    if request.param == "rolls":
+        monkeypatch.setattr(topographic, "DENSE_LIMIT", 0)
+    return request.param
 
 
 def dense_operator(seq_len, cap_dim, k, n_off_diag, shift):
@@ -24,7 +32,7 @@ def dense_operator(seq_len, cap_dim, k, n_off_diag, shift):
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7])
 @pytest.mark.parametrize("shift", [0, 1, 2])
 @pytest.mark.parametrize("n_off_diag", [0, 1, 2])
-def test_energy_matches_dense_operator(k, shift, n_off_diag):
+def test_energy_matches_dense_operator(k, shift, n_off_diag, energy_form):
     b, s, c, d = 2, 7, 3, 9  # cap_dim != seq_len
     u_sq = torch.rand(b, s, c, d, dtype=torch.float64)
     w = dense_operator(s, d, k, n_off_diag, shift).double()
@@ -40,7 +48,7 @@ def test_window_offsets_odd_and_even():
     assert list(window_offsets(1)) == [0]
 
 
-def test_energy_of_rolling_sequence_rolls_the_same_way():
+def test_energy_of_rolling_sequence_rolls_the_same_way(energy_form):
     s, d = 10, 10
     first = torch.rand(1, 1, 4, d)
     u_sq = torch.cat([torch.roll(first, t, dims=-1) for t in range(s)], dim=1)  # rolls one step per frame
@@ -55,7 +63,7 @@ def test_energy_of_rolling_sequence_rolls_the_same_way():
     assert not torch.allclose(v0, 5 * within)
 
 
-def test_torus_energy_is_a_box_sum():
+def test_torus_energy_is_a_box_sum(energy_form):
     side, window = 6, 3
     u_sq = torch.rand(2, 1, 1, side * side, dtype=torch.float64)
     got = torus_energy(u_sq, window).reshape(2, side, side)

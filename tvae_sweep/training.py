@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, TrainConfig
 from .data import SequenceData, build_data
 from .graphed import GraphedStep
 from .metrics import (capsule_correlation, equivariance_error, has_map, permute_frames, preferred_classes,
@@ -49,6 +49,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    fused = device.type in ("cpu", "cuda")  # one kernel for all parameters: ~10% of a CPU step
+    if t.optimizer == "adam":  # a captured step keeps Adam's step count on the device
+        return torch.optim.Adam(model.parameters(), lr=t.lr, fused=fused, capturable=t.cuda_graph)
+    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, fused=fused)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, data: SequenceData | None = None, device: torch.device | None = None):
         self.cfg = cfg
@@ -58,7 +65,7 @@ class Trainer:
         self.device = device or resolve_device(t.device)
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model).to(self.device)
-        self.optimizer = self._make_optimizer()
+        self.optimizer = make_optimizer(self.model, t, self.device)
         self.data = data or build_data(cfg.data, cfg.model.seq_len, self.device, t.seed)
         self.generator = torch.Generator(self.device).manual_seed(t.seed + 1)
         self.graphed = None
@@ -68,13 +75,6 @@ class Trainer:
             self.graphed = GraphedStep(self._step, lambda: self.optimizer.zero_grad(set_to_none=True))
         self.epoch = 0
         self.history: list[dict] = []
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        t = self.cfg.train
-        fused = self.device.type in ("cpu", "cuda")  # one kernel for all parameters: ~10% of a CPU step
-        if t.optimizer == "adam":  # a captured step keeps Adam's step count on the device
-            return torch.optim.Adam(self.model.parameters(), lr=t.lr, fused=fused, capturable=t.cuda_graph)
-        return torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum, fused=fused)
 
     @property
     def steps_per_epoch(self) -> int:
