@@ -1,15 +1,17 @@
 """Sweep benchmark: what a sweep costs beyond its trainings, and how much search it buys.
 
-    .venv/bin/python -m benchmarks.bench_sweep                 # about 35 minutes on 2 cores
+    .venv/bin/python -m benchmarks.bench_sweep                 # about 45 minutes on 2 cores
     .venv/bin/python -m benchmarks.bench_sweep --quick         # a smoke check of every part
     .venv/bin/python -m benchmarks.bench_sweep --only overhead # overhead and concurrency only
 
 Three measurements, on the same machine in one run, written to RESULTS.md (section bench_sweep):
 
-- overhead: N identical trainings in a plain loop in one process, against the same N as trials
-  of `tvae-sweep launch` one at a time (MLflow tracking on, as users run it), with reused worker
-  processes and without; Ray's own start-up (ray.init and shutdown) is timed apart;
-- concurrency: the same N trials two at a time, each on one CPU, against one at a time;
+- overhead: N identical trainings of about 30 s in a plain loop in one process, against the same
+  N as trials of `tvae-sweep launch` one at a time (MLflow tracking on, as users run it); Ray's
+  own start-up (import, ray.init and shutdown) is timed apart. Loop and sweeps alternate, in
+  rounds, since the machine's speed drifts over the minutes each takes. Once after the rounds:
+  a sweep with a new worker process per trial, and one without MLflow;
+- concurrency: in the same rounds, the N trials two at a time, each on one CPU, against one at a time;
 - search efficiency: capsules.yaml at a reduced size, TPE with ASHA against random search without
   early stopping, same trial budget, several seeds: trial-epochs spent until a trial first reports
   a target log-likelihood.
@@ -36,7 +38,7 @@ CLI = [sys.executable, "-m", "tvae_sweep"]
 # one training of about 30 s on one thread: the full-size MNIST TVAE, a few hundred sequences
 TRIAL = {
     "data": {"dataset": "mnist5k", "transforms": ["rotation", "hue", "scale"],
-             "train_sequences": 384, "test_sequences": 32},
+             "train_sequences": 480, "test_sequences": 32},
     "model": {"variant": "tvae", "n_caps": 18, "cap_dim": 18, "seq_len": 18, "coherence_window": 13,
               "n_off_diag": 1, "shift": 1, "mu_init": 30.0},
     "train": {"epochs": 3, "batch_size": 8, "lr": 1e-3, "optimizer": "adam", "seed": 0,
@@ -135,17 +137,26 @@ def timed_sweep(spec: dict, work: Path, name: str) -> dict:
     return {"wall_s": wall, "trial_s": trial_times(work / "results", name)}
 
 
-# (label, trials at a time, reused workers, MLflow tracking)
-VARIANTS = (("one_at_a_time", 1, True, True), ("new_process_per_trial", 1, False, True),
-            ("without_mlflow", 1, True, False), ("two_at_a_time", 2, True, True))
+# (label, trials at a time, reused workers, MLflow tracking): timed in every round, beside the loop
+ROUND_VARIANTS = (("one_at_a_time", 1, True, True), ("two_at_a_time", 2, True, True))
+# timed once, after the rounds: what the defaults save
+ONCE_VARIANTS = (("new_process_per_trial", 1, False, True), ("without_mlflow", 1, True, False))
 
 
-def overhead(quick: bool, n: int) -> dict:
+def overhead(quick: bool, n: int, rounds: int) -> dict:
+    """The loop and the sweeps in alternation, `rounds` times: the machine's speed drifts over the
+    minutes each takes, and each round compares timings taken side by side."""
     trial = merged(TRIAL, QUICK_TRIAL) if quick else TRIAL
-    out = {"n": n, "ray": ray_start_up(), "loop": plain_loop(trial, n)}
+    out: dict = {"n": n, "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for label, concurrent, reuse, tracking in VARIANTS:
+        for r in range(rounds):
+            timings = {"ray": ray_start_up(), "loop": plain_loop(trial, n)}
+            for label, concurrent, reuse, tracking in ROUND_VARIANTS:
+                spec = sweep_spec(trial, n, concurrent, reuse, tracking)
+                timings[label] = timed_sweep(spec, work, f"{label}_{r}")
+            out["rounds"].append(timings)
+        for label, concurrent, reuse, tracking in ONCE_VARIANTS:
             out[label] = timed_sweep(sweep_spec(trial, n, concurrent, reuse, tracking), work, label)
     return out
 
@@ -204,39 +215,59 @@ def search_efficiency(quick: bool, seeds: list[int]) -> dict:
 # ---------------------------------------------------------------- report
 
 
+def start_up_s(ray: dict) -> float:
+    return ray["import_s"] + ray["init_s"] + ray["shutdown_s"]
+
+
+def loop_s(loop: dict) -> float:
+    return loop["import_s"] + sum(loop["trial_s"])  # a plain loop imports torch too
+
+
+def round_ratios(timings: dict) -> tuple[float, float]:
+    """(overhead of the one-at-a-time sweep over the loop, throughput of two at a time over one),
+    sweep wall times less Ray's start-up."""
+    start_up, loop = start_up_s(timings["ray"]), loop_s(timings["loop"])
+    one = timings["one_at_a_time"]["wall_s"] - start_up
+    two = timings["two_at_a_time"]["wall_s"] - start_up
+    return (one - loop) / loop, one / two
+
+
 def overhead_text(o: dict) -> str:
-    ray = o["ray"]
-    start_up = ray["import_s"] + ray["init_s"] + ray["shutdown_s"]
-    loop = o["loop"]["import_s"] + sum(o["loop"]["trial_s"])  # a plain loop imports torch too
+    n, rounds = o["n"], o["rounds"]
     lines = [
-        f"{o['n']} identical trainings (the full-size MNIST TVAE, 18x18 capsules, {TRIAL['data']['train_sequences']} "
-        f"training and {TRIAL['data']['test_sequences']} test sequences, {TRIAL['train']['epochs']} epochs, one thread each).",
+        f"{n} identical trainings (the full-size MNIST TVAE, 18x18 capsules, {TRIAL['data']['train_sequences']} "
+        f"training and {TRIAL['data']['test_sequences']} test sequences, {TRIAL['train']['epochs']} epochs, one "
+        f"thread each), {len(rounds)} rounds; in each round Ray's start-up (import, `ray.init`, shutdown, timed "
+        "apart and taken off the sweeps' wall times), the plain loop, and the sweeps one after another.",
         "",
-        f"Ray start-up, timed apart: import {ray['import_s']:.1f} s, `ray.init` {ray['init_s']:.1f} s, shutdown "
-        f"{ray['shutdown_s']:.1f} s: {start_up:.1f} s in all, taken off every sweep's wall time below.",
-        "",
-        "| how | wall s | trainings s (sum, as each trial timed itself) | per training s | overhead beyond the loop |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        f"| plain loop, one process (with its {o['loop']['import_s']:.1f} s of imports) | {loop:.1f} | "
-        f"{sum(o['loop']['trial_s']):.1f} | {sum(o['loop']['trial_s']) / o['n']:.1f} | - |",
+        "| round | Ray start-up s | plain loop s (imports + trainings) | sweep, one at a time s | overhead beyond the loop "
+        "| sweep, two at a time s | concurrency (one / two) | per training s: loop / one at a time / two at a time |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for label, title in (("one_at_a_time", "sweep, one trial at a time, reused workers (the default)"),
-                         ("new_process_per_trial", "sweep, one at a time, a new worker per trial (before)"),
-                         ("without_mlflow", "sweep, one at a time, reused workers, MLflow tracking off"),
-                         ("two_at_a_time", "sweep, two one-CPU trials at a time")):
-        if label not in o:
-            continue
-        s = o[label]
-        trainings = sum(s["trial_s"])
-        extra = (s["wall_s"] - start_up - loop) / loop
-        shown = f"{100 * extra:.1f}%" if label != "two_at_a_time" else "-"
-        lines.append(f"| {title} | {s['wall_s']:.1f} | {trainings:.1f} | {trainings / max(1, len(s['trial_s'])):.1f} | {shown} |")
-    one, two = o["one_at_a_time"]["wall_s"] - start_up, o["two_at_a_time"]["wall_s"] - start_up
-    pct = 100 * (one - loop) / loop
-    lines += ["", f"Sweep overhead (one at a time, reused workers, less Ray start-up): {pct:.1f}% "
-                  f"(goal <= 10%: {'met' if pct <= 10 else '**not met**'}).",
-              f"Concurrency: two one-CPU trials at a time give {one / two:.2f}x the throughput of one "
-              f"(sweep wall times less Ray start-up; goal >= 1.7x: {'met' if one / two >= 1.7 else '**not met**'})."]
+    overheads, speedups = [], []
+    for i, t in enumerate(rounds, start=1):
+        extra, speedup = round_ratios(t)
+        overheads.append(extra)
+        speedups.append(speedup)
+        per = " / ".join(f"{sum(v) / len(v):.1f}" for v in (t["loop"]["trial_s"], t["one_at_a_time"]["trial_s"],
+                                                           t["two_at_a_time"]["trial_s"]))
+        lines.append(f"| {i} | {start_up_s(t['ray']):.1f} | {loop_s(t['loop']):.1f} | {t['one_at_a_time']['wall_s']:.1f} "
+                     f"| {100 * extra:.1f}% | {t['two_at_a_time']['wall_s']:.1f} | {speedup:.2f}x | {per} |")
+    once = [(label, title) for label, title in
+            (("new_process_per_trial", "a new worker process per trial (before workers were reused)"),
+             ("without_mlflow", "MLflow tracking off")) if label in o]
+    if once:
+        last = rounds[-1]
+        lines += ["", "Once, after the rounds, one trial at a time (against the last round's loop):", "",
+                  "| sweep | wall s | overhead beyond the loop | per training s |", "| --- | ---: | ---: | ---: |"]
+        for label, title in once:
+            s = o[label]
+            extra = (s["wall_s"] - start_up_s(last["ray"]) - loop_s(last["loop"])) / loop_s(last["loop"])
+            lines.append(f"| {title} | {s['wall_s']:.1f} | {100 * extra:.1f}% | {sum(s['trial_s']) / len(s['trial_s']):.1f} |")
+    pct, speedup = 100 * statistics.median(overheads), statistics.median(speedups)
+    lines += ["", f"Sweep overhead, median over rounds: {pct:.1f}% (goal <= 10%: {'met' if pct <= 10 else '**not met**'}).",
+              f"Concurrency, median over rounds: two one-CPU trials at a time give {speedup:.2f}x the throughput "
+              f"of one (goal >= 1.7x: {'met' if speedup >= 1.7 else '**not met**'})."]
     return "\n".join(lines)
 
 
@@ -268,13 +299,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every part runs")
     parser.add_argument("--only", choices=("overhead", "search"), default=None)
     parser.add_argument("--trials", type=int, default=8, help="identical trials for overhead and concurrency")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of loop and sweeps, side by side")
     parser.add_argument("--seeds", type=int, default=3, help="search seeds per algorithm")
     parser.add_argument("--no-write", action="store_true", help="print without touching RESULTS.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = parser.parse_args(argv)
 
     raw: dict = {"machine": machine_line()}
-    parts = {"overhead": ("Sweep overhead and concurrency", lambda: overhead(args.quick, args.trials), overhead_text),
+    parts = {"overhead": ("Sweep overhead and concurrency", lambda: overhead(args.quick, args.trials, 1 if args.quick else args.rounds), overhead_text),
              "search": ("Search efficiency: TPE with ASHA against random search",
                         lambda: search_efficiency(args.quick, list(range(args.seeds))), search_text)}
     for part, (title, measure, render) in parts.items():

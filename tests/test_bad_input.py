@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -245,6 +246,8 @@ def test_unreachable_ray_address_fails_within_seconds(tmp_path):
             tmp_path / "results", "--address", address)
     assert time.monotonic() - started < 10
     assert not (tmp_path / "results" / "spec").exists()
+    # the tracking store began opening beside Ray's start: that ends with the command
+    assert not [t for t in threading.enumerate() if t.name.startswith("mlflow-open")]
 
 
 def test_unreachable_tracking_server_is_refused_before_ray_and_before_any_folder(tmp_path):

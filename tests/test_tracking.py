@@ -472,3 +472,39 @@ def test_reports_name_a_local_store_relative_to_the_working_folder(tmp_path, mon
     outside = Store("sqlite:////elsewhere/mlflow.db", "test", None)
     assert outside.portable() == "sqlite:////elsewhere/mlflow.db"
     assert Store("http://alice:s3cret@host:5000", "test", None).portable() == "http://alice:***@host:5000"
+
+
+def test_hooks_hand_their_mlflow_writes_to_the_tracking_thread_in_order(tmp_path):
+    """A trial waits at each report until Tune's loop has run the hooks: they must not wait on MLflow."""
+    import threading
+    from types import SimpleNamespace
+
+    from helpers import spec_raw
+
+    from tvae_sweep.sweep.layout import sweep_dir
+    from tvae_sweep.sweep.spec import spec_from_dict
+    from tvae_sweep.tracking.callback import MlflowTracking
+    from tvae_sweep.tracking.runs import RUNNING, Child
+    from tvae_sweep.tracking.store import Store
+
+    release, written = threading.Event(), []
+
+    class SlowRuns:  # stands in for SweepRuns: every write waits until released
+        def child(self, trial_id, run_name, tags, params):
+            return Child(f"run-{trial_id}", 0, RUNNING)
+
+        def log_step(self, child, step, metrics, tags=None):
+            assert release.wait(30)
+            written.append((child.run_id, step, metrics["log_likelihood"]))
+
+    tracking = MlflowTracking(Store("sqlite:///unused.db", "test", None), "e", spec_from_dict(spec_raw()),
+                              sweep_dir(tmp_path, "s"))
+    tracking.runs = SlowRuns()
+    trial = SimpleNamespace(trial_id="t1", config={"train.lr": 1e-3}, path=str(tmp_path), last_result={})
+    started = time.monotonic()
+    for epoch in (1, 2, 3):
+        tracking.on_trial_result(epoch, [trial], trial, {"epoch": epoch, "log_likelihood": -float(epoch)})
+    assert time.monotonic() - started < 5 and written == []  # the hooks returned; nothing written yet
+    release.set()
+    tracking.pending.shutdown(wait=True)
+    assert written == [("run-t1", 1, -1.0), ("run-t1", 2, -2.0), ("run-t1", 3, -3.0)]

@@ -16,6 +16,7 @@ from .space import define_by_run, make_sampler, num_trials
 
 EXPERIMENT = "tune"  # Ray's experiment folder inside the storage path
 MAX_FAILURES = 2
+TRAINABLE_MODULE = "tvae_sweep.sweep.trainable"
 
 
 def connect(address: str | None, quiet: bool = True) -> None:
@@ -33,8 +34,9 @@ def connect(address: str | None, quiet: bool = True) -> None:
     label = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": "WARNING"}
-    if address is None:
-        ray.init(include_dashboard=False, **kwargs)  # a one-machine cluster for this command
+    if address is None:  # a one-machine cluster for this command, whose workers start with the
+        # trainable (torch and all) imported: the first trials start seconds sooner
+        ray.init(include_dashboard=False, _system_config={"preload_python_modules": [TRAINABLE_MODULE]}, **kwargs)
         return
     check_reachable(address, label)
     try:
@@ -130,7 +132,8 @@ def check_results_folder(root: Path) -> None:
 
 def preflight(spec: SweepSpec, sweep: SweepDir, tracking_uri: str | None) -> None:
     """What a sweep needs before Ray starts and before anything is written: a results folder it can
-    write, the data its trials read, and a tracking store that answers."""
+    write, the data its trials read, and a tracking store that answers (which then starts opening
+    while Ray starts)."""
     from ..data import check_sources
 
     check_results_folder(sweep.root.parent)
@@ -139,7 +142,9 @@ def preflight(spec: SweepSpec, sweep: SweepDir, tracking_uri: str | None) -> Non
         from ..tracking import store as stores
 
         t = spec.tracking
-        stores.check(stores.resolve(tracking_uri, t.uri, sweep.root.parent, t.artifact_location))
+        store = stores.resolve(tracking_uri, t.uri, sweep.root.parent, t.artifact_location)
+        stores.check(store)
+        stores.prepare(store)
 
 
 def join(spec: SweepSpec, sweep: SweepDir, address: str | None) -> None:

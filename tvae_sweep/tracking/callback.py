@@ -9,10 +9,13 @@ checkpoints they write to the sweep's storage path (a local folder, NFS, or an o
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,22 @@ def searched_values(trial) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(trial.config.items()))
 
 
+@dataclass(frozen=True)
+class TrialView:
+    """What the tracking thread needs of a Ray trial, read when the hook is called (Ray goes on
+    changing the trial meanwhile)."""
+
+    trial_id: str
+    name: str
+    path: str
+    config: dict
+    last_result: dict
+
+    @classmethod
+    def of(cls, trial) -> "TrialView":
+        return cls(trial.trial_id, str(trial), str(trial.path), dict(trial.config), dict(trial.last_result or {}))
+
+
 def checkpoint_location(checkpoint) -> str:
     kind = getattr(checkpoint.filesystem, "type_name", "local")
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
@@ -73,6 +92,15 @@ def copy_from_checkpoint(checkpoint, name: str, target: Path) -> bool:
     with checkpoint.filesystem.open_input_stream(source) as stream:
         target.write_bytes(stream.read())
     return True
+
+
+def hook(method):
+    """A Tune hook whose problems are reported, never allowed to stop the sweep."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        with self.guard(method.__name__):
+            method(self, *args, **kwargs)
+    return guarded
 
 
 class MlflowTracking(Callback):
@@ -92,6 +120,7 @@ class MlflowTracking(Callback):
         self.parent_step = 0
         self.last_figures = 0.0
         self.warned = False
+        self.pending: ThreadPoolExecutor | None = None  # the tracking thread
 
     # Ray pickles the run config (with its callbacks) into the experiment: keep only the settings,
     # and no password (a resumed sweep is given this driver's callbacks, never the pickled ones).
@@ -102,7 +131,7 @@ class MlflowTracking(Callback):
         t = self.spec.tracking
         tracking = t.model_copy(update={"uri": t.uri and stores.redact(t.uri),
                                         "artifact_location": t.artifact_location and stores.redact(t.artifact_location)})
-        state.update(runs=None, children={}, searched={}, finished=set(),
+        state.update(runs=None, children={}, searched={}, finished=set(), pending=None,
                      store=dataclasses.replace(self.store, uri=self.store.shown),
                      spec=self.spec.model_copy(update={"tracking": tracking}))
         return state
@@ -173,6 +202,9 @@ class MlflowTracking(Callback):
         ones KILLED), the final aggregates on the parent, the parent FINISHED, KILLED or FAILED."""
         if self.runs is None:
             return
+        if self.pending is not None:  # what the hooks handed over is logged first
+            self.pending.shutdown(wait=True)
+            self.pending = None
         with self.guard("close"):  # the parent is closed even if the aggregates fail
             if frame is None:
                 frame = self.saved_trials()
@@ -210,74 +242,108 @@ class MlflowTracking(Callback):
             self.runs.set_status(run.info.run_id, status)
 
     # ------------------------------------------------------------ Tune hooks
+    # Tune calls these in its loop, and a trial waits at each report until the loop is through, so
+    # they only read what they need of the trials and hand the MLflow writes to the tracking thread.
 
+    @hook
     def on_trial_start(self, iteration, trials, trial, **info):
-        with self.guard("on_trial_start"):
-            self.mark_running(self.child(trial))
+        self.later("on_trial_start", lambda view: self.mark_running(self.child(view)), TrialView.of(trial))
 
+    @hook
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        with self.guard("on_trial_result"):
-            child = self.child(trial)
-            self.mark_running(child)
-            step = int(result.get("epoch") or result.get("training_iteration") or 0)
-            metrics = {k: v for k, v in result.items() if k not in NOT_METRICS and _number(v)}
-            tags = {k: result[r] for k, r in (("ray.node_id", "node_id"), ("ray.hostname", "hostname"),
-                                              ("tvae_sweep.device", "device")) if result.get(r)}
-            if searched_values(trial) != self.searched.get(trial.trial_id):  # PBT changes a trial's config
-                tags["tvae_sweep.searched"] = self.searched[trial.trial_id] = searched_values(trial)
-            self.runs.log_step(child, step, metrics, tags)
+        self.later("on_trial_result", self.log_result, TrialView.of(trial), dict(result))
 
+    @hook
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        with self.guard("on_checkpoint"):
-            child = self.child(trial)
-            self.runs.set_tags(child.run_id, {"tvae_sweep.checkpoint": checkpoint_location(checkpoint)})
-            with tempfile.TemporaryDirectory() as tmp:
-                for name in PICTURES:
-                    local = Path(tmp) / name
-                    if copy_from_checkpoint(checkpoint, name, local):
-                        self.runs.put_file(child.run_id, local)
-                        cached = publish.cached_picture(self.sweep, trial.trial_id, name)
-                        cached.parent.mkdir(parents=True, exist_ok=True)
-                        cached.write_bytes(local.read_bytes())
+        self.later("on_checkpoint", self.log_checkpoint, TrialView.of(trial), checkpoint)
 
+    @hook
     def on_trial_complete(self, iteration, trials, trial, **info):
-        with self.guard("on_trial_complete"):
-            child = self.child(trial)
-            epochs = (trial.last_result or {}).get("training_iteration", 0)
-            if epochs < self.spec.base_config().train.epochs:
-                self.runs.set_tags(child.run_id, {"tvae_sweep.stopped_early": f"by the scheduler after {epochs} epochs"})
-            self.runs.set_status(child.run_id, FINISHED)
-            child.status = FINISHED
-            self.finished.add(trial.trial_id)
-            self.publish(frame_from_trials(trials, self.finished), final=False)
+        self.finished.add(trial.trial_id)
+        self.later("on_trial_complete", self.log_complete, TrialView.of(trial),
+                   frame_from_trials(trials, self.finished))
 
+    @hook
     def on_trial_recover(self, iteration, trials, trial, **info):
-        with self.guard("on_trial_recover"):
-            child = self.child(trial)
-            self.runs.set_tags(child.run_id, {"tvae_sweep.retries": trial.num_failures,
-                                              "tvae_sweep.last_error": self.error_reason(trial)})
+        tags = {"tvae_sweep.retries": trial.num_failures, "tvae_sweep.last_error": self.error_reason(trial)}
+        self.later("on_trial_recover", lambda view: self.runs.set_tags(self.child(view).run_id, tags),
+                   TrialView.of(trial))
 
+    @hook
     def on_trial_error(self, iteration, trials, trial, **info):
-        with self.guard("on_trial_error"):
-            child = self.child(trial)
+        try:
             text = trial.get_error() or ""
-            self.runs.set_tags(child.run_id, {ERROR: self.error_reason(trial)})
-            if text:
-                self.runs.client.log_text(child.run_id, text, "error.txt")
-            self.runs.set_status(child.run_id, FAILED)
-            child.status = FAILED
+        except Exception:  # the pickled error may be unreadable
+            text = ""
+        self.later("on_trial_error", self.log_error, TrialView.of(trial), self.error_reason(trial), text)
 
+    @hook
     def on_experiment_end(self, trials, **info):
-        with self.guard("on_experiment_end"):
-            for trial in trials:
-                child = self.children.get(trial.trial_id)
-                if child is not None and child.status == RUNNING and trial.status not in (RAY_FINISHED, RAY_ERROR):
-                    self.runs.set_status(child.run_id, KILLED)
-                    child.status = KILLED
+        states = {trial.trial_id: trial.status for trial in trials}
+        self.later("on_experiment_end", self.log_killed, states)
+
+    # ------------------------------------------------------------ on the tracking thread
+
+    def later(self, name: str, fn, *args) -> None:
+        """Runs fn(*args) on the tracking thread, in the order the hooks were called."""
+        if self.pending is None:
+            self.pending = ThreadPoolExecutor(1, thread_name_prefix="mlflow-log")
+        self.pending.submit(self.run_guarded, name, fn, *args)
+
+    def run_guarded(self, name: str, fn, *args) -> None:
+        with self.guard(name):
+            fn(*args)
+
+    def log_result(self, trial: TrialView, result: dict) -> None:
+        child = self.child(trial)
+        self.mark_running(child)
+        step = int(result.get("epoch") or result.get("training_iteration") or 0)
+        metrics = {k: v for k, v in result.items() if k not in NOT_METRICS and _number(v)}
+        tags = {k: result[r] for k, r in (("ray.node_id", "node_id"), ("ray.hostname", "hostname"),
+                                          ("tvae_sweep.device", "device")) if result.get(r)}
+        if searched_values(trial) != self.searched.get(trial.trial_id):  # PBT changes a trial's config
+            tags["tvae_sweep.searched"] = self.searched[trial.trial_id] = searched_values(trial)
+        self.runs.log_step(child, step, metrics, tags)
+
+    def log_checkpoint(self, trial: TrialView, checkpoint) -> None:
+        child = self.child(trial)
+        self.runs.set_tags(child.run_id, {"tvae_sweep.checkpoint": checkpoint_location(checkpoint)})
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in PICTURES:
+                local = Path(tmp) / name
+                if copy_from_checkpoint(checkpoint, name, local):
+                    self.runs.put_file(child.run_id, local)
+                    cached = publish.cached_picture(self.sweep, trial.trial_id, name)
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    cached.write_bytes(local.read_bytes())
+
+    def log_complete(self, trial: TrialView, frame: pd.DataFrame) -> None:
+        child = self.child(trial)
+        epochs = trial.last_result.get("training_iteration", 0)
+        if epochs < self.spec.base_config().train.epochs:
+            self.runs.set_tags(child.run_id, {"tvae_sweep.stopped_early": f"by the scheduler after {epochs} epochs"})
+        self.runs.set_status(child.run_id, FINISHED)
+        child.status = FINISHED
+        self.publish(frame, final=False)
+
+    def log_error(self, trial: TrialView, reason: str, text: str) -> None:
+        child = self.child(trial)
+        self.runs.set_tags(child.run_id, {ERROR: reason})
+        if text:
+            self.runs.client.log_text(child.run_id, text, "error.txt")
+        self.runs.set_status(child.run_id, FAILED)
+        child.status = FAILED
+
+    def log_killed(self, states: dict[str, str]) -> None:
+        for trial_id, state in states.items():
+            child = self.children.get(trial_id)
+            if child is not None and child.status == RUNNING and state not in (RAY_FINISHED, RAY_ERROR):
+                self.runs.set_status(child.run_id, KILLED)
+                child.status = KILLED
 
     # ------------------------------------------------------------ helpers
 
-    def child(self, trial) -> Child:
+    def child(self, trial: TrialView) -> Child:
         """The trial's run: cached, else found by its trial id under the parent, else created."""
         child = self.children.get(trial.trial_id)
         if child is None:
@@ -285,7 +351,7 @@ class MlflowTracking(Callback):
                 config = flatten(trial_run_config(self.spec.base_dict(), trial.config).to_dict())
             except ConfigError:
                 config = {k: str(v) for k, v in trial.config.items()}
-            tags = {"ray.trial_name": str(trial), "ray.trial_path": str(trial.path),
+            tags = {"ray.trial_name": trial.name, "ray.trial_path": trial.path,
                     "tvae_sweep.searched": searched_values(trial)}
             child = self.runs.child(trial.trial_id, f"trial-{trial.trial_id}", tags, config)
             self.searched[trial.trial_id] = searched_values(trial)

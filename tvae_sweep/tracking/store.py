@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,12 +146,43 @@ def check(store: Store) -> None:
                               f"start it or pass another --tracking-uri") from None
 
 
+_opening: dict[str, Future] = {}  # clients being opened by prepare(), by URI
+
+
+def prepare(store: Store) -> None:
+    """Starts opening the store on a thread: importing MLflow and opening its store (a new SQLite
+    database runs its migrations) take seconds, which then overlap Ray's start-up. The next
+    `client(store)` takes the result, or raises what opening it raised."""
+    if store.uri not in _opening:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open")
+        _opening[store.uri] = pool.submit(_new_client, store)
+        pool.shutdown(wait=False)
+
+
 def client(store: Store):
+    pending = _opening.pop(store.uri, None)
+    return pending.result() if pending is not None else _new_client(store)
+
+
+def settle() -> None:
+    """Waits for the stores prepare() is still opening, for a command that stopped before it used
+    them: no thread of it outlives it."""
+    while _opening:
+        _opening.popitem()[1].exception()
+
+
+def _new_client(store: Store):
+    import logging
+
     from mlflow import MlflowClient
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
 
     if store.shown != store.uri:  # MLflow prints each closed run's page on the URI as given, password and all
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    return MlflowClient(tracking_uri=store.uri)
+    mlflow_client = MlflowClient(tracking_uri=store.uri)
+    mlflow_client.search_experiments(max_results=1)  # opens the store: connects, creates or migrates a database
+    return mlflow_client
 
 
 def experiment_id(mlflow_client, name: str, artifact_root: str | None, create: bool = True) -> str | None:
