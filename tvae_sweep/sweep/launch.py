@@ -16,7 +16,6 @@ from .space import define_by_run, make_sampler, num_trials
 
 EXPERIMENT = "tune"  # Ray's experiment folder inside the storage path
 MAX_FAILURES = 2
-TRAINABLE_MODULE = "tvae_sweep.sweep.trainable"
 
 
 def connect(address: str | None, quiet: bool = True) -> None:
@@ -34,9 +33,8 @@ def connect(address: str | None, quiet: bool = True) -> None:
     label = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": "WARNING"}
-    if address is None:  # a one-machine cluster for this command, whose workers start with the
-        # trainable (torch and all) imported: the first trials start seconds sooner
-        ray.init(include_dashboard=False, _system_config={"preload_python_modules": [TRAINABLE_MODULE]}, **kwargs)
+    if address is None:
+        ray.init(include_dashboard=False, **kwargs)  # a one-machine cluster for this command
         return
     check_reachable(address, label)
     try:
