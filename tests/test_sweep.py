@@ -1,6 +1,10 @@
 """A real sweep on a real local Ray: trials, ASHA, the results table, exports, and a name clash."""
 import json
 import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,13 +17,44 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory):
+def ray_temp():
+    """A temporary folder of Ray's own (short: Ray's socket paths must stay under 108 characters)."""
+    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, ray_temp):
     tmp = tmp_path_factory.mktemp("sweep")
     spec = sweep_spec(tmp)
     results = tmp / "results"
-    proc = run_cli("launch", spec, "--name", "e2e", "--results-dir", results)
+    proc = run_cli("launch", spec, "--name", "e2e", "--results-dir", results, RAY_TMPDIR=ray_temp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp, results, proc
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and text in cmdline:
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+def test_the_local_ray_cluster_ends_with_the_launch(finished_sweep, ray_temp):
+    """A launch skips the interpreter's teardown, and still leaves nothing of the cluster it started
+    (GCS, raylet, workers) running."""
+    _, _, proc = finished_sweep
+    assert f"{ray_temp}/ray/session_" in proc.stdout + proc.stderr  # the cluster lived in ray_temp
+    deadline = time.monotonic() + 15
+    while processes_mentioning(ray_temp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_mentioning(ray_temp) == []
 
 
 def test_every_trial_finishes_with_a_config_in_the_space(finished_sweep):

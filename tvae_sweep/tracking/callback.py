@@ -1,8 +1,9 @@
 """The driver-side Ray Tune callback that keeps MLflow in step with a sweep.
 
-`MlflowTracking.start` opens the store and the sweep's parent run before Ray starts (so a store that
-cannot be reached is a one-line error), the Tune hooks log each trial into its child run, and `close`
-settles every status once `run` has returned: FINISHED, FAILED (with the reason), KILLED.
+`MlflowTracking.start` opens the store and the sweep's parent run before the first trial (so a store
+that cannot be used is a one-line error), the Tune hooks hand each trial's logging to a tracking
+thread that writes it into the trial's child run, and `close` waits for that thread, then settles
+every status once `run` has returned: FINISHED, FAILED (with the reason), KILLED.
 
 Trials never talk to MLflow: they report to the driver, and their pictures are read from the
 checkpoints they write to the sweep's storage path (a local folder, NFS, or an object store).
@@ -110,8 +111,8 @@ class MlflowTracking(Callback):
         self.experiment = experiment
         self.spec = spec
         self.sweep = sweep
-        # during a sweep the figures are redrawn at most this often: drawing them takes the driver
-        # seconds, between one trial's end and the next one's start (the tables take milliseconds)
+        # during a sweep the figures are redrawn at most this often: drawing them takes the tracking
+        # thread seconds of the driver's CPU, which the trials share (the tables take milliseconds)
         self.figure_interval = figure_interval
         self.runs: SweepRuns | None = None
         self.children: dict[str, Child] = {}
