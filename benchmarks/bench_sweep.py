@@ -1,6 +1,6 @@
 """Sweep benchmark: what a sweep costs beyond its trainings, and how much search it buys.
 
-    .venv/bin/python -m benchmarks.bench_sweep                 # about 45 minutes on 2 cores
+    .venv/bin/python -m benchmarks.bench_sweep                 # about 60 minutes on 2 cores
     .venv/bin/python -m benchmarks.bench_sweep --quick         # a smoke check of every part
     .venv/bin/python -m benchmarks.bench_sweep --only overhead # overhead and concurrency only
 
@@ -8,8 +8,8 @@ Three measurements, on the same machine in one run, written to RESULTS.md (secti
 
 - overhead: N identical trainings of about 30 s in a plain loop in one process, against the same
   N as trials of `tvae-sweep launch` one at a time (MLflow tracking on, as users run it); Ray's
-  own start-up (import, ray.init and shutdown) is timed apart. Loop and sweeps alternate, in
-  rounds, since the machine's speed drifts over the minutes each takes. Once after the rounds:
+  own start-up (import, ray.init and shutdown) is timed apart. The machine's speed drifts over the
+  minutes each takes, so they run in rounds: loop, sweeps, loop again, compared within the round. Once after the rounds:
   a sweep with a new worker process per trial, and one without MLflow;
 - concurrency: in the same rounds, the N trials two at a time, each on one CPU, against one at a time;
 - search efficiency: capsules.yaml at a reduced size, TPE with ASHA against random search without
@@ -145,16 +145,18 @@ ONCE_VARIANTS = (("new_process_per_trial", 1, False, True), ("without_mlflow", 1
 
 def overhead(quick: bool, n: int, rounds: int) -> dict:
     """The loop and the sweeps in alternation, `rounds` times: the machine's speed drifts over the
-    minutes each takes, and each round compares timings taken side by side."""
+    minutes each takes, so each round times the loop before and after its sweeps, and compares
+    them with the mean of the two."""
     trial = merged(TRIAL, QUICK_TRIAL) if quick else TRIAL
     out: dict = {"n": n, "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for r in range(rounds):
-            timings = {"ray": ray_start_up(), "loop": plain_loop(trial, n)}
+            timings = {"ray": ray_start_up(), "loops": [plain_loop(trial, n)]}
             for label, concurrent, reuse, tracking in ROUND_VARIANTS:
                 spec = sweep_spec(trial, n, concurrent, reuse, tracking)
                 timings[label] = timed_sweep(spec, work, f"{label}_{r}")
+            timings["loops"].append(plain_loop(trial, n))
             out["rounds"].append(timings)
         for label, concurrent, reuse, tracking in ONCE_VARIANTS:
             out[label] = timed_sweep(sweep_spec(trial, n, concurrent, reuse, tracking), work, label)
@@ -219,14 +221,15 @@ def start_up_s(ray: dict) -> float:
     return ray["import_s"] + ray["init_s"] + ray["shutdown_s"]
 
 
-def loop_s(loop: dict) -> float:
-    return loop["import_s"] + sum(loop["trial_s"])  # a plain loop imports torch too
+def loop_s(loops: list[dict]) -> float:
+    """Mean wall time of the round's loops, their imports included (a plain loop imports torch too)."""
+    return statistics.mean(loop["import_s"] + sum(loop["trial_s"]) for loop in loops)
 
 
 def round_ratios(timings: dict) -> tuple[float, float]:
     """(overhead of the one-at-a-time sweep over the loop, throughput of two at a time over one),
     sweep wall times less Ray's start-up."""
-    start_up, loop = start_up_s(timings["ray"]), loop_s(timings["loop"])
+    start_up, loop = start_up_s(timings["ray"]), loop_s(timings["loops"])
     one = timings["one_at_a_time"]["wall_s"] - start_up
     two = timings["two_at_a_time"]["wall_s"] - start_up
     return (one - loop) / loop, one / two
@@ -238,9 +241,10 @@ def overhead_text(o: dict) -> str:
         f"{n} identical trainings (the full-size MNIST TVAE, 18x18 capsules, {TRIAL['data']['train_sequences']} "
         f"training and {TRIAL['data']['test_sequences']} test sequences, {TRIAL['train']['epochs']} epochs, one "
         f"thread each), {len(rounds)} rounds; in each round Ray's start-up (import, `ray.init`, shutdown, timed "
-        "apart and taken off the sweeps' wall times), the plain loop, and the sweeps one after another.",
+        "apart and taken off the sweeps' wall times), the plain loop, the sweeps, and the plain loop again; "
+        "the sweeps are compared with the mean of the two loops.",
         "",
-        "| round | Ray start-up s | plain loop s (imports + trainings) | sweep, one at a time s | overhead beyond the loop "
+        "| round | Ray start-up s | plain loop s, before / after (imports + trainings) | sweep, one at a time s | overhead beyond the loop "
         "| sweep, two at a time s | concurrency (one / two) | per training s: loop / one at a time / two at a time |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -249,20 +253,22 @@ def overhead_text(o: dict) -> str:
         extra, speedup = round_ratios(t)
         overheads.append(extra)
         speedups.append(speedup)
-        per = " / ".join(f"{sum(v) / len(v):.1f}" for v in (t["loop"]["trial_s"], t["one_at_a_time"]["trial_s"],
+        looped = [s for loop in t["loops"] for s in loop["trial_s"]]
+        per = " / ".join(f"{sum(v) / len(v):.1f}" for v in (looped, t["one_at_a_time"]["trial_s"],
                                                            t["two_at_a_time"]["trial_s"]))
-        lines.append(f"| {i} | {start_up_s(t['ray']):.1f} | {loop_s(t['loop']):.1f} | {t['one_at_a_time']['wall_s']:.1f} "
+        loops = " / ".join(f"{loop_s([loop]):.1f}" for loop in t["loops"])
+        lines.append(f"| {i} | {start_up_s(t['ray']):.1f} | {loops} | {t['one_at_a_time']['wall_s']:.1f} "
                      f"| {100 * extra:.1f}% | {t['two_at_a_time']['wall_s']:.1f} | {speedup:.2f}x | {per} |")
     once = [(label, title) for label, title in
             (("new_process_per_trial", "a new worker process per trial (before workers were reused)"),
              ("without_mlflow", "MLflow tracking off")) if label in o]
     if once:
         last = rounds[-1]
-        lines += ["", "Once, after the rounds, one trial at a time (against the last round's loop):", "",
+        lines += ["", "Once, after the rounds, one trial at a time (against the last round's loops):", "",
                   "| sweep | wall s | overhead beyond the loop | per training s |", "| --- | ---: | ---: | ---: |"]
         for label, title in once:
             s = o[label]
-            extra = (s["wall_s"] - start_up_s(last["ray"]) - loop_s(last["loop"])) / loop_s(last["loop"])
+            extra = (s["wall_s"] - start_up_s(last["ray"]) - loop_s(last["loops"])) / loop_s(last["loops"])
             lines.append(f"| {title} | {s['wall_s']:.1f} | {100 * extra:.1f}% | {sum(s['trial_s']) / len(s['trial_s']):.1f} |")
     pct, speedup = 100 * statistics.median(overheads), statistics.median(speedups)
     lines += ["", f"Sweep overhead, median over rounds: {pct:.1f}% (goal <= 10%: {'met' if pct <= 10 else '**not met**'}).",
