@@ -245,8 +245,9 @@ def test_unreachable_ray_address_fails_within_seconds(tmp_path):
             f"`ray start --head --port {address.split(':')[1]}`", "launch", spec, "--results-dir",
             tmp_path / "results", "--address", address)
     assert time.monotonic() - started < 10
+    # the address is probed before anything is written or opened: no sweep, no tracking store
     assert not (tmp_path / "results" / "spec").exists()
-    # the tracking store began opening beside Ray's start: that ends with the command
+    assert not (tmp_path / "results" / "mlflow.db").exists()
     assert not [t for t in threading.enumerate() if t.name.startswith("mlflow-open")]
 
 

@@ -217,6 +217,19 @@ def test_store_precedence_option_env_spec_default(tmp_path, monkeypatch):
             resolve(folder_store, None, tmp_path)
 
 
+def test_a_store_prepared_for_a_command_that_stops_early_is_settled_with_it(tmp_path, monkeypatch):
+    import threading
+
+    from tvae_sweep.tracking import store as stores
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = stores.resolve(None, None, tmp_path)
+    stores.prepare(store)  # what launch does before Ray starts
+    stores.settle()  # what every command does as it ends
+    assert not [t for t in threading.enumerate() if t.name.startswith("mlflow-open")]
+    assert (tmp_path / "mlflow.db").stat().st_size > 0  # it was opened, not abandoned half-way
+
+
 def cli(*args):
     """The CLI in this process, for commands that start no sweep."""
     from click.testing import CliRunner

@@ -165,7 +165,7 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
     spec = spec_from_dict(raw)
     sweep = sweep_dir(results_dir, name or spec.name or spec_path.stem)
     check_new(sweep, overwrite)
-    preflight(spec, sweep, tracking_uri)  # an unwritable folder, missing data or a dead tracking server
+    preflight(spec, sweep, tracking_uri, address)  # an unwritable folder, missing data, no cluster, a dead tracker
     join(spec, sweep, address)  # before the sweep's folder is made: a refused cluster leaves no sweep behind
     create(spec, sweep, raw, overwrite)
     _run_sweep(spec, sweep, address, resume=False, tracking_uri=tracking_uri)
@@ -183,7 +183,7 @@ def resume(name: str, results_dir: Path | None, address: str | None, tracking_ur
 
     sweep = sweep_dir(results_dir, name)
     spec = load_saved_spec(sweep)
-    preflight(spec, sweep, tracking_uri)
+    preflight(spec, sweep, tracking_uri, address)
     join(spec, sweep, address)
     _run_sweep(spec, sweep, address, resume=True, tracking_uri=tracking_uri)
 

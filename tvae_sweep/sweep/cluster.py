@@ -29,9 +29,9 @@ STORAGE_HINT = ("set storage.path to an object store URI (s3://bucket/sweeps, gs
 # ---------------------------------------------------------------- joining
 
 
-def host_port(address: str, label: str = "--address") -> tuple[str, int] | None:
-    """(host, port) of a Ray address, `host:port` or `ray://host:port`; None for auto and local."""
-    if address in LOCAL_ADDRESSES:
+def host_port(address: str | None, label: str = "--address") -> tuple[str, int] | None:
+    """(host, port) of a Ray address, `host:port` or `ray://host:port`; None for none, auto and local."""
+    if not address or address in LOCAL_ADDRESSES:
         return None
     bare = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = bare.rpartition(":")
@@ -40,7 +40,7 @@ def host_port(address: str, label: str = "--address") -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def check_reachable(address: str, label: str = "--address", timeout: float = REACH_TIMEOUT_S) -> None:
+def check_reachable(address: str | None, label: str = "--address", timeout: float = REACH_TIMEOUT_S) -> None:
     """Raises ConfigError within `timeout` seconds when nothing listens at the address."""
     target = host_port(address, label)
     if target is None:

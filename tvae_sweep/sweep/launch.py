@@ -30,8 +30,7 @@ def connect(address: str | None, quiet: bool = True) -> None:
 
     if ray.is_initialized():
         return
-    label = "--address" if address else "RAY_ADDRESS"
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address, label = ray_address(address)
     kwargs: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": "WARNING"}
     if address is None:
         ray.init(include_dashboard=False, **kwargs)  # a one-machine cluster for this command
@@ -41,6 +40,14 @@ def connect(address: str | None, quiet: bool = True) -> None:
         ray.init(address=address, **kwargs)
     except (ConnectionError, AuthenticationError, RuntimeError) as e:
         raise join_error(address, label, e) from None
+
+
+def ray_address(address: str | None) -> tuple[str | None, str]:
+    """The address to join (the option, else $RAY_ADDRESS, else None for a local cluster) and where it
+    came from, for messages."""
+    if address:
+        return address, "--address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
 
 
 def experiment_path(spec: SweepSpec, sweep: SweepDir) -> str:
@@ -128,13 +135,14 @@ def check_results_folder(root: Path) -> None:
         raise ConfigError(f"results folder {root}: {existing} is not writable; pass another --results-dir")
 
 
-def preflight(spec: SweepSpec, sweep: SweepDir, tracking_uri: str | None) -> None:
+def preflight(spec: SweepSpec, sweep: SweepDir, tracking_uri: str | None, address: str | None) -> None:
     """What a sweep needs before Ray starts and before anything is written: a results folder it can
-    write, the data its trials read, and a tracking store that answers (which then starts opening
-    while Ray starts)."""
+    write, the data its trials read, a cluster address where something listens, and a tracking store
+    that answers (which then starts opening while Ray starts)."""
     from ..data import check_sources
 
     check_results_folder(sweep.root.parent)
+    check_reachable(*ray_address(address))
     check_sources(spec.base_config().data)
     if spec.tracking.enabled:
         from ..tracking import store as stores
