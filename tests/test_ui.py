@@ -142,9 +142,13 @@ def test_unknown_sweep_is_a_one_line_error(sweep):
 
 def test_server_command_matches_the_store_and_guards_exposure(tmp_path):
     store = Store(f"sqlite:///{tmp_path}/mlflow.db", "default", (tmp_path / "mlartifacts").as_uri())
-    local = command(store, "127.0.0.1", 5000, None)
-    assert local[local.index("--backend-store-uri") + 1] == store.uri
-    assert local[local.index("--default-artifact-root") + 1] == store.artifact_root
+    local, env = command(store, "127.0.0.1", 5000, None)
+    assert env == {"MLFLOW_BACKEND_STORE_URI": store.uri, "MLFLOW_DEFAULT_ARTIFACT_ROOT": store.artifact_root,
+                   "MLFLOW_ARTIFACTS_DESTINATION": store.artifact_root}
     assert "--allowed-hosts" not in local
-    exposed = command(store, "0.0.0.0", 5000, "ui.example.org")
+    # a database URI with a password stays out of the command line that `ps` shows everyone
+    secret = Store("postgresql://sweeper:s3cret@db.example.org/mlflow", "--tracking-uri", None)
+    cmd, env = command(secret, "127.0.0.1", 5000, None)
+    assert env == {"MLFLOW_BACKEND_STORE_URI": secret.uri} and "s3cret" not in " ".join(cmd)
+    exposed, _ = command(store, "0.0.0.0", 5000, "ui.example.org")
     assert exposed[exposed.index("--allowed-hosts") + 1] == "ui.example.org"

@@ -266,17 +266,14 @@ class MlflowTracking(Callback):
 
     @hook
     def on_trial_recover(self, iteration, trials, trial, **info):
-        tags = {"tvae_sweep.retries": trial.num_failures, "tvae_sweep.last_error": self.error_reason(trial)}
+        tags = {"tvae_sweep.retries": trial.num_failures, "tvae_sweep.last_error": last_line(self.error_text(trial))}
         self.later("on_trial_recover", lambda view: self.runs.set_tags(self.child(view).run_id, tags),
                    TrialView.of(trial))
 
     @hook
     def on_trial_error(self, iteration, trials, trial, **info):
-        try:
-            text = trial.get_error() or ""
-        except Exception:  # the pickled error may be unreadable
-            text = ""
-        self.later("on_trial_error", self.log_error, TrialView.of(trial), self.error_reason(trial), text)
+        text = self.error_text(trial)
+        self.later("on_trial_error", self.log_error, TrialView.of(trial), last_line(text), text)
 
     @hook
     def on_experiment_end(self, trials, **info):
@@ -365,7 +362,8 @@ class MlflowTracking(Callback):
             child.status = RUNNING
 
     @staticmethod
-    def error_reason(trial) -> str:
+    def error_text(trial) -> str:
+        """The trial's error as Ray recorded it (traceback included)."""
         try:
             text = trial.get_error()
         except Exception:  # the pickled error may be unreadable
@@ -376,7 +374,7 @@ class MlflowTracking(Callback):
                 if path and path.is_file():
                     text = path.read_text()
                     break
-        return last_line(text or "")
+        return text or ""
 
     def publish(self, frame: pd.DataFrame, final: bool) -> None:
         """Aggregated tables to the results folder and the parent run after every finished trial;

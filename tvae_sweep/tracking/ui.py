@@ -35,15 +35,17 @@ def default_allowed_hosts(host: str) -> str:
     return ",".join(sorted(n for name in names for n in (name, f"{name}:*")))
 
 
-def command(store: Store, host: str, port: int, allowed_hosts: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri,
-           "--host", host, "--port", str(port), "--workers", "1"]
+def command(store: Store, host: str, port: int, allowed_hosts: str | None) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow server` command line and the environment that names its stores: a URI in the
+    environment, unlike one on the command line, is not shown to every user of the machine by `ps`."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
+    env = {"MLFLOW_BACKEND_STORE_URI": store.uri}
     if store.artifact_root:
         # new experiments made in the UI, and proxied uploads, go where the sweeps' artifacts are
-        cmd += ["--default-artifact-root", store.artifact_root, "--artifacts-destination", store.artifact_root]
+        env |= {"MLFLOW_DEFAULT_ARTIFACT_ROOT": store.artifact_root, "MLFLOW_ARTIFACTS_DESTINATION": store.artifact_root}
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
-    return cmd
+    return cmd, env
 
 
 def url_host(host: str) -> str:
@@ -118,10 +120,11 @@ def serve(store: Store, host: str, port: int, allowed_hosts: str | None, pages: 
         warn(f"tvae-sweep: warning: the MLflow UI on {host}:{port} is reachable from other machines and has no "
              f"login: whoever reaches it can read and change every run. Accepted Host headers: {allowed_hosts}")
     check_port(host, port)
-    env = dict(os.environ)
+    cmd, stores = command(store, host, port, allowed_hosts)
+    env = {**os.environ, **stores}
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # background jobs serve GenAI features only
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    process = subprocess.Popen(command(store, host, port, allowed_hosts), stdout=sys.stderr, env=env,
+    process = subprocess.Popen(cmd, stdout=sys.stderr, env=env,
                                start_new_session=True)  # its own group: stopped as a whole below
     local = "127.0.0.1" if host == "0.0.0.0" else "[::1]" if host == "::" else url_host(host)
     base = f"http://{url_host(host)}:{port}"
