@@ -216,7 +216,7 @@ def _run_sweep(spec, sweep, address: str | None, resume: bool, tracking_uri: str
     frame = trials_frame(sweep.read_state()["experiment_path"])
     write_table(frame, sweep.trials)
     if tracking is not None:
-        tracking.close(status, frame)
+        _close_beside_ray_shutdown(tracking, status, frame)
         click.echo(f"MLflow: sweep and trials in experiment {tracking.experiment!r}, aggregates in "
                    f"{sweep.root / 'aggregates'}; see them with: tvae-sweep ui {sweep.name}")
     if status != "finished":
@@ -224,6 +224,19 @@ def _run_sweep(spec, sweep, address: str | None, resume: bool, tracking_uri: str
         sys.exit(130)
     _print_best(frame, s.metrics[0])
     click.echo(f"trials table: {sweep.trials}")
+
+
+def _close_beside_ray_shutdown(tracking, status: str, frame) -> None:
+    """Settles the sweep's MLflow runs (final tables and figures, seconds) while this driver leaves
+    Ray (seconds of waiting for the processes of a cluster it started)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    with ThreadPoolExecutor(1, thread_name_prefix="mlflow-close") as pool:
+        closing = pool.submit(tracking.close, status, frame)
+        ray.shutdown()
+        closing.result()
 
 
 def _print_best(frame, metric: str) -> None:
