@@ -1,5 +1,6 @@
 """Shared test configs."""
 import copy
+import signal
 
 
 def tiny_raw(**sections):
@@ -15,6 +16,13 @@ def tiny_raw(**sections):
     for section, values in sections.items():
         raw[section].update(values)
     return raw
+
+
+def ctrl_c_as_from_a_terminal() -> None:
+    """preexec_fn of a command a test stops with SIGINT: Ctrl-C's default action, as a terminal
+    gives it, even when the test run was started in the background by a non-interactive shell
+    (which makes it, and every process it starts, ignore SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
-from helpers import tiny_raw
+from helpers import ctrl_c_as_from_a_terminal, tiny_raw
 
 from tvae_sweep.config import ConfigError
 
@@ -57,7 +57,7 @@ def run_cli(*args, timeout=600, **extra) -> subprocess.CompletedProcess:
 def start_cli(*args, log: Path) -> subprocess.Popen:
     """The CLI in its own process group, so a SIGKILL takes its local Ray cluster along."""
     return subprocess.Popen([*CLI, *map(str, args)], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=env(), start_new_session=True)
+                            env=env(), start_new_session=True, preexec_fn=ctrl_c_as_from_a_terminal)
 
 
 def spec_file(folder: Path) -> Path:

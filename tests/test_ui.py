@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import ctrl_c_as_from_a_terminal
 from test_tracking import CLI, NAME, cli, env, shared_sweep
 
 from tvae_sweep.tracking.store import Store
@@ -45,7 +46,8 @@ def server(sweep, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("ui") / "server.log"
     proc = subprocess.Popen([*CLI, "ui", NAME, "--port", str(port), "--results-dir", sweep["results"]],
-                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env())
+                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env(),
+                            preexec_fn=ctrl_c_as_from_a_terminal)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     urls, seen, deadline = {}, [], time.monotonic() + START_TIMEOUT_S
