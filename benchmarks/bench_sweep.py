@@ -8,9 +8,9 @@ Three measurements, on the same machine in one run, written to RESULTS.md (secti
 
 - overhead: N identical trainings of about 30 s in a plain loop in one process, against the same
   N as trials of `tvae-sweep launch` one at a time (MLflow tracking on, as users run it); Ray's
-  own start-up (import and ray.init) is timed apart. The machine's speed drifts over the
-  minutes each takes, so they run in rounds: loop, sweeps, loop again, compared within the round. Once after the rounds:
-  a sweep with a new worker process per trial, and one without MLflow;
+  own start-up (import and ray.init) is timed apart. The machine's speed drifts over the minutes
+  each takes, so they run in rounds (loop, sweeps, loop again), compared within the round. Once
+  after the rounds: a sweep with a new worker process per trial, and one without MLflow;
 - concurrency: in the same rounds, the N trials two at a time, each on one CPU, against one at a time;
 - search efficiency: capsules.yaml at a reduced size, TPE with ASHA against random search without
   early stopping, same trial budget, several seeds: trial-epochs spent until a trial first reports
@@ -243,8 +243,8 @@ def overhead_text(o: dict) -> str:
         f"{n} identical trainings (the full-size MNIST TVAE, 18x18 capsules, {TRIAL['data']['train_sequences']} "
         f"training and {TRIAL['data']['test_sequences']} test sequences, {TRIAL['train']['epochs']} epochs, one "
         f"thread each), {len(rounds)} rounds; in each round Ray's start-up (import and `ray.init`, timed "
-        "apart and taken off the sweeps' wall times; its shutdown counts as the sweeps'), the plain loop, the sweeps, and the plain loop again; "
-        "the sweeps are compared with the mean of the two loops.",
+        "apart and taken off the sweeps' wall times; its shutdown counts as the sweeps'), the plain loop, "
+        "the sweeps, and the plain loop again; the sweeps are compared with the mean of the two loops.",
         "",
         "| round | Ray start-up s | plain loop s, before / after (imports + trainings) | sweep, one at a time s | overhead beyond the loop "
         "| sweep, two at a time s | concurrency (one / two) | per training s: loop / one at a time / two at a time |",

@@ -25,8 +25,6 @@ def ctrl_c_as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-
-
 # a space with every kind of key: a condition, a tie, a bound taken from another key, a log range
 SPACE = {
     "model.variant": {"type": "categorical", "values": ["vae", "tvae"]},

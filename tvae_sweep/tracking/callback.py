@@ -266,14 +266,14 @@ class MlflowTracking(Callback):
 
     @hook
     def on_trial_recover(self, iteration, trials, trial, **info):
-        tags = {"tvae_sweep.retries": trial.num_failures, "tvae_sweep.last_error": last_line(self.error_text(trial))}
+        tags = {"tvae_sweep.retries": trial.num_failures,
+                "tvae_sweep.last_error": last_line(self.error_text(trial))}
         self.later("on_trial_recover", lambda view: self.runs.set_tags(self.child(view).run_id, tags),
                    TrialView.of(trial))
 
     @hook
     def on_trial_error(self, iteration, trials, trial, **info):
-        text = self.error_text(trial)
-        self.later("on_trial_error", self.log_error, TrialView.of(trial), last_line(text), text)
+        self.later("on_trial_error", self.log_error, TrialView.of(trial), self.error_text(trial))
 
     @hook
     def on_experiment_end(self, trials, **info):
@@ -324,9 +324,10 @@ class MlflowTracking(Callback):
         child.status = FINISHED
         self.publish(frame, final=False)
 
-    def log_error(self, trial: TrialView, reason: str, text: str) -> None:
+    def log_error(self, trial: TrialView, text: str) -> None:
+        """The failed trial's run: its error's last line as a tag, the whole error as error.txt."""
         child = self.child(trial)
-        self.runs.set_tags(child.run_id, {ERROR: reason})
+        self.runs.set_tags(child.run_id, {ERROR: last_line(text)})
         if text:
             self.runs.client.log_text(child.run_id, text, "error.txt")
         self.runs.set_status(child.run_id, FAILED)
