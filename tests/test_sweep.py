@@ -100,6 +100,18 @@ def test_results_table_as_csv_and_parquet(finished_sweep):
         assert max(h["log_likelihood"] for h in history) == pytest.approx(row["best/log_likelihood"])
 
 
+def test_a_trials_best_counts_its_whole_history_in_each_metrics_direction():
+    from tvae_sweep.sweep.trainable import best_metrics
+
+    history = [{"epoch": 1, "train_loss": 5.0, "loss": float("nan"), "log_likelihood": -300.0,
+                "equivariance_ratio": 0.9},
+               {"epoch": 2, "train_loss": 4.0},
+               {"epoch": 3, "train_loss": 4.5, "loss": 3.0, "log_likelihood": -310.0, "equivariance_ratio": 0.7}]
+    assert best_metrics(history) == {"loss": 3.0, "train_loss": 4.0, "log_likelihood": -300.0,
+                                     "equivariance_ratio": 0.7}
+    assert best_metrics([]) == {}
+
+
 def test_exported_best_configs_train_as_they_are(finished_sweep):
     tmp, results, _ = finished_sweep
     out = tmp / "best"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -36,20 +36,17 @@ def trials_frame(path: str) -> pd.DataFrame:
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(path)
-    frames = analysis.trial_dataframes
     rows = []
     for trial in analysis.trials:
         last = trial.last_result or {}
+        best = last.get("best") or {}  # over the trial's whole history (see trainable.best_metrics)
         row: dict[str, Any] = {"trial_id": trial.trial_id, "state": trial.status}
         row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
-        history = frames.get(trial.trial_id)
         for metric in METRIC_MODES:
             if metric in last and _numeric(last[metric]):
                 row[f"final/{metric}"] = last[metric]
-            if history is not None and metric in history:
-                series = history[metric].dropna()
-                if len(series):
-                    row[f"best/{metric}"] = best_of(series, metric)
+            if _numeric(best.get(metric)):
+                row[f"best/{metric}"] = best[metric]
         row["epochs"] = last.get("training_iteration", 0)
         row["time_s"] = last.get("time_total_s", float("nan"))
         row["node_id"] = last.get("node_id")
@@ -66,9 +63,12 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else "failed"
 
 
-def best_of(series: pd.Series, metric: str) -> float:
-    """The best value of a metric's series, in the metric's direction."""
-    return series.max() if metric_mode(metric) == "max" else series.min()
+def best_of(values: Iterable[float], metric: str) -> float:
+    """The best value of a metric's values, in the metric's direction; NaN when none is a number."""
+    present = [v for v in values if v == v]  # NaN is not equal to itself
+    if not present:
+        return math.nan
+    return max(present) if metric_mode(metric) == "max" else min(present)
 
 
 def _error_text(trial) -> str | None:

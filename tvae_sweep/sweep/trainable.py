@@ -17,6 +17,7 @@ from ray import tune
 from ..data import build_data
 from ..images import save_pictures
 from ..training import DivergenceError, Trainer
+from .results import METRIC_MODES, best_of
 from .space import trial_run_config
 
 DIVERGED_FILE = "diverged.txt"  # in the trial folder: why the trial failed, so a retry fails fast
@@ -38,6 +39,19 @@ def carried_metrics(history: list[dict]) -> dict:
     for epoch in history:
         merged.update(epoch)
     return merged
+
+
+def best_metrics(history: list[dict]) -> dict:
+    """The best value of every metric over the history, in the metric's direction.
+
+    The history comes with the checkpoint, so a retried trial's best counts the epochs it resumed
+    from, whatever Ray's own record of its earlier reports kept."""
+    best = {}
+    for metric in METRIC_MODES:
+        values = [epoch[metric] for epoch in history if metric in epoch]
+        if values:
+            best[metric] = best_of(values, metric)
+    return best
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = None) -> None:
@@ -76,5 +90,5 @@ def report_epoch(trainer: Trainer, where: dict) -> None:
         trainer.save_checkpoint(directory)
         if trainer.finished:
             save_pictures(trainer.model, trainer.data.test_set(), directory)
-        report = {**carried_metrics(trainer.history), **where}
+        report = {**carried_metrics(trainer.history), "best": best_metrics(trainer.history), **where}
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -115,7 +115,7 @@ def axis_table(frame: pd.DataFrame, key: str, param: ParamSpec) -> pd.DataFrame:
                 key: value, "metric": metric,
                 "mean": series.mean() if len(series) else np.nan,
                 "std": series.std(ddof=1) if len(series) > 1 else np.nan,
-                "best": _best(series, metric),
+                "best": float(best_of(series, metric)),
                 "count": int(len(series)),
             })
     table = pd.DataFrame(rows, columns=columns)
@@ -123,12 +123,6 @@ def axis_table(frame: pd.DataFrame, key: str, param: ParamSpec) -> pd.DataFrame:
         table[key] = table[key].astype(str)
     table["count"] = table["count"].astype("int64")
     return table
-
-
-def _best(series: pd.Series, metric: str) -> float:
-    if series.empty:
-        return np.nan
-    return float(best_of(series, metric))
 
 
 def wide_table(table: pd.DataFrame, key: str, order: list | None = None) -> pd.DataFrame:
