@@ -110,10 +110,11 @@ def test_a_killed_worker_node_is_survived_and_its_trial_retried_on_the_other(two
     worker_epochs = [r["epoch"] for r in history if r["node_id"] == worker_id]
     head_epochs = [r["epoch"] for r in history if r["node_id"] == cluster.head_id]
     assert worker_epochs and head_epochs, history
-    # retried from a checkpoint, not from scratch, and nothing the worker had reported was run again
-    # (Ray's result.json may miss the worker's very last report: MLflow's history below is complete)
+    # retried from a checkpoint, not from scratch. Only the worker's last reported epoch may run again:
+    # Ray takes a trial's checkpoint just after its report, and the node may die in between (MLflow,
+    # below, keeps that epoch's first report). Ray's result.json may miss the worker's last reports.
     assert worker_epochs == list(range(1, worker_epochs[-1] + 1))
-    assert head_epochs == list(range(head_epochs[0], EPOCHS + 1)) and head_epochs[0] > worker_epochs[-1]
+    assert head_epochs == list(range(head_epochs[0], EPOCHS + 1)) and head_epochs[0] >= max(2, worker_epochs[-1])
 
     # MLflow: exactly one run per trial, none left RUNNING, the retry recorded, no epoch logged twice
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
