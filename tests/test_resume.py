@@ -51,7 +51,9 @@ def test_resume_after_sigkill_keeps_finished_trials_and_completes_the_rest(tmp_p
     for name, epochs in before.items():
         assert after[name] == epochs  # a finished trial was not run again
     for epochs in after.values():
-        assert epochs == [1, 2, 3]  # no epoch missing or repeated
+        # no epoch missing; at most one runs again: one whose report the driver's last saved state
+        # holds but whose checkpoint it had not taken yet (Ray takes it just after the report)
+        assert sorted(set(epochs)) == [1, 2, 3] and epochs == sorted(epochs) and len(epochs) <= 4
     state = json.loads((results / "killed" / "sweep.json").read_text())
     assert state["status"] == "finished"
 
