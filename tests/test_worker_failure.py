@@ -1,6 +1,6 @@
 """A trial's worker process killed with SIGKILL in the middle of an epoch, on a local Ray: the trial
 is retried from its last checkpoint and completes, in the same MLflow run, with every epoch logged
-exactly once."""
+exactly once and counted in the trial's best metrics."""
 from __future__ import annotations
 
 import os
