@@ -134,6 +134,14 @@ BROKEN_SPECS = [
     ("unknown search algorithm", _set("search.algorithm", "bayes"), "search.algorithm"),
     ("unknown scheduler", _set("search.scheduler", "hyperband"), "search.scheduler"),
     ("an objective no trial reports", _set("search.metric", "accuracy"), "search.metric: no trial reports 'accuracy'"),
+    ("kl_u in a sweep of VAEs",
+     lambda r: (r["model"].update(variant="vae"), r["space"].pop("model.variant"),
+                r["space"]["model.shift"].pop("when"), r["search"].update(metric="kl_u", mode="max")),
+     "search.metric: no trial reports 'kl_u'"),
+    ("kl_u where some trials are VAEs",
+     lambda r: r["search"].update(metric="kl_u", mode="max")
+     or r.update(space={"model.variant": {"type": "categorical", "values": ["vae", "tvae"]}}),
+     "search.metric: trials with model.variant=vae"),
     ("shared storage without a folder", _set("storage.shared", True), "storage.shared"),
 ]
 

@@ -76,3 +76,12 @@ def test_a_cuda_graph_is_captured_again_after_loading_a_checkpoint(tiny_config, 
     assert resumed.graphed.graph is None
     list(resumed.epochs())
     assert resumed.graphed.graph is not None and math.isfinite(resumed.history[-1]["train_loss"])
+
+
+def test_hue_turn_on_the_gpu_matches_the_cpu():
+    from tvae_sweep.data.transforms import rotate_hue
+
+    images = torch.rand(32, 3, 8, 8)
+    angles = torch.arange(32.0) * 20
+    torch.testing.assert_close(rotate_hue(images.cuda(), angles.cuda()).cpu(), rotate_hue(images, angles),
+                               atol=1e-5, rtol=0)

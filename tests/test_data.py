@@ -13,7 +13,7 @@ from tvae_sweep.data import DSPRITES_FACTORS, MNIST_TRANSFORMS, Batch, SequenceD
 from tvae_sweep.data import dsprites, mnist
 from tvae_sweep.data.sequences import MNIST_SCALES, TEST_SEED_OFFSET
 from tvae_sweep.data.transforms import (affine_grid, affine_matrix, affine_warp, homogeneous, homography_warp,
-                                        hue_matrix, rotate_hue, tilt_matrix)
+                                        rgb_to_hsv, rotate_hue, tilt_matrix)
 
 
 def data_cfg(dataset="mnist5k", transforms=("rotation", "hue", "scale"), test_transforms=None, **kw):
@@ -77,19 +77,35 @@ def test_tilt_axis_cycle_closes():
     assert not torch.allclose(a, c, atol=1e-2)
 
 
-def test_hue_rotation():
+def test_hue_turns_as_the_original_does_in_hsv():
+    a = 0.7
+    red = torch.zeros(4, 3, 1, 1)
+    red[:, 0] = a
+    turned = rotate_hue(red, torch.tensor([0.0, 60.0, 120.0, 240.0]))[:, :, 0, 0]
+    # worked by hand: hue 0 -> 60 -> 120 -> 240 at full saturation and value a
+    expected = torch.tensor([[a, 0, 0], [a, a, 0], [0, a, 0], [0, 0, a]])
+    torch.testing.assert_close(turned, expected, atol=1e-6, rtol=0)
+    # brightness (the HSV value) stays, unlike a rotation of RGB about the grey axis
+    assert torch.allclose(turned.max(dim=1).values, torch.full((4,), a))
+
+
+def test_hue_turn_keeps_greys_and_composes():
     images = torch.rand(5, 3, 8, 8, generator=gen(3))
     assert torch.allclose(rotate_hue(images, torch.zeros(5)), images, atol=1e-6)
-    red = torch.zeros(2, 3, 1, 1)
-    red[:, 0] = 1.0
-    turned = rotate_hue(red, torch.tensor([120.0, 240.0]))
-    assert torch.allclose(turned[0, :, 0, 0], torch.tensor([0.0, 1.0, 0.0]), atol=1e-5)
-    assert torch.allclose(turned[1, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]), atol=1e-5)
+    assert torch.allclose(rotate_hue(images, torch.full((5,), 360.0)), images, atol=1e-5)
+    twice = rotate_hue(rotate_hue(images, torch.full((5,), 20.0)), torch.full((5,), 20.0))
+    assert torch.allclose(twice, rotate_hue(images, torch.full((5,), 40.0)), atol=1e-5)
     grey = torch.full((1, 3, 2, 2), 0.4)
     assert torch.allclose(rotate_hue(grey, torch.tensor([77.0])), grey, atol=1e-6)
-    m = hue_matrix(torch.tensor([20.0, 40.0, 360.0]))
-    assert torch.allclose(m[0] @ m[0], m[1], atol=1e-6)
-    assert torch.allclose(m[2], torch.eye(3), atol=1e-6)
+    hue, saturation, value = rgb_to_hsv(torch.tensor([0.2, 0.5, 0.8]).view(1, 3, 1, 1))
+    torch.testing.assert_close((float(hue), float(saturation), float(value)), (210.0, 0.75, 0.8))
+
+
+def test_hue_turn_runs_batched_on_the_data_device():
+    images = torch.rand(64, 3, 4, 4, generator=gen(4))
+    angles = torch.arange(64.0) * 20
+    one_by_one = torch.cat([rotate_hue(images[i:i + 1], angles[i:i + 1]) for i in range(64)])
+    assert torch.allclose(rotate_hue(images, angles), one_by_one, atol=1e-6)
 
 
 # ---------------------------------------------------------------- MNIST sequences

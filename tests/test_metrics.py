@@ -1,15 +1,29 @@
-import torch
+import math
 
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tvae_sweep.config import RunConfig
 from tvae_sweep.metrics import (
+    active_units,
+    base_metric,
     capsule_correlation,
     capsule_roll,
     equivariance_error,
     equivariance_ratio,
     has_map,
+    learned,
+    mean_image_nll,
+    metric_mode,
     permute_frames,
     preferred_classes,
+    reported_metrics,
+    roll_gain,
     topographic_agreement,
 )
+from tvae_sweep.model import build_model
+from tvae_sweep.training import Trainer
 
 
 def rolling_latents(b=4, s=18, c=18, d=18, shift=1, seed=0):
@@ -109,3 +123,117 @@ def test_topographic_agreement_counts_neighbours_on_the_torus():
 def test_has_map_needs_a_static_square_latent():
     assert has_map(1, 324, 1) and has_map(4, 4, 1)
     assert not has_map(1, 10, 1) and not has_map(18, 18, 18)
+
+
+# ---------------------------------------------------------------- roll gain, latent use, the mean image
+
+
+def bernoulli_nll(logits, x):
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(2).sum(-1)
+
+
+def one_hot_sequences(b=5, s=8, d=8, seed=0):
+    """Images that are one-hot rows of D pixels moving one pixel per frame, and a code that rolls
+    exactly with them: t_f = the image itself (one capsule of D positions)."""
+    start = torch.randint(d, (b,), generator=torch.Generator().manual_seed(seed))
+    pos = (start[:, None] + torch.arange(s)) % d
+    x = F.one_hot(pos, d).float().view(b, s, 1, 1, d)
+    return x, x.view(b, s, 1, d).clone()
+
+
+def test_roll_gain_is_zero_for_a_decoder_that_ignores_its_latent():
+    x, t = one_hot_sequences()
+    ignores = lambda latent: torch.zeros(*latent.shape[:2], 1, 1, 8)
+    assert torch.equal(roll_gain(ignores, bernoulli_nll, t, x, shift=1), torch.zeros(5))
+
+
+def test_a_code_that_rolls_exactly_has_a_ratio_near_0_and_a_positive_roll_gain():
+    x, t = one_hot_sequences()
+    reads = lambda latent: 10.0 * (2 * latent - 1).view(*latent.shape[:2], 1, 1, 8)  # decodes t as the image
+    gain = roll_gain(reads, bernoulli_nll, t, x, shift=1)
+    assert (gain > 10).all()  # the roll predicts each later frame; a copy misses two pixels of it
+    assert float(equivariance_ratio(t + 0.01 * torch.randn_like(t), shift=1)) < 0.05
+    # rolled the wrong way, only the pairs half a cycle apart are predicted
+    assert (roll_gain(reads, bernoulli_nll, t, x, shift=-1) < gain / 4).all()
+
+
+def test_mean_image_nll_is_the_nll_of_the_mean_image():
+    x = torch.rand(50, 3, 4, 4, generator=torch.Generator().manual_seed(0)).round()
+    mean = x.mean(0)
+    direct = F.binary_cross_entropy(mean.clamp(1e-7, 1 - 1e-7).expand_as(x), x, reduction="none").flatten(1).sum(1).mean()
+    assert mean_image_nll(mean) == pytest.approx(float(direct), rel=1e-5)
+    assert mean_image_nll(torch.ones(3, 4, 4)) < 1e-4  # a constant data set costs nothing
+
+
+def test_active_units_count_the_units_whose_mean_moves():
+    g = torch.Generator().manual_seed(0)
+    means = torch.cat([torch.randn(400, 3, generator=g), 0.01 * torch.randn(400, 2, generator=g)], 1)
+    assert active_units(means.sum(0), (means * means).sum(0), 400) == 3
+    still = torch.full((400, 4), 2.0)
+    assert active_units(still.sum(0), (still * still).sum(0), 400) == 0
+
+
+# ---------------------------------------------------------------- stationary models and the model at initialisation
+
+
+def tiny_run(tiny_config, **model):
+    return tiny_config(model={"n_caps": 2, "cap_dim": 6, "seq_len": 6, **model}, data={"test_sequences": 16})
+
+
+def test_stationary_models_are_measured_against_a_roll_of_1(tiny_config):
+    for model in ({"shift": 0, "coherence_window": 3}, {"shift": 0, "coherence_window": 1}, {"variant": "vae"}):
+        trainer = Trainer(tiny_run(tiny_config, **model))
+        assert trainer.model.metric_shift == 1
+        ratio = trainer.evaluate(likelihood=False)["equivariance_ratio"]
+        assert abs(ratio - 1) > 1e-4, model  # not 1 by construction, as an unrolled E_eq would be
+
+
+def test_a_whole_window_tvae_rolls_by_construction_at_initialisation(tiny_config):
+    """k = S: v rolls exactly with the frames whatever u is, and mu = 30 dominates z (TVAE-SPEC 3.1)."""
+    whole = Trainer(tiny_run(tiny_config, coherence_window=6)).evaluate(likelihood=False)
+    vae = Trainer(tiny_run(tiny_config, variant="vae")).evaluate(likelihood=False)
+    assert whole["equivariance_ratio"] < 0.5
+    assert vae["equivariance_ratio"] > 0.9
+
+
+def test_log_likelihood_per_frame_is_the_original_estimator():
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config()).double()
+    x = torch.rand(3, 4, 1, 6, 6, dtype=torch.float64)
+    torch.manual_seed(1)
+    ours, per_frame = model.log_likelihoods(x, n_samples=5)
+    torch.manual_seed(1)
+    log_w = model.log_weights(x, n_samples=5)  # (N, B, S)
+    torch.testing.assert_close(per_frame, torch.logsumexp(log_w, 0).mean(-1))
+    torch.testing.assert_close(ours, (torch.logsumexp(log_w.sum(-1), 0) - math.log(5)) / 4)
+    assert (per_frame > ours).all()  # per frame and without - log N it reads higher
+
+
+def tiny_model_config():
+    from tvae_sweep.config import ModelConfig
+
+    return ModelConfig(variant="tvae", n_caps=2, cap_dim=4, seq_len=4, coherence_window=3, n_off_diag=1,
+                       image_shape=(1, 6, 6))
+
+
+# ---------------------------------------------------------------- the registry
+
+
+def test_every_reported_name_has_a_direction_and_derived_names_follow_their_metric():
+    assert metric_mode("equivariance_ratio_init") == "min" and metric_mode("equivariance_ratio_learned") == "min"
+    assert metric_mode("roll_gain_learned") == "max" and metric_mode("capsule_correlation_hue_init") == "max"
+    assert base_metric("log_likelihood_init") is None  # the likelihood is not measured at initialisation
+    assert base_metric("train_time_s") is None
+    with pytest.raises(KeyError):
+        metric_mode("accuracy")
+    assert learned({"roll_gain": 2.0}, {"roll_gain": 0.5}) == {"roll_gain_init": 0.5, "roll_gain_learned": 1.5}
+
+
+def test_the_registry_lists_what_a_trainer_reports_and_nothing_it_does_not(tiny_config):
+    for model in ({}, {"variant": "vae"}):
+        cfg = tiny_config(model={"n_caps": 2, "cap_dim": 18, "seq_len": 18, "coherence_window": 5, **model},
+                          data={"test_sequences": 24}, train={"epochs": 1})
+        final = list(Trainer(cfg).epochs())[-1]
+        reported = {k for k in final if base_metric(k) is not None}
+        assert reported == set(reported_metrics(cfg)), model
+    assert "kl_u" not in final and "active_units_u" not in final  # the VAE has no u: absent, not 0

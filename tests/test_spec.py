@@ -27,6 +27,21 @@ def test_sampled_configs_lie_in_the_space_and_satisfy_the_conditions():
         trial_run_config(spec.base_dict(), config)  # valid by construction
 
 
+@pytest.mark.parametrize("metric, mode", [
+    (["log_likelihood", "roll_gain"], ["max", "max"]),
+    (["log_likelihood", "equivariance_ratio_learned"], ["max", "min"]),
+    ("roll_gain_learned", "max"),
+    ("kl_z", "max"),
+])
+def test_any_reported_metric_or_learned_difference_can_be_the_objective(metric, mode):
+    raw = spec_raw()
+    raw["search"].update(metric=metric, mode=mode, scheduler="fifo" if isinstance(metric, list) else "asha")
+    raw["space"].pop("model.variant")  # kl_u and the rest: every trial a TVAE
+    raw["space"]["model.shift"].pop("when")
+    spec = spec_from_dict(raw)
+    assert spec.search.metrics == ([metric] if isinstance(metric, str) else metric)
+
+
 def test_the_same_seed_samples_the_same_configs():
     spec = spec_from_dict(spec_raw())
     assert sample(spec, 12) == sample(spec, 12)

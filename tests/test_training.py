@@ -51,8 +51,28 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tiny_config, tm
     strip = lambda hs: [{k: v for k, v in h.items() if not k.endswith("time_s")} for h in hs]
     assert strip(resumed.history) == strip(history)
     assert [h["epoch"] for h in rest] == [2, 3]
+    assert resumed.init_metrics == straight.init_metrics and "equivariance_ratio" in straight.init_metrics
+    assert rest[-1]["equivariance_ratio_init"] == history[-1]["equivariance_ratio_init"]
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_the_init_metrics_are_measured_once_before_training_and_kept_by_the_checkpoint(tiny_config, tmp_path):
+    cfg = tiny_config(train={"epochs": 2})
+    fresh = Trainer(cfg)
+    measured = fresh.evaluate(likelihood=False)  # the untrained model, as measure_init sees it
+    first = next(fresh.epochs())
+    for name in ("equivariance_error", "equivariance_ratio", "roll_nll_gap", "roll_gain"):
+        assert first[f"{name}_init"] == measured[name]
+        assert first[f"{name}_learned"] == pytest.approx(first[name] - measured[name])
+    assert "log_likelihood_init" not in first and "kl_z_init" not in first
+    fresh.save_checkpoint(tmp_path)
+
+    resumed = Trainer(cfg)
+    resumed.load_checkpoint(tmp_path)
+    resumed.evaluate = lambda likelihood=True: pytest.fail("measured again") if not likelihood else {}
+    resumed.measure_init()
+    assert resumed.init_metrics == fresh.init_metrics
 
 
 def test_a_corrupt_checkpoint_is_refused_with_its_path(tiny_config, tmp_path):

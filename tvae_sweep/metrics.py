@@ -1,12 +1,137 @@
-"""Metrics of TVAE-SPEC section 3: equivariance error and ratio, capsule correlation, roll prediction.
+"""Metrics of TVAE-SPEC section 3, and the registry of every metric a run reports.
 
 Latents t have shape (B, S, C, D): sequences, frames, capsules, capsule positions. "Rolling" a
 capsule by r moves element d to d + r (torch.roll's direction).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+# ---------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric a run reports: its name, the direction in which it is better, and who reports it.
+
+    scope: "all" (every run), "latent_u" (models with a u: tvae, tvae2d), "sequence" (transforming
+    sequences: seq_len > 1 and transforms) or "map" (static models whose latent is a square grid).
+    at_init: also measured once on the model at initialisation (TVAE-SPEC 3.1), reported as
+    `<name>_init`, and what training added as `<name>_learned` (trained minus init, better in the
+    same direction as the metric itself).
+    """
+
+    name: str
+    mode: str
+    scope: str = "all"
+    at_init: bool = False
+
+
+REGISTRY: tuple[Metric, ...] = (
+    Metric("loss", "min"),
+    Metric("train_loss", "min"),
+    Metric("log_likelihood", "max"),
+    Metric("log_likelihood_per_frame", "max"),  # the authors' code's estimator (see model.log_likelihoods)
+    Metric("mean_image_nll", "min"),
+    Metric("kl_z", "max"),  # latent use: more nats carried by z
+    Metric("kl_u", "max", scope="latent_u"),
+    Metric("active_units_z", "max"),
+    Metric("active_units_u", "max", scope="latent_u"),
+    Metric("equivariance_error", "min", scope="sequence", at_init=True),
+    Metric("equivariance_ratio", "min", scope="sequence", at_init=True),
+    Metric("roll_nll", "min", scope="sequence"),
+    Metric("roll_nll_gap", "min", scope="sequence", at_init=True),
+    Metric("roll_gain", "max", scope="sequence", at_init=True),
+    Metric("capsule_correlation", "max", scope="sequence", at_init=True),  # and capsule_correlation_<factor>
+    Metric("topographic_agreement", "max", scope="map", at_init=True),
+    Metric("topographic_agreement_chance", "max", scope="map"),
+)
+METRICS = {m.name: m for m in REGISTRY}
+PER_FACTOR = "capsule_correlation"  # the metric reported per varying factor too: <PER_FACTOR>_<factor>
+DERIVED = ("_init", "_learned")
+
+
+def base_metric(name: str) -> Metric | None:
+    """The registered metric a reported name stands for (`<m>_init`, `<m>_learned` and the
+    per-factor capsule correlations included), or None for a name that is no metric."""
+    for suffix in DERIVED:
+        if name.endswith(suffix) and (m := base_metric(name.removesuffix(suffix))) is not None and m.at_init:
+            return m
+    if name in METRICS:
+        return METRICS[name]
+    if name.startswith(PER_FACTOR + "_"):
+        return METRICS[PER_FACTOR]
+    return None
+
+
+def is_metric(name: str) -> bool:
+    return base_metric(name) is not None
+
+
+def metric_mode(name: str) -> str:
+    """'min' or 'max': the direction in which a reported metric is better."""
+    m = base_metric(name)
+    if m is None:
+        raise KeyError(f"{name!r} is not a metric; metrics: {', '.join(METRICS)}")
+    return m.mode
+
+
+def metric_order(name: str) -> tuple[int, int, str]:
+    """A sort key: registry order, then the metric, its _init and its _learned together."""
+    m = base_metric(name)
+    suffix = next((i + 1 for i, s in enumerate(DERIVED) if name.endswith(s) and m and m.at_init), 0)
+    return (REGISTRY.index(m) if m else len(REGISTRY), suffix, name)
+
+
+def reported_metrics(run) -> list[str]:
+    """Every metric name a run of `run` (a RunConfig) reports at its evaluated epochs."""
+    model, data = run.model, run.data
+    sequences = bool(data.transforms) and model.seq_len > 1
+    factors = list(data.test_transforms or data.transforms) if sequences else []
+    square_map = not sequences and has_map(model.n_caps, model.cap_dim, model.seq_len)
+    scopes = {"all", *(("latent_u",) if model.variant != "vae" else ()), *(("sequence",) if sequences else ()),
+              *(("map",) if square_map else ())}
+    names = []
+    for m in REGISTRY:
+        if m.scope not in scopes:
+            continue
+        group = [m.name] + ([f"{m.name}_{f}" for f in factors] if m.name == PER_FACTOR else [])
+        for name in group:
+            names.append(name)
+            if m.at_init:
+                names += [f"{name}_init", f"{name}_learned"]
+    return names
+
+
+def best_of(values, metric: str) -> float:
+    """The best of a metric's values, in the metric's direction; NaN when none is a number."""
+    present = [v for v in values if v == v]  # NaN is not equal to itself
+    if not present:
+        return float("nan")
+    return max(present) if metric_mode(metric) == "max" else min(present)
+
+
+def learned(metrics: dict[str, float], init: dict[str, float]) -> dict[str, float]:
+    """`<m>_init` and `<m>_learned` (trained minus initialisation) for every init metric measured."""
+    out = {}
+    for name, value in init.items():
+        out[f"{name}_init"] = value
+        if name in metrics:
+            out[f"{name}_learned"] = metrics[name] - value
+    return out
+
+
+def init_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics of an evaluation that are also kept for the model at initialisation."""
+    return {k: v for k, v in metrics.items()
+            if (m := base_metric(k)) is not None and m.at_init and not k.endswith(DERIVED)}
+
+
+# ---------------------------------------------------------------- equivariance
 
 
 def normalise_capsules(t: torch.Tensor) -> torch.Tensor:
@@ -110,6 +235,43 @@ def roll_prediction(model, x: torch.Tensor, t: torch.Tensor, shift: int) -> tupl
     roll_nll = model.bernoulli_nll(model.decode(predicted), x)[:, 1:].mean(dim=1)
     self_nll = model.bernoulli_nll(model.decode(t), x)[:, 1:].mean(dim=1)
     return roll_nll, self_nll
+
+
+@torch.no_grad()
+def roll_gain(decode: Callable[[torch.Tensor], torch.Tensor], nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+              t: torch.Tensor, x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Per sequence (B,): the mean over frame pairs l < m of NLL(copy) - NLL(roll), nats per image.
+
+    roll: decode(roll(t_l, shift * (m - l))) against the true frame m (the commutative diagram of
+    Figure 1); copy: decode(t_l), frame l repeated, against frame m (its trivial explanation).
+    Positive when rolling the capsules predicts the transformed frame better than repeating the
+    frame; 0 for a decoder that ignores its latent. nll(logits, x) gives (B, S') per image.
+    """
+    s = t.shape[1]
+    copies = decode(t)  # (B, S, C, H, W): each frame's own decode, compared with later frames
+    gain = t.new_zeros(t.shape[0])
+    for gap in range(1, s):  # all pairs (l, l + gap) at once
+        rolled = decode(torch.roll(t[:, : s - gap], shifts=shift * gap, dims=-1))
+        target = x[:, gap:]
+        gain = gain + (nll(copies[:, : s - gap], target) - nll(rolled, target)).sum(dim=1)
+    return gain / (s * (s - 1) / 2)
+
+
+def mean_image_nll(pixel_mean: torch.Tensor) -> float:
+    """The NLL per image of the test set under its own per-pixel mean image, in nats.
+
+    With p the mean of the images x, the mean over images of BCE(p, x) is sum_pixels H(p): the
+    binary entropy of the mean, what a decoder reaches with no latent at all.
+    """
+    p = pixel_mean.double().clamp(1e-7, 1 - 1e-7)
+    return float(-(p * p.log() + (1 - p) * (1 - p).log()).sum())
+
+
+def active_units(mean_sum: torch.Tensor, square_sum: torch.Tensor, n: int, threshold: float = 0.01) -> int:
+    """Units whose posterior mean varies over the n test images by more than `threshold` (Burda et
+    al. 2016), from the per-unit sums of the means and of their squares."""
+    variance = square_sum.double() / n - (mean_sum.double() / n) ** 2
+    return int((variance > threshold).sum())
 
 
 # ---------------------------------------------------------------- topographic maps (2-D model, paper Figure 3)

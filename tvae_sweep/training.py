@@ -17,9 +17,11 @@ import torch
 from .config import ConfigError, RunConfig, TrainConfig
 from .data import SequenceData, build_data
 from .graphed import GraphedStep
-from .metrics import (capsule_correlation, equivariance_error, has_map, permute_frames, preferred_classes,
-                      roll_prediction, topographic_agreement)
+from .metrics import (active_units, capsule_correlation, equivariance_error, has_map, init_metrics, learned,
+                      mean_image_nll, permute_frames, preferred_classes, roll_gain, roll_prediction,
+                      topographic_agreement)
 from .model import build_model
+from .model.tvae import gaussian_kl
 from .seeding import fixed_rng
 
 CHECKPOINT_FILE = "state.pt"
@@ -75,6 +77,7 @@ class Trainer:
             self.graphed = GraphedStep(self._step, lambda: self.optimizer.zero_grad(set_to_none=True))
         self.epoch = 0
         self.history: list[dict] = []
+        self.init_metrics: dict[str, float] | None = None  # see measure_init
 
     @property
     def steps_per_epoch(self) -> int:
@@ -116,6 +119,7 @@ class Trainer:
 
     def epochs(self, on_step: Callable[[int, float], None] | None = None) -> Iterator[dict]:
         """Trains the remaining epochs, yielding each epoch's metrics (evaluated ones included)."""
+        self.measure_init()
         while not self.finished:
             started = time.perf_counter()
             metrics = self.train_epoch(on_step)
@@ -123,7 +127,9 @@ class Trainer:
             metrics["train_time_s"] = time.perf_counter() - started
             if self.epoch % self.cfg.train.eval_every == 0 or self.finished:
                 evaluated = time.perf_counter()
-                metrics.update(self.evaluate())
+                measured = self.evaluate()
+                metrics.update(measured)
+                metrics.update(learned(measured, self.init_metrics))
                 metrics["eval_time_s"] = time.perf_counter() - evaluated
             metrics = {"epoch": self.epoch, **metrics}
             self.history.append(metrics)
@@ -132,49 +138,77 @@ class Trainer:
     # ------------------------------------------------------------ evaluation
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Metrics on the fixed test sequences, with their own seeded randomness (training RNG untouched)."""
-        t, model = self.cfg.train, self.model
+    def evaluate(self, likelihood: bool = True) -> dict:
+        """Metrics on the fixed test sequences, with their own seeded randomness (training RNG untouched).
+
+        likelihood=False leaves out the importance-sampled likelihoods, the bulk of the cost (the
+        model at initialisation is measured without them).
+        """
+        t, model, m = self.cfg.train, self.model, self.cfg.model
         model.eval()
+        sequences = self.data.seq_len > 1 and bool(self.data.test_factor_names)
+        draws_map = not sequences and has_map(m.n_caps, m.cap_dim, m.seq_len)
+        shift = model.metric_shift
+        sums: dict[str, float] = {}
+        units: dict[str, list[torch.Tensor]] = {}  # per latent: per-unit sums of posterior means and squares
+        latents, labels, n, images, pixels = [], [], 0, 0, 0.0
+
+        def add(name: str, value) -> None:
+            sums[name] = sums.get(name, 0.0) + float(value)
+
         with fixed_rng(self.device, t.seed + 2):
             perm_gen = torch.Generator(self.device).manual_seed(t.seed + 3)
-            sums: dict[str, float] = {}
-            latents, labels, n = [], [], 0
-            m = self.cfg.model
-            draws_map = has_map(m.n_caps, m.cap_dim, m.seq_len)
             for batch in self.data.test_batches(t.eval_batch_size):
-                b = batch.x.shape[0]
-                n += b
-                out = model(batch.x)
-                parts = {
-                    "loss": out.loss * b,
-                    "log_likelihood": model.log_likelihood(batch.x, t.ll_samples).sum(),
-                }
-                if self.data.seq_len > 1 and self.data.test_factor_names:
+                x = batch.x
+                b, s = x.shape[:2]
+                n, images = n + b, images + b * s
+                pixels = pixels + x.sum(dim=(0, 1)).double()
+                out = model(x)
+                add("loss", out.loss * b)
+                q = out.posterior
+                for name, mean, logvar in (("z", q.z_mean, q.z_logvar), ("u", q.u_mean, q.u_logvar)):
+                    if mean is None:
+                        continue
+                    add(f"kl_{name}", gaussian_kl(mean, logvar).sum() / s)  # summed over images / S: per sequence
+                    flat = mean.reshape(b * s, -1).double()
+                    sum_sq = torch.stack([flat.sum(0), (flat * flat).sum(0)])
+                    units[name] = units[name] + sum_sq if name in units else sum_sq
+                if likelihood:
+                    ours, per_frame = model.log_likelihoods(x, t.ll_samples)
+                    add("log_likelihood", ours.sum())
+                    add("log_likelihood_per_frame", per_frame.sum())
+                if sequences:
                     tt = out.t
                     latents.append(tt)
-                    shift = model.metric_shift
-                    roll_nll, self_nll = roll_prediction(model, batch.x, tt, shift)
-                    parts["equivariance_error"] = equivariance_error(tt, shift).sum()
-                    parts["equivariance_error_permuted"] = equivariance_error(permute_frames(tt, perm_gen), shift).sum()
-                    parts["roll_nll"] = roll_nll.sum()
-                    parts["self_nll"] = self_nll.sum()
+                    roll_nll, self_nll = roll_prediction(model, x, tt, shift)
+                    add("equivariance_error", equivariance_error(tt, shift).sum())
+                    add("equivariance_error_permuted", equivariance_error(permute_frames(tt, perm_gen), shift).sum())
+                    add("roll_nll", roll_nll.sum())
+                    add("self_nll", self_nll.sum())
+                    add("roll_gain", roll_gain(model.decode, model.bernoulli_nll, tt, x, shift).sum())
                 elif draws_map:
                     latents.append(out.t)
                     labels.append(batch.label)
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
         out = {k: v / n for k, v in sums.items()}
+        out["mean_image_nll"] = mean_image_nll(pixels / images)
+        for name, (mean_sum, square_sum) in units.items():
+            out[f"active_units_{name}"] = active_units(mean_sum, square_sum, images)
         if draws_map:
             preferred = preferred_classes(torch.cat(latents), torch.cat(labels))
             out["topographic_agreement"], out["topographic_agreement_chance"] = topographic_agreement(preferred)
-        if "equivariance_error" in out:
+        if sequences:
             out["equivariance_ratio"] = out["equivariance_error"] / max(out.pop("equivariance_error_permuted"), 1e-12)
             out["roll_nll_gap"] = out["roll_nll"] - out.pop("self_nll")
             test = self.data.test_set()
             out.update(capsule_correlation(torch.cat(latents), test.factor, test.start,
                                            self.data.test_factor_periods, self.data.test_factor_names))
         return out
+
+    def measure_init(self) -> None:
+        """The built-in part of every equivariance metric: measured once, on the model before any
+        training (same seed and test set), and kept with the checkpoint (TVAE-SPEC 3.1)."""
+        if self.init_metrics is None:
+            self.init_metrics = init_metrics(self.evaluate(likelihood=False)) if self.epoch == 0 else {}
 
     # ------------------------------------------------------------ checkpoints
 
@@ -188,6 +222,7 @@ class Trainer:
             "epoch": self.epoch,
             "rng": rng,
             "history": json.dumps(self.history),
+            "init_metrics": json.dumps(self.init_metrics),
             "config": json.dumps(self.cfg.to_dict()),
         }
 
@@ -203,6 +238,7 @@ class Trainer:
                 group["momentum"] = self.cfg.train.momentum
         self.epoch = int(state["epoch"])
         self.history = json.loads(state["history"])
+        self.init_metrics = json.loads(state.get("init_metrics", "{}")) or {}  # {}: a run older than them
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["data"])
         if "cuda" in state["rng"] and self.device.type == "cuda":

@@ -103,24 +103,34 @@ def homography_warp(images: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def hue_matrix(hue_deg: torch.Tensor) -> torch.Tensor:
-    """(N,) hue angles -> (N, 3, 3) rotations of RGB space about the grey axis (1, 1, 1) / sqrt(3).
+def rgb_to_hsv(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) RGB in [0, 1] -> hue in degrees [0, 360), saturation and value, each (N, H, W)."""
+    r, g, b = images.unbind(1)
+    value, brightest = images.max(dim=1)
+    chroma = value - images.min(dim=1).values
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    sector = torch.where(brightest == 0, ((g - b) / safe) % 6,
+                         torch.where(brightest == 1, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(chroma > 0, 60.0 * sector, torch.zeros_like(sector))
+    saturation = torch.where(value > 0, chroma / torch.where(value > 0, value, torch.ones_like(value)),
+                             torch.zeros_like(value))
+    return hue, saturation, value
 
-    Rodrigues' formula with k = (1, 1, 1) / sqrt(3):
 
-        M = cos h * I + (1 - cos h) / 3 * ones + sin h / sqrt(3) * [[0, -1, 1], [1, 0, -1], [-1, 1, 0]]
+def hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Hue in degrees, saturation and value, each (N, H, W) -> (N, 3, H, W) RGB.
 
-    Grey stays grey; pure red turns to pure green at 120 degrees and pure blue at 240.
+    Channel n of (R, G, B) = (5, 3, 1) is v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + h/60) mod 6.
     """
-    h = torch.deg2rad(hue_deg)
-    c, s = torch.cos(h)[:, None, None], torch.sin(h)[:, None, None]
-    eye = torch.eye(3, device=h.device, dtype=h.dtype)
-    ones = torch.ones(3, 3, device=h.device, dtype=h.dtype)
-    cross = h.new_tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]])
-    return c * eye + (1 - c) / 3 * ones + s / math.sqrt(3) * cross  # (N, 3, 3)
+    n = hue.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
+    k = (n + hue[:, None] / 60.0) % 6
+    ramp = torch.minimum(k, 4 - k).clamp(0.0, 1.0)
+    return value[:, None] * (1 - saturation[:, None] * ramp)
 
 
 def rotate_hue(images: torch.Tensor, hue_deg: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue of (N, 3, H, W) RGB images by (N,) degrees; the result is clamped to [0, 1]."""
-    out = torch.einsum("nij,njhw->nihw", hue_matrix(hue_deg), images)
-    return out.clamp_(0.0, 1.0)
+    """Turn the hue of (N, 3, H, W) RGB images by (N,) degrees in HSV, keeping saturation and value:
+    the original's transform (kornia's adjust_hue). A red pixel (a, 0, 0) becomes (a, a, 0) at 60
+    degrees and (0, a, 0) at 120; a rotation of RGB about the grey axis would dim it instead."""
+    hue, saturation, value = rgb_to_hsv(images)
+    return hsv_to_rgb((hue + hue_deg.to(hue.dtype)[:, None, None]) % 360, saturation, value)

@@ -31,6 +31,7 @@ class ModelOutput:
     kl: torch.Tensor         # scalar: KL(q(z)||p(z)) + KL(q(u)||p(u)) per image
     t: torch.Tensor          # (B, S, n_caps, cap_dim)
     logits: torch.Tensor     # (B, S, C, H, W)
+    posterior: "Posterior"
 
 
 @dataclass
@@ -68,8 +69,10 @@ class TopographicVAE(nn.Module):
 
     @property
     def metric_shift(self) -> int:
-        """The roll per frame that equivariance is measured against (1 for the VAE, as in the paper)."""
-        return self.cfg.shift if self.cfg.variant == "tvae" else 1
+        """The roll per frame that equivariance is measured against: the shift of a shifting TVAE,
+        and 1 for every model whose W does not shift (VAE, BubbleVAE, TVAE L=0), as the paper does.
+        Never 0: without a roll, E_eq cannot tell a sequence from its frames permuted."""
+        return self.cfg.shift if self.cfg.variant == "tvae" and self.cfg.shift >= 1 else 1
 
     # ------------------------------------------------------------ pieces
 
@@ -121,7 +124,7 @@ class TopographicVAE(nn.Module):
         if self.topographic:
             kl = kl + gaussian_kl(q.u_mean, q.u_logvar).sum()
         kl = kl / n_images
-        return ModelOutput(loss=recon + kl, recon_nll=recon, kl=kl, t=t, logits=logits)
+        return ModelOutput(loss=recon + kl, recon_nll=recon, kl=kl, t=t, logits=logits, posterior=q)
 
     def sample_latent(self, x: torch.Tensor) -> torch.Tensor:
         """One posterior sample of t, (B, S, n_caps, cap_dim).
@@ -136,29 +139,39 @@ class TopographicVAE(nn.Module):
 
     @torch.no_grad()
     def log_weights(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
-        """Importance weights log p(x, z, u) - log q(z, u | x), summed over a sequence: (n_samples, B).
+        """Each frame's share of the importance weight log p(x, z, u) - log q(z, u | x): (n_samples, B, S).
 
-        The frames of a sequence are coupled through v, so the weight belongs to the whole sequence.
+        The frames of a sequence are coupled through v, so the weight of a sample is the sum over
+        its sequence's frames.
         """
         q = self.encode(x)
         out = []
         for _ in range(n_samples):
             z = sample(q.z_mean, q.z_logvar)
-            log_w = (gaussian_log_prob(z) - gaussian_log_prob(z, q.z_mean, q.z_logvar)).flatten(1).sum(-1)
+            log_w = (gaussian_log_prob(z) - gaussian_log_prob(z, q.z_mean, q.z_logvar)).flatten(2).sum(-1)
             u = None
             if self.topographic:
                 u = sample(q.u_mean, q.u_logvar)
-                log_w = log_w + (gaussian_log_prob(u) - gaussian_log_prob(u, q.u_mean, q.u_logvar)).flatten(1).sum(-1)
+                log_w = log_w + (gaussian_log_prob(u) - gaussian_log_prob(u, q.u_mean, q.u_logvar)).flatten(2).sum(-1)
             logits = self.decode(self.latent(z, u))
-            log_w = log_w - self.bernoulli_nll(logits, x).sum(-1)
-            out.append(log_w)
+            out.append(log_w - self.bernoulli_nll(logits, x))
         return torch.stack(out)
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, n_samples: int = 10) -> torch.Tensor:
-        """Importance-sampled log p(x) in nats per image, one value per sequence: (B,).
+    def log_likelihoods(self, x: torch.Tensor, n_samples: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two importance-sampled estimates of log p(x) in nats per image from the same samples,
+        one value per sequence each: ((B,), (B,)).
 
-        log p(x_1..S) ~ logsumexp_n(log w_n) - log N, divided by S.
+        Ours (the paper's maths): log p(x_1..S) ~ logsumexp_n(sum_s log w_ns) - log N, divided by S.
+        The authors' code's: logsumexp_n(log w_ns) per frame, averaged over frames, without - log N;
+        it reads higher by a model-dependent amount, so published numbers compare with it.
         """
-        log_w = self.log_weights(x, n_samples)
-        return (torch.logsumexp(log_w, dim=0) - math.log(n_samples)) / x.shape[1]
+        log_w = self.log_weights(x, n_samples)  # (N, B, S)
+        ours = (torch.logsumexp(log_w.sum(-1), dim=0) - math.log(n_samples)) / x.shape[1]
+        per_frame = torch.logsumexp(log_w, dim=0).mean(-1)
+        return ours, per_frame
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, n_samples: int = 10) -> torch.Tensor:
+        """Importance-sampled log p(x) in nats per image, one value per sequence: (B,)."""
+        return self.log_likelihoods(x, n_samples)[0]

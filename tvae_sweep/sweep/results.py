@@ -8,24 +8,10 @@ from typing import Any, Iterable
 import pandas as pd
 
 from ..config import ConfigError, dump_yaml
+from ..metrics import is_metric, metric_mode, metric_order
 from .layout import SweepDir
 from .space import trial_run_config
 from .spec import SweepSpec
-
-# the direction in which each reported metric is better
-METRIC_MODES = {
-    "loss": "min", "train_loss": "min", "log_likelihood": "max",
-    "equivariance_error": "min", "equivariance_ratio": "min",
-    "roll_nll": "min", "roll_nll_gap": "min", "capsule_correlation": "max",
-    "topographic_agreement": "max", "topographic_agreement_chance": "max",
-}
-
-
-def metric_mode(metric: str) -> str:
-    if metric.startswith("capsule_correlation"):
-        return "max"
-    return METRIC_MODES.get(metric, "min")
-
 
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -42,8 +28,8 @@ def trials_frame(path: str) -> pd.DataFrame:
         best = last.get("best") or {}  # over the trial's whole history (see trainable.best_metrics)
         row: dict[str, Any] = {"trial_id": trial.trial_id, "state": trial.status}
         row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
-        for metric in METRIC_MODES:
-            if metric in last and _numeric(last[metric]):
+        for metric in sorted(filter(is_metric, last), key=metric_order):
+            if _numeric(last[metric]):
                 row[f"final/{metric}"] = last[metric]
             if _numeric(best.get(metric)):
                 row[f"best/{metric}"] = best[metric]
@@ -61,14 +47,6 @@ def last_line(text: str) -> str:
     """The last line of a traceback: the exception and its message."""
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "failed"
-
-
-def best_of(values: Iterable[float], metric: str) -> float:
-    """The best value of a metric's values, in the metric's direction; NaN when none is a number."""
-    present = [v for v in values if v == v]  # NaN is not equal to itself
-    if not present:
-        return math.nan
-    return max(present) if metric_mode(metric) == "max" else min(present)
 
 
 def _error_text(trial) -> str | None:

@@ -141,24 +141,27 @@ def define_by_run(spec: SweepSpec) -> DefineByRun:
     return DefineByRun(spec.space, spec.base_config().to_dict())
 
 
-def check_space(spec: SweepSpec) -> None:
-    """Refuses a space that can produce an invalid config, before anything starts."""
+def check_space(spec: SweepSpec) -> list[RunConfig]:
+    """Refuses a space that can produce an invalid config, before anything starts; returns the
+    configs it tried (warm starts, a dry run's samples and the space's corners)."""
     dbr = define_by_run(spec)
     base = spec.base_dict()
+    runs = []
     for i, point in enumerate(spec.search.warm_start):
         for key in point:
             if key not in spec.space:
                 raise ConfigError(f"search.warm_start[{i}].{key}: not a searched key; searched: {', '.join(spec.space)}")
-        _check_config(base, {**point}, f"search.warm_start[{i}]")
+        runs.append(_check_config(base, {**point}, f"search.warm_start[{i}]"))
     if not spec.space:
-        return
+        return runs + [spec.base_config()]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     candidates = [study.ask() for _ in range(DRY_RUN_SAMPLES)]
     for trial in candidates:
-        _check_config(base, dbr(trial), "space")
+        runs.append(_check_config(base, dbr(trial), "space"))
     for corner in _corners(spec):
-        _check_config(base, dbr(optuna.trial.FixedTrial(corner)), "space")
+        runs.append(_check_config(base, dbr(optuna.trial.FixedTrial(corner)), "space"))
+    return runs
 
 
 def _corners(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -199,9 +202,9 @@ def _clip_to_max_from(spec: SweepSpec, corner: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def _check_config(base: dict[str, Any], config: dict[str, Any], where: str) -> None:
+def _check_config(base: dict[str, Any], config: dict[str, Any], where: str) -> RunConfig:
     try:
-        trial_run_config(base, config)
+        return trial_run_config(base, config)
     except ConfigError as e:
         shown = ", ".join(f"{k}={v}" for k, v in config.items() if "." in k)
         raise ConfigError(f"{where}: the combination {shown} is impossible: {e}") from None

@@ -11,14 +11,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import SECTIONS, ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict, set_path
-from ..metrics import has_map
+from ..metrics import reported_metrics
 
 RUN_SECTIONS = tuple(SECTIONS)  # data, model, train
-
-# what a trial reports at an evaluated epoch, by the data it sees
-SEQUENCE_METRICS = ("equivariance_error", "equivariance_ratio", "roll_nll", "roll_nll_gap", "capsule_correlation")
-ALWAYS_METRICS = ("loss", "log_likelihood", "train_loss")
-MAP_METRICS = ("topographic_agreement", "topographic_agreement_chance")  # static models with a square latent
 
 
 class Strict(BaseModel):
@@ -219,14 +214,19 @@ def config_keys(run: RunConfig) -> set[str]:
     return {f"{section}.{key}" for section, values in run.to_dict().items() for key in values}
 
 
-def reported_metrics(run: RunConfig) -> set[str]:
-    metrics = set(ALWAYS_METRICS)
-    if run.data.transforms and run.model.seq_len > 1:
-        metrics |= set(SEQUENCE_METRICS)
-        metrics |= {f"capsule_correlation_{t}" for t in (run.data.test_transforms or run.data.transforms)}
-    if has_map(run.model.n_caps, run.model.cap_dim, run.model.seq_len):
-        metrics |= set(MAP_METRICS)
-    return metrics
+def check_objectives(spec: SweepSpec, runs: list[RunConfig]) -> None:
+    """Every objective is reported by every trial the space can produce (Tune needs it in each report)."""
+    reported = [set(reported_metrics(run)) for run in runs]
+    for metric in spec.search.metrics:
+        missing = [run for run, names in zip(runs, reported) if metric not in names]
+        if len(missing) == len(runs):
+            raise ConfigError(f"search.metric: no trial reports {metric!r}; reported: "
+                              f"{', '.join(sorted(set().union(*reported)))}")
+        if missing:
+            m, d = missing[0].model, missing[0].data
+            raise ConfigError(f"search.metric: trials with model.variant={m.variant}, model.seq_len={m.seq_len} "
+                              f"and data.transforms={d.transforms} do not report {metric!r}; "
+                              "choose an objective every trial reports")
 
 
 def check_search(spec: SweepSpec, run: RunConfig) -> None:
@@ -236,10 +236,6 @@ def check_search(spec: SweepSpec, run: RunConfig) -> None:
                           "give them GPUs or set it false")
     if len(s.metrics) != len(s.modes):
         raise ConfigError(f"search.mode: give one mode per metric ({len(s.metrics)} metrics, {len(s.modes)} modes)")
-    allowed = reported_metrics(run)
-    for m in s.metrics:
-        if m not in allowed:
-            raise ConfigError(f"search.metric: no trial reports {m!r}; reported: {', '.join(sorted(allowed))}")
     if s.scheduler == "pbt":
         from .pbt import check_pbt
 
@@ -321,5 +317,5 @@ def spec_from_dict(raw: dict) -> SweepSpec:
     run = spec.base_config()
     check_space_keys(spec, run)
     check_search(spec, run)
-    check_space(spec)
+    check_objectives(spec, check_space(spec))
     return spec

@@ -17,7 +17,7 @@ from ray import tune
 from ..data import build_data
 from ..images import save_pictures
 from ..training import DivergenceError, Trainer
-from .results import METRIC_MODES, best_of
+from ..metrics import best_of, is_metric
 from .space import trial_run_config
 
 DIVERGED_FILE = "diverged.txt"  # in the trial folder: why the trial failed, so a retry fails fast
@@ -46,12 +46,8 @@ def best_metrics(history: list[dict]) -> dict:
 
     The history comes with the checkpoint, so a retried trial's best counts the epochs it resumed
     from, whatever Ray's own record of its earlier reports kept."""
-    best = {}
-    for metric in METRIC_MODES:
-        values = [epoch[metric] for epoch in history if metric in epoch]
-        if values:
-            best[metric] = best_of(values, metric)
-    return best
+    names = dict.fromkeys(name for epoch in history for name in epoch if is_metric(name))
+    return {name: best_of([epoch[name] for epoch in history if name in epoch], name) for name in names}
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = None) -> None:

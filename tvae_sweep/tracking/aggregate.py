@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..sweep.results import best_of
+from ..metrics import best_of, is_metric, metric_order
 from ..sweep.spec import ParamSpec, SweepSpec
 
-METRICS = ("equivariance_error", "equivariance_ratio", "log_likelihood", "roll_nll_gap", "capsule_correlation",
-           "topographic_agreement", "topographic_agreement_chance")
+TRAINING_ONLY = ("loss", "train_loss")  # the aggregates leave out the objective's own training terms
 TERMINATED = "TERMINATED"  # a finished trial in Ray
 MAX_VALUES = 8  # a numeric key with more distinct values than this is binned
 BINS = 5
@@ -38,7 +37,7 @@ def frame_from_trials(trials, finished_ids: set[str] = frozenset()) -> pd.DataFr
         row: dict[str, Any] = {"trial_id": trial.trial_id, "state": state}
         row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
         for key, value in last.items():
-            if key in METRICS and _number(value):
+            if is_metric(key) and _number(value):
                 row[f"final/{key}"] = float(value)
         row["epochs"] = last.get("training_iteration", 0)
         rows.append(row)
@@ -52,8 +51,9 @@ def finished(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def reported_metrics(frame: pd.DataFrame) -> list[str]:
-    """The aggregated metrics that at least one trial of the frame reports."""
-    return [m for m in METRICS if f"final/{m}" in frame and frame[f"final/{m}"].notna().any()]
+    """The aggregated metrics that at least one trial of the frame reports, in the registry's order."""
+    names = [c.removeprefix("final/") for c in frame if c.startswith("final/") and frame[c].notna().any()]
+    return sorted((m for m in names if is_metric(m) and m not in TRAINING_ONLY), key=metric_order)
 
 
 def preset_name(row: pd.Series, bundles: dict[str, dict[str, Any]]) -> str | None:
