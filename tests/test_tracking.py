@@ -24,6 +24,7 @@ from PIL import Image
 from helpers import ctrl_c_as_from_a_terminal, tiny_raw
 
 from tvae_sweep.config import ConfigError
+from tvae_sweep.metrics import is_metric, metric_mode
 
 CLI = [sys.executable, "-m", "tvae_sweep"]
 NAME = "tracked"
@@ -35,7 +36,6 @@ POINTS = [  # the three trials, in order; the second diverges
 ]
 AXES = ("model.n_caps", "model.shift", "train.lr")
 METRICS = ("equivariance_error", "equivariance_ratio", "log_likelihood", "roll_nll_gap", "capsule_correlation")
-HIGHER_IS_BETTER = {"log_likelihood", "capsule_correlation"}
 EPOCHS = 2
 
 
@@ -284,6 +284,24 @@ def test_aggregate_tables_with_bins_presets_and_unsampled_keys():
     assert list(front["trial_id"]) == [f"t{i}" for i in reversed(range(11))]
 
 
+def test_the_pareto_front_of_several_objectives_keeps_exactly_the_undominated_trials():
+    from tvae_sweep.sweep.results import pareto_trials
+
+    frame = pd.DataFrame({
+        "trial_id": ["a", "b", "c", "d", "e", "f"],
+        "state": ["TERMINATED"] * 5 + ["ERROR"],
+        "final/log_likelihood": [-100.0, -110.0, -105.0, -120.0, -100.0, -50.0],
+        "final/equivariance_ratio_learned": [0.0, -0.2, -0.2, -0.1, 0.1, -0.9],
+        "final/roll_gain": [0.1, 0.0, 0.3, 0.0, 0.1, 9.0],
+    })
+    two = pareto_trials(frame, ["log_likelihood", "equivariance_ratio_learned"], ["max", "min"])
+    assert list(two["trial_id"]) == ["a", "c"]  # b, d and e are beaten; f failed
+    three = pareto_trials(frame, ["log_likelihood", "equivariance_ratio_learned", "roll_gain"], ["max", "min", "max"])
+    assert list(three["trial_id"]) == ["a", "c"]
+    flipped = pareto_trials(frame, ["log_likelihood", "equivariance_ratio_learned"], ["min", "max"])
+    assert list(flipped["trial_id"]) == ["d", "e"]
+
+
 # ---------------------------------------------------------------- the sweep: interrupted, killed, resumed
 
 
@@ -387,7 +405,9 @@ def test_parent_has_spec_search_settings_and_best_metrics(runs, client, sweep):
 def recomputed(children: dict, axis: str) -> pd.DataFrame:
     """The aggregated table of `axis`, computed again from the finished child runs in MLflow."""
     finished = [run for run in children.values() if run.info.status == "FINISHED"]
-    metrics = [m for m in METRICS if any(m in run.data.metrics for run in finished)]
+    logged = {m for run in finished for m in run.data.metrics}
+    metrics = [m for m in logged if is_metric(m) and m not in ("loss", "train_loss")]
+    assert set(METRICS) - {"capsule_correlation"} <= set(metrics)
     frame = pd.DataFrame([{"value": float(run.data.params[axis]), **run.data.metrics} for run in finished])
     out = []
     for value, group in frame.groupby("value"):
@@ -395,7 +415,7 @@ def recomputed(children: dict, axis: str) -> pd.DataFrame:
             series = group[metric].dropna()
             out.append({"value": value, "metric": metric, "mean": series.mean(),
                         "std": series.std(ddof=1) if len(series) > 1 else math.nan,
-                        "best": series.max() if metric in HIGHER_IS_BETTER else series.min(),
+                        "best": series.max() if metric_mode(metric) == "max" else series.min(),
                         "count": len(series)})
     return pd.DataFrame(out).sort_values(["value", "metric"]).reset_index(drop=True)
 
@@ -458,7 +478,8 @@ def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):
         Image.new("RGB", (20, 10), (i * 40, 0, 0)).save(checkpoint / "forecast.png")
         rows.append({"trial_id": f"t{i}", "state": "TERMINATED", "config/model.variant": variant,
                      "config/model.shift": shift, "config/train.seed": i % 2, "checkpoint": str(checkpoint),
-                     "final/log_likelihood": -100.0 - i, "final/equivariance_error": 10.0 * i})
+                     "final/log_likelihood": -100.0 - i, "final/equivariance_error": 10.0 * i,
+                     "final/equivariance_error_init": 10.0 * i + 1, "final/equivariance_error_learned": -1.0})
     frame = pd.DataFrame(rows)
     sweep = SweepDir(tmp_path / "sweep")
     result = publish.compute(frame, spec, sweep)
@@ -472,7 +493,8 @@ def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):
         [("t0", "t0"), ("t2", "t2"), ("t4", "t4")]  # the best seed of each model
     assert "forecasts.png" in result.figures and "topographic_maps.png" not in result.figures
     _, markdown = report.render("paper", frame, spec, result, None)
-    assert "| vae | 5 ± 7.071 | -100.5 ± 0.7071 | 2 |" in markdown
+    assert "| vae | -100.5 ± 0.7071 | 2 |" in markdown
+    assert "| vae | 5 ± 7.071 (init 6 ± 7.071; learned -1 ± 0) | 2 |" in markdown
     assert "(aggregates/forecasts.png)" in markdown
 
 

@@ -222,7 +222,7 @@ def _run_sweep(spec, sweep, address: str | None, resume: bool, tracking_uri: str
     if status != "finished":
         click.echo(f"sweep {sweep.name} stopped before its end; continue it with: tvae-sweep resume {sweep.name}")
         sys.exit(130)
-    _print_best(frame, s.metrics[0])
+    _print_best(frame, s.metrics, s.modes)
     click.echo(f"trials table: {sweep.trials}")
 
 
@@ -239,14 +239,25 @@ def _close_beside_ray_shutdown(tracking, status: str, frame) -> None:
         closing.result()
 
 
-def _print_best(frame, metric: str) -> None:
-    from .sweep.results import best_trials
+# shown beside the objectives: what training added to the equivariance, and whether z is in use
+BESIDE = ("equivariance_ratio", "equivariance_ratio_init", "roll_gain", "kl_z")
 
-    best = best_trials(frame, metric, 3)
-    click.echo(f"best trials by {metric}:")
-    for _, row in best.iterrows():
+
+def _print_best(frame, metrics: list[str], modes: list[str]) -> None:
+    from .sweep.results import best_trials, pareto_trials
+
+    if len(metrics) == 1:
+        rows = best_trials(frame, metrics[0], 3)
+        click.echo(f"best trials by {metrics[0]}:")
+    else:
+        rows = pareto_trials(frame, metrics, modes)
+        click.echo("Pareto front of " + ", ".join(f"{m} ({mode})" for m, mode in zip(metrics, modes))
+                   + f": {len(rows)} trials")
+    shown = list(metrics) + [m for m in BESIDE if m not in metrics and f"final/{m}" in frame]
+    for _, row in rows.iterrows():
+        values = "  ".join(f"{m} {row[f'final/{m}']:.4g}" for m in shown if row.get(f"final/{m}") == row.get(f"final/{m}"))
         config = ", ".join(f"{k.removeprefix('config/')}={v}" for k, v in row.items() if k.startswith("config/"))
-        click.echo(f"  {row['trial_id']}  {metric} {row[f'final/{metric}']:.5g}  {config}")
+        click.echo(f"  {row['trial_id']}  {values}  {config}")
 
 
 @main.command(name="list")

@@ -80,11 +80,17 @@ def metric_mode(name: str) -> str:
     return m.mode
 
 
-def metric_order(name: str) -> tuple[int, int, str]:
-    """A sort key: registry order, then the metric, its _init and its _learned together."""
+def metric_order(name: str) -> tuple:
+    """A sort key: registry order; each metric before its per-factor values; a name, its _init and
+    its _learned together."""
     m = base_metric(name)
-    suffix = next((i + 1 for i, s in enumerate(DERIVED) if name.endswith(s) and m and m.at_init), 0)
-    return (REGISTRY.index(m) if m else len(REGISTRY), suffix, name)
+    if m is None:
+        return (len(REGISTRY), False, name, 0)
+    plain, suffix = name, 0
+    for i, s in enumerate(DERIVED, start=1):
+        if m.at_init and name.endswith(s):
+            plain, suffix = name.removesuffix(s), i
+    return (REGISTRY.index(m), plain != m.name, plain, suffix)
 
 
 def reported_metrics(run) -> list[str]:

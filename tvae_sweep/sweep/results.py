@@ -79,6 +79,21 @@ def best_trials(frame: pd.DataFrame, metric: str, top: int) -> pd.DataFrame:
     return ok.sort_values(column, ascending=metric_mode(metric) == "min").head(top)
 
 
+def pareto_trials(frame: pd.DataFrame, metrics: list[str], modes: list[str]) -> pd.DataFrame:
+    """The finished trials that no other finished trial beats on every objective (at least as good
+    on all, better on one), ordered by the first objective, best first."""
+    columns = [f"final/{m}" for m in metrics]
+    if any(c not in frame for c in columns):
+        return frame.iloc[0:0]
+    done = frame[(frame["state"] == "TERMINATED")]
+    done = done[done[columns].map(lambda v: _numeric(v) and math.isfinite(v)).all(axis=1)]
+    signs = [1.0 if mode == "max" else -1.0 for mode in modes]  # every objective as "higher is better"
+    scores = [[sign * float(row[c]) for c, sign in zip(columns, signs)] for _, row in done.iterrows()]
+    dominated = lambda a, b: all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    keep = [i for i, a in enumerate(scores) if not any(dominated(a, b) for b in scores)]
+    return done.iloc[keep].sort_values(columns[0], ascending=modes[0] == "min")
+
+
 def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out: str | Path) -> list[Path]:
     """Writes rank<k>_<trial>.yaml files that `tvae-sweep train` runs as they are, plus best.csv."""
     out = Path(out)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import best_of, is_metric, metric_order
+from ..sweep.results import pareto_trials
 from ..sweep.spec import ParamSpec, SweepSpec
 
 TRAINING_ONLY = ("loss", "train_loss")  # the aggregates leave out the objective's own training terms
@@ -171,14 +172,4 @@ def ranked(frame: pd.DataFrame, metric: str, mode: str, top: int) -> pd.DataFram
 def pareto_front(frame: pd.DataFrame, x: str = "equivariance_ratio", y: str = "log_likelihood") -> pd.DataFrame:
     """Finished trials that no other trial beats on both `x` (lower is better) and `y` (higher is
     better), ordered by `x`."""
-    done = finished(frame)
-    if f"final/{x}" not in done or f"final/{y}" not in done:
-        return done.iloc[0:0]
-    points = done[done[f"final/{x}"].notna() & done[f"final/{y}"].notna()]
-    points = points.sort_values([f"final/{x}", f"final/{y}"], ascending=[True, False])
-    keep, best_y = [], -math.inf
-    for index, row in points.iterrows():
-        if row[f"final/{y}"] > best_y:
-            keep.append(index)
-            best_y = row[f"final/{y}"]
-    return points.loc[keep]
+    return pareto_trials(frame, [x, y], ["min", "max"])

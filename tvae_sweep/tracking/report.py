@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..sweep.layout import SweepDir
 from ..sweep.spec import SweepSpec
+from ..metrics import DERIVED
 from .aggregate import STATS
 from .publish import FOLDER, Aggregates, objective
 
@@ -59,14 +60,25 @@ def markdown_table(table: pd.DataFrame, key: str) -> str:
 
 
 def wide_markdown(wide: pd.DataFrame, key: str) -> str:
-    """The paper-style table: one row per value of `key`, 'mean ± std' per metric."""
+    """The paper-style tables: one row per value of `key`, 'mean ± std' per metric. Metrics also
+    measured at initialisation get a table of their own, each cell the trained value with the
+    untrained model's and what training added (trained minus init) beside it."""
     metrics = [c.removesuffix("_mean") for c in wide.columns if c.endswith("_mean")]
-    lines = ["| " + " | ".join([f"`{key}`", *metrics, "trials"]) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(metrics) + 1)) + "|"]
-    for _, row in wide.iterrows():
-        cells = [f"{fmt(row[f'{m}_mean'])} ± {fmt(row[f'{m}_std'])}" for m in metrics]
-        lines.append("| " + " | ".join([fmt(row[key]), *cells, fmt(row["count"])]) + " |")
-    return "\n".join(lines)
+    plain = [m for m in metrics if not m.endswith(DERIVED)]
+    with_init = [m for m in plain if f"{m}_init" in metrics]
+    cell = lambda row, m: f"{fmt(row[f'{m}_mean'])} ± {fmt(row[f'{m}_std'])}"
+    twin = lambda row, m: (f"{cell(row, m)} (init {cell(row, f'{m}_init')}; learned "
+                           f"{cell(row, f'{m}_learned') if f'{m}_learned_mean' in row else '-'})")
+    out = []
+    for names, show in (([m for m in plain if m not in with_init], cell), (with_init, twin)):
+        if not names:
+            continue
+        lines = ["| " + " | ".join([f"`{key}`", *names, "trials"]) + " |",
+                 "|" + "|".join(["---"] + ["---:"] * (len(names) + 1)) + "|"]
+        lines += ["| " + " | ".join([fmt(row[key]), *(show(row, m) for m in names), fmt(row["count"])]) + " |"
+                  for _, row in wide.iterrows()]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def summary(frame: pd.DataFrame, spec: SweepSpec, result: Aggregates) -> list[str]:
