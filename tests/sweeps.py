@@ -37,9 +37,9 @@ def cli_env(**extra) -> dict:
     return env
 
 
-def run_cli(*args, timeout=600, **env) -> subprocess.CompletedProcess:
+def run_cli(*args, timeout=600, input=None, **env) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=cli_env(**env))
+                          env=cli_env(**env), input=input)
 
 
 def trials(results: Path, name: str) -> pd.DataFrame:

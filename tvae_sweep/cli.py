@@ -296,6 +296,34 @@ def status(name: str | None, results_dir: Path | None) -> None:
 
 @main.command()
 @click.argument("name")
+@click.option("--keep-best", required=True, type=click.IntRange(min=0), metavar="K",
+              help="Keep the weights of the best K finished trials (0: none).")
+@click.option("--metric", default=None, help="Rank by this metric [default: the sweep's first objective].")
+@click.option("--yes", is_flag=True, help="Do not ask before removing.")
+@results_dir_option
+def prune(name: str, keep_best: int, metric: str | None, yes: bool, results_dir: Path | None) -> None:
+    """Remove the model weights of all but the best K finished trials of a stopped sweep.
+
+    Their configs, metrics and pictures stay: `export-best` and `train` retrain any of them.
+    """
+    from .sweep.launch import check_stopped, load_saved_spec, saved_trials
+    from .sweep.layout import disk_usage, sweep_dir
+    from .sweep.pruning import apply_prune, plan_prune
+
+    sweep = sweep_dir(results_dir, name)
+    check_stopped(sweep)
+    spec = load_saved_spec(sweep)
+    frame = saved_trials(sweep)
+    plan = plan_prune(frame, metric or spec.search.metrics[0], keep_best)
+    click.echo(plan.describe(name))
+    if not yes:
+        click.confirm("remove them?", abort=True)
+    freed = apply_prune(plan, frame)
+    click.echo(f"freed {freed / 1e6:.1f} MB; {sweep.name} now takes {disk_usage(sweep.root) / 1e6:.1f} MB")
+
+
+@main.command()
+@click.argument("name")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="A .parquet or .csv file.")
 @results_dir_option

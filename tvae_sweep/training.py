@@ -227,7 +227,15 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restores the state; hyperparameters stay the config's (a PBT trial may carry a new lr)."""
+        """Restores the state; hyperparameters stay the config's (a PBT trial may carry a new lr).
+
+        A pruned state (model weights only, see prune_checkpoint) restores a finished run, which
+        trains no further; it cannot continue an unfinished one."""
+        if "optimizer" not in state:
+            self.model.load_state_dict(state["model"])
+            self.epoch, self.history = int(state["epoch"]), json.loads(state["history"])
+            self.init_metrics = json.loads(state.get("init_metrics", "{}")) or {}
+            return
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])  # new state tensors: capture the step again
         if self.graphed is not None:
@@ -261,8 +269,32 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as e:  # a truncated or foreign file
             raise CheckpointError(f"{path}: not a readable tvae-sweep checkpoint ({type(e).__name__})") from None
+        pruned = isinstance(state, dict) and "model" in state and "optimizer" not in state
+        if pruned and int(state.get("epoch", 0)) < self.cfg.train.epochs:
+            raise CheckpointError(f"{path}: holds model weights only (pruned when its run finished), "
+                                  "which cannot continue training")
         try:
-            state["rng"] = {k: v.cpu() for k, v in state["rng"].items()}  # RNG states are CPU byte tensors
+            if "rng" in state:
+                state["rng"] = {k: v.cpu() for k, v in state["rng"].items()}  # RNG states are CPU byte tensors
             self.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"{path}: holds no training state of this config ({type(e).__name__})") from None
+
+
+# what a finished run's checkpoint keeps once pruned: its weights and its record, no optimiser or RNG state
+PRUNED_KEYS = ("model", "epoch", "history", "init_metrics", "config")
+
+
+def prune_checkpoint(directory: str | Path) -> int:
+    """Rewrites a finished run's checkpoint with its model weights and record only (the optimiser's
+    moment buffers are twice the weights again); returns the bytes freed. Atomic: a process killed
+    during it leaves the full checkpoint or the pruned one, never a broken file."""
+    path = Path(directory) / CHECKPOINT_FILE
+    before = path.stat().st_size
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "optimizer" not in state:
+        return 0
+    tmp = path.with_name(CHECKPOINT_FILE + ".pruning")
+    torch.save({k: state[k] for k in PRUNED_KEYS if k in state}, tmp)
+    tmp.replace(path)
+    return before - path.stat().st_size

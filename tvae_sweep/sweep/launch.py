@@ -184,7 +184,14 @@ def without_passwords(raw_spec: dict) -> dict:
 def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, callbacks: list) -> str:
     """Runs (or resumes) the sweep to its end on the cluster `join` connected to; returns the final status."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
+    from .pruning import CheckpointPruner, prune_finished
+
+    # Ray's own loggers: only result.json, which resume and the failure tests read (no TensorBoard
+    # events, no progress.csv: the trials table and MLflow hold the metrics)
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner()]
     state = sweep.read_state()
     path = state["experiment_path"]
     trainable = _trainable(spec)
@@ -214,17 +221,19 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     random.seed(spec.search.seed)  # PBT's explore step draws from Python's random
     grid = tuner.fit()
     failed = sum(1 for r in grid if r.error is not None)
-    status = "finished" if len(grid) >= state["num_trials"] and not _unfinished(path) else "interrupted"
+    trials = _trials(path)
+    prune_finished(trials)
+    unfinished = sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
+    status = "finished" if len(grid) >= state["num_trials"] and not unfinished else "interrupted"
     sweep.write_state(status=status, trials=len(grid), failed=failed)
     return status
 
 
-def _unfinished(path: str) -> int:
-    """How many trials are neither terminated nor errored, per Ray's saved experiment state."""
+def _trials(path: str) -> list:
+    """The sweep's trials as Ray saved them, with their final states."""
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(path)
-    return sum(1 for t in analysis.trials if t.status not in ("TERMINATED", "ERROR"))
+    return ExperimentAnalysis(path).trials
 
 
 def saved_trials(sweep: SweepDir):
@@ -238,6 +247,24 @@ def saved_trials(sweep: SweepDir):
         raise ConfigError(f"sweep {sweep.name} has no trials saved in {path} yet (Ray saves them once its first "
                           f"trial starts); if its launch stopped, `tvae-sweep resume {sweep.name}` runs them")
     return trials_frame(path)
+
+
+def check_stopped(sweep: SweepDir) -> None:
+    """Refuses a sweep whose driver is still running on this machine."""
+    state = sweep.read_state()
+    pid = state.get("pid")
+    if state.get("status") == "running" and pid and _alive(int(pid)):
+        raise ConfigError(f"sweep {sweep.name} is running (driver pid {pid}); wait for it to stop, or stop it first")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_saved_spec(sweep: SweepDir) -> SweepSpec:

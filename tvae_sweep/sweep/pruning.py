@@ -1,0 +1,119 @@
+"""What a finished trial keeps on disk: one checkpoint with its model weights (and the pictures
+drawn beside it), no optimiser state and no older checkpoints.
+
+A running trial keeps `storage.keep_checkpoints` full checkpoints, which resuming it needs. When a
+trial finishes (terminated, stopped early, or errored after its retries), `CheckpointPruner` drops
+its older checkpoints and rewrites the newest as weights only, a third of its size with Adam. PBT
+never exploits a finished trial, so this holds for PBT sweeps too. `tvae-sweep prune` goes further
+on a stopped sweep: it removes the weights of all but the best K finished trials.
+
+Only checkpoints on a local (or mounted) filesystem are pruned; an object store keeps them whole.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from ray.tune import Callback
+
+from ..training import CHECKPOINT_FILE, prune_checkpoint
+from .results import best_trials
+
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray's checkpoint folders: checkpoint_000000, checkpoint_000001, ...
+FINISHED = ("TERMINATED", "ERROR")
+
+
+def checkpoints(trial_folder: Path) -> list[Path]:
+    """The trial's checkpoint folders, oldest first."""
+    return sorted(p for p in trial_folder.glob(CHECKPOINT_PREFIX + "*") if p.is_dir())
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def prune_trial(trial_folder: Path) -> int:
+    """Keeps the newest checkpoint as weights only and removes the older ones; returns bytes freed.
+
+    Safe to run again, and safe to kill: the newest checkpoint is rewritten atomically before any
+    older one is removed."""
+    found = checkpoints(trial_folder)
+    if not found:
+        return 0
+    newest, older = found[-1], found[:-1]
+    freed = prune_checkpoint(newest) if (newest / CHECKPOINT_FILE).is_file() else 0
+    for folder in older:
+        freed += folder_size(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return freed
+
+
+class CheckpointPruner(Callback):
+    """Prunes each trial's checkpoints as soon as it finishes, so a long sweep never holds more than
+    its running trials' full state and its finished trials' weights."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.prune(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.prune(trial)
+
+    @staticmethod
+    def prune(trial) -> None:
+        folder = Path(trial.path)
+        if getattr(trial.storage.storage_filesystem, "type_name", "local") == "local" and folder.is_dir():
+            prune_trial(folder)
+
+
+def prune_finished(trials) -> None:
+    """Prunes every finished trial of a sweep: those that finished while no driver watched (a driver
+    killed between a trial's end and its prune, then resumed) included."""
+    for trial in trials:
+        if trial.status in FINISHED:
+            CheckpointPruner.prune(trial)
+
+
+# ---------------------------------------------------------------- `tvae-sweep prune`
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    metric: str
+    kept: list[str]  # the best finished trials, whose weights stay
+    removed: dict[str, Path]  # finished trial -> its weights file to remove
+    freed: int  # bytes
+
+    def describe(self, name: str) -> str:
+        kept = ", ".join(self.kept) or "none"
+        return (f"prune {name}: removes the weights of {len(self.removed)} finished trials "
+                f"({self.freed / 1e6:.1f} MB); keeps the best {len(self.kept)} by {self.metric}: {kept}")
+
+
+def plan_prune(frame: pd.DataFrame, metric: str, keep_best: int) -> PrunePlan:
+    """The weights to remove: every finished trial's but those of the best `keep_best` by `metric`."""
+    kept = list(best_trials(frame, metric, keep_best)["trial_id"]) if keep_best else []
+    removed = {}
+    for _, row in frame[frame["state"].isin(FINISHED)].iterrows():
+        checkpoint = row.get("checkpoint")
+        if row["trial_id"] in kept or not isinstance(checkpoint, str):
+            continue
+        for folder in checkpoints(Path(checkpoint).parent):
+            weights = folder / CHECKPOINT_FILE
+            if weights.is_file():
+                removed[f"{row['trial_id']}/{folder.name}"] = weights
+    return PrunePlan(metric, kept, removed, sum(p.stat().st_size for p in removed.values()))
+
+
+def apply_prune(plan: PrunePlan, frame: pd.DataFrame) -> int:
+    """Removes the planned weights, and prunes the kept trials' checkpoints to weights only (a sweep
+    from before pruning keeps them whole); returns the bytes freed."""
+    freed = 0
+    for checkpoint in frame.loc[frame["trial_id"].isin(plan.kept), "checkpoint"]:
+        freed += prune_trial(Path(checkpoint).parent)
+    for path in plan.removed.values():
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
