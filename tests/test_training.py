@@ -198,3 +198,16 @@ def test_cuda_graphs_are_refused_without_a_gpu(tiny_config):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="needs a CUDA device"):
             Trainer(tiny_config(train={"cuda_graph": True, "device": "auto"}))
+
+
+def test_mu_learns_at_its_own_rate_when_given_one(tiny_config, tmp_path):
+    moved = {}
+    for mu_lr in (None, 0.5):
+        trainer = Trainer(tiny_config(train={"epochs": 1, "mu_lr": mu_lr}))
+        list(trainer.epochs())
+        moved[mu_lr] = abs(float(trainer.model.mu) - 30.0)
+    assert moved[None] < 0.05 < 1.0 < moved[0.5]  # Adam moves each parameter by about its lr per step
+    trainer.save_checkpoint(tmp_path)
+    resumed = Trainer(tiny_config(train={"epochs": 2, "mu_lr": 0.5}))
+    resumed.load_checkpoint(tmp_path)
+    assert sorted(g["lr"] for g in resumed.optimizer.param_groups) == [1e-3, 0.5]

@@ -74,6 +74,7 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 8
     lr: float = 1e-4
+    mu_lr: float | None = None  # the learning rate of the TVAE's mu (None: lr); mu is one scalar among millions
     optimizer: str = "sgd"
     momentum: float = 0.9
     seed: int = 0
@@ -160,6 +161,7 @@ def validate_train(t: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "ll_samples"):
         _check(getattr(t, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(t, name)}")
     _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    _check(t.mu_lr is None or t.mu_lr > 0, "train.mu_lr", f"must be > 0, got {t.mu_lr}")
     _check(t.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
     _check(0.0 <= t.momentum < 1.0, "train.momentum", f"must be in [0, 1), got {t.momentum}")
     _check(t.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}, got {t.device!r}")

@@ -51,11 +51,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def param_groups(model: torch.nn.Module, t: TrainConfig) -> list[dict]:
+    """All parameters at train.lr, except the TVAE's mu at train.mu_lr when that is set."""
+    mu = getattr(model, "mu", None)
+    if t.mu_lr is None or mu is None:
+        return [{"params": list(model.parameters()), "lr": t.lr}]
+    rest = [p for p in model.parameters() if p is not mu]
+    return [{"params": rest, "lr": t.lr}, {"params": [mu], "lr": t.mu_lr, "name": "mu"}]
+
+
+def group_lr(group: dict, t: TrainConfig) -> float:
+    return t.mu_lr if group.get("name") == "mu" else t.lr
+
+
 def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     fused = device.type in ("cpu", "cuda")  # one kernel for all parameters: ~10% of a CPU step
+    groups = param_groups(model, t)
     if t.optimizer == "adam":  # a captured step keeps Adam's step count on the device
-        return torch.optim.Adam(model.parameters(), lr=t.lr, fused=fused, capturable=t.cuda_graph)
-    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, fused=fused)
+        return torch.optim.Adam(groups, lr=t.lr, fused=fused, capturable=t.cuda_graph)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, fused=fused)
 
 
 class Trainer:
@@ -241,7 +255,7 @@ class Trainer:
         if self.graphed is not None:
             self.graphed.reset()
         for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.train.lr
+            group["lr"] = group_lr(group, self.cfg.train)
             if "momentum" in group:
                 group["momentum"] = self.cfg.train.momentum
         self.epoch = int(state["epoch"])
