@@ -143,6 +143,9 @@ BROKEN_SPECS = [
      or r.update(space={"model.variant": {"type": "categorical", "values": ["vae", "tvae"]}}),
      "search.metric: trials with model.variant=vae"),
     ("shared storage without a folder", _set("storage.shared", True), "storage.shared"),
+    ("no space to search", lambda r: r.pop("space"), "space: the spec searches nothing; give the keys to search, "
+                                                     "or run one config with `tvae-sweep train CONFIG --output DIR`"),
+    ("an empty space", _set("space", {}), "space: the spec searches nothing"),
 ]
 
 
@@ -162,6 +165,14 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
     spec = write_spec(tmp_path, "search: {algorithm: tpe\nspace: [\n")
     line = refused(f"{spec}: YAML syntax error at line", "launch", spec, "--results-dir", tmp_path / "results")
     assert "column" in line
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_spec_starts_nothing(tmp_path, text):
+    spec = write_spec(tmp_path, text)
+    refused("the spec is empty", "validate", spec)
+    refused("the spec is empty", "launch", spec, "--results-dir", tmp_path / "results")
     assert not (tmp_path / "results").exists()
 
 

@@ -298,7 +298,11 @@ def select_profile(raw: dict, profile: str | None = None) -> dict:
 
 def read_spec(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> dict:
     """The raw spec of a file, with its profile and then the --set overrides applied."""
-    return apply_overrides(select_profile(read_yaml(path), profile), list(overrides))
+    raw = read_yaml(path)
+    if not raw:
+        raise ConfigError(f"{path}: the spec is empty; a spec is a config (data, model, train) and the "
+                          "space to search (search_spaces/smoke.yaml is a small one)")
+    return apply_overrides(select_profile(raw, profile), list(overrides))
 
 
 def load_spec(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> SweepSpec:
@@ -310,6 +314,9 @@ def spec_from_dict(raw: dict) -> SweepSpec:
     from .space import check_space  # the space module samples; import here to keep this one declarative
 
     _unknown_key_hint(raw)
+    if not raw.get("space"):
+        raise ConfigError("space: the spec searches nothing; give the keys to search, "
+                          "or run one config with `tvae-sweep train CONFIG --output DIR`")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
