@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup sweep smoke test benchmark clean
+.PHONY: setup sweep smoke test test-fast benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ smoke: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# the tests that start no Ray cluster and no sweep: under a minute, for iteration
+test-fast: setup
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 benchmark: setup
 	$(BIN)/python -m benchmarks.bench_core
