@@ -1,13 +1,13 @@
 """The `tvae-sweep` command line: one group, one command per verb."""
 from __future__ import annotations
 
-import atexit
 import os
 import sys
 from pathlib import Path
 
 import click
 
+from .compat import run_exit_handlers
 from .config import ConfigError
 
 # errors that are the user's to fix: one line, exit 2, no traceback
@@ -49,7 +49,7 @@ def run() -> None:
     except SystemExit as e:
         if e.code not in (0, None):
             raise
-    atexit._run_exitfuncs()
+    run_exit_handlers()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..compat import set_callbacks_of_restored
 from ..config import ConfigError, dump_yaml
 from .cluster import check_reachable, check_storage, join_error
 from .layout import SweepDir, storage_location
@@ -198,7 +199,7 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     sweep.write_state(status="running", address=address or os.environ.get("RAY_ADDRESS"), pid=os.getpid())
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-        tuner._local_tuner.get_run_config().callbacks = callbacks  # this driver's, not the pickled ones
+        set_callbacks_of_restored(tuner, callbacks)  # this driver's, not the pickled ones
     else:
         s = spec.search
         single = not s.multi_objective
@@ -238,12 +239,12 @@ def _trials(path: str) -> list:
 
 def saved_trials(sweep: SweepDir):
     """Ray's trials table of the sweep (results.trials_frame); a one-line error when Ray saved none yet."""
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray import tune
 
     from .results import trials_frame
 
     path = sweep.read_state()["experiment_path"]
-    if _find_newest_experiment_checkpoint(path) is None:
+    if not tune.Tuner.can_restore(path):
         raise ConfigError(f"sweep {sweep.name} has no trials saved in {path} yet (Ray saves them once its first "
                           f"trial starts); if its launch stopped, `tvae-sweep resume {sweep.name}` runs them")
     return trials_frame(path)

@@ -5,6 +5,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch as RayOptunaSearch
 
+from ..compat import optuna_metrics, optuna_study, optuna_trials
+
 
 class OptunaSearch(RayOptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -19,19 +21,19 @@ class OptunaSearch(RayOptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """A failed trial (a diverging one, say) counts as the worst value the study has seen, so
         the sampler steers away from it; Optuna would otherwise drop it as FAIL and learn nothing."""
-        if error and not result and trial_id in self._ot_trials:
+        if error and not result and trial_id in optuna_trials(self):
             worst = self._worst_values()
             if worst is not None:
                 result = worst
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def _worst_values(self) -> dict | None:
-        done = self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        study = optuna_study(self)
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not done:
             return None
-        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
         worst = {}
-        for i, (metric, direction) in enumerate(zip(metrics, self._ot_study.directions)):
+        for i, (metric, direction) in enumerate(zip(optuna_metrics(self), study.directions)):
             values = [t.values[i] for t in done]
             worst[metric] = min(values) if direction == optuna.study.StudyDirection.MAXIMIZE else max(values)
         return worst

@@ -1,0 +1,43 @@
+"""Each private API tvae-sweep uses, exercised on the real objects: an upgrade that removes one
+fails here, with the line that names it, not in the middle of a sweep."""
+import subprocess
+import sys
+
+import optuna
+import pytest
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from tvae_sweep import compat
+
+
+def test_exit_handlers_run_on_request():
+    """In a process of its own: running them here would run this test process's handlers too."""
+    code = ("import atexit, os; from tvae_sweep.compat import run_exit_handlers; "
+            "atexit.register(print, 'handler ran', flush=True); run_exit_handlers(); os._exit(0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "handler ran\n", proc.stderr
+
+
+def test_a_restored_tuner_takes_this_drivers_callbacks():
+    tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(callbacks=[]))
+    mine = [tune.Callback()]
+    compat.set_callbacks_of_restored(tuner, mine)
+    assert tuner._local_tuner.get_run_config().callbacks is mine
+
+
+@pytest.mark.parametrize("metric", ["log_likelihood", ["log_likelihood", "roll_gain"]])
+def test_the_searchers_study_trials_and_metrics_are_reachable(metric):
+    mode = "max" if isinstance(metric, str) else ["max", "max"]
+    searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric=metric, mode=mode)
+    searcher.set_search_properties(None, None, {})
+    config = searcher.suggest("trial_1")
+    assert 0 <= config["x"] <= 1
+    assert isinstance(compat.optuna_study(searcher), optuna.Study)
+    assert list(compat.optuna_trials(searcher)) == ["trial_1"]
+    assert compat.optuna_metrics(searcher) == ([metric] if isinstance(metric, str) else metric)
+
+
+def test_a_missing_private_api_is_named_in_one_line():
+    with pytest.raises(compat.PrivateApiGone, match="has no _ot_study any more"):
+        compat.optuna_study(object())
