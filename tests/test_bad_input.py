@@ -293,7 +293,7 @@ def existing(tmp_path):
     """A sweep as `launch` leaves it before its first trial: results/bad/{spec.yaml, sweep.json}, plus a table."""
     from tvae_sweep.sweep.launch import create
     from tvae_sweep.sweep.layout import sweep_dir
-    from tvae_sweep.sweep.spec import spec_from_dict
+    from tvae_sweep.sweep.validation import spec_from_dict
 
     raw = spec_raw()
     results = tmp_path / "results"

@@ -29,7 +29,7 @@ from sweeps import cli_env, run_cli, sweep_spec, trials
 
 from tvae_sweep.config import ConfigError
 from tvae_sweep.sweep.cluster import host_port, join_error, node_local
-from tvae_sweep.sweep.spec import load_spec
+from tvae_sweep.sweep.validation import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

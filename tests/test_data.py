@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tvae_sweep.config import ConfigError, DataConfig
 from tvae_sweep.data import DSPRITES_FACTORS, MNIST_TRANSFORMS, Batch, SequenceData, build_data
 from tvae_sweep.data import dsprites, mnist
 from tvae_sweep.data.sequences import MNIST_SCALES, TEST_SEED_OFFSET
@@ -267,10 +268,10 @@ def test_static_sequences_repeat_the_plain_digit():
 def test_grayscale_shape_and_hue_refused():
     data = build_data(data_cfg(transforms=["rotation", "scale"], grayscale=True), 18, "cpu", 0)
     assert data.image_shape == (1, 28, 28) and data.sample_train(2, gen(0)).x.shape == (2, 18, 1, 28, 28)
-    with pytest.raises(ValueError, match="hue"):
-        build_data(data_cfg(transforms=["rotation_hue"], grayscale=True), 18, "cpu", 0)
-    with pytest.raises(ValueError, match="not a mnist5k transform"):
-        build_data(data_cfg(transforms=["x"]), 18, "cpu", 0)
+    with pytest.raises(ConfigError, match="hue"):  # the data config refuses what the generators cannot do
+        DataConfig(transforms=["rotation_hue"], grayscale=True)
+    with pytest.raises(ConfigError, match="not a mnist5k transform"):
+        DataConfig(transforms=["x"])
     assert "perspective_hue" in MNIST_TRANSFORMS
 
 

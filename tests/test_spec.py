@@ -9,7 +9,8 @@ from helpers import spec_raw
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError
 from tvae_sweep.sweep.space import define_by_run, grid_points, make_sampler, num_trials, trial_run_config
-from tvae_sweep.sweep.spec import load_spec, select_profile, spec_from_dict
+from tvae_sweep.sweep.spec import select_profile
+from tvae_sweep.sweep.validation import load_spec, spec_from_dict
 
 def sample(spec, n, seed=0):
     study = optuna.create_study(sampler=make_sampler(spec), direction="maximize")

@@ -13,7 +13,7 @@ import yaml
 from sweeps import run_cli, sweep_spec, trials
 
 from tvae_sweep.sweep.pbt import full_points
-from tvae_sweep.sweep.spec import load_spec
+from tvae_sweep.sweep.validation import load_spec
 
 pytestmark = pytest.mark.slow
 

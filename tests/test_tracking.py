@@ -462,7 +462,7 @@ def test_report_prints_and_writes_the_same_tables(runs, sweep, monkeypatch):
 
 def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):
     from tvae_sweep.sweep.layout import SweepDir
-    from tvae_sweep.sweep.spec import spec_from_dict
+    from tvae_sweep.sweep.validation import spec_from_dict
     from tvae_sweep.tracking import publish, report
 
     raw = tiny_raw()
@@ -517,7 +517,7 @@ def test_hooks_hand_their_mlflow_writes_to_the_tracking_thread_in_order(tmp_path
     from helpers import spec_raw
 
     from tvae_sweep.sweep.layout import sweep_dir
-    from tvae_sweep.sweep.spec import spec_from_dict
+    from tvae_sweep.sweep.validation import spec_from_dict
     from tvae_sweep.tracking.callback import MlflowTracking
     from tvae_sweep.tracking.runs import RUNNING, Child
     from tvae_sweep.tracking.store import Store

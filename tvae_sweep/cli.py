@@ -9,6 +9,7 @@ import click
 
 from .compat import run_exit_handlers
 from .config import ConfigError
+from .errors import redact
 
 # errors that are the user's to fix: one line, exit 2, no traceback
 USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, PermissionError)
@@ -21,7 +22,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as e:
-            click.echo(f"tvae-sweep: error: {store.redact(str(e))}", err=True)
+            click.echo(f"tvae-sweep: error: {redact(str(e))}", err=True)
             sys.exit(2)
         finally:
             store.settle()
@@ -135,7 +136,7 @@ profile_option = click.option(
 def validate(spec_path: Path, overrides: tuple[str, ...], profile: str | None) -> None:
     """Check a sweep spec without launching anything."""
     from .sweep.space import num_trials
-    from .sweep.spec import load_spec
+    from .sweep.validation import load_spec
 
     spec = load_spec(spec_path, overrides, profile)
     s = spec.search
@@ -159,13 +160,16 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
     """Run the sweep of SPEC: Optuna proposes configs, Ray Tune runs them as trials."""
     from .sweep.layout import sweep_dir
     from .sweep.launch import check_new, create, join, preflight
-    from .sweep.spec import read_spec, spec_from_dict
+    from .tracking import store as stores
+    from .sweep.spec import read_spec
+    from .sweep.validation import spec_from_dict
 
     raw = read_spec(spec_path, overrides, profile)
     spec = spec_from_dict(raw)
     sweep = sweep_dir(results_dir, name or spec.name or spec_path.stem)
     check_new(sweep, overwrite)
-    preflight(spec, sweep, tracking_uri, address)  # an unwritable folder, missing data, no cluster, a dead tracker
+    preflight(spec, sweep, address)  # an unwritable folder, missing data, no cluster
+    stores.preflight(spec.tracking, tracking_uri, sweep.root.parent)  # a dead tracker
     join(spec, sweep, address)  # before the sweep's folder is made: a refused cluster leaves no sweep behind
     create(spec, sweep, raw, overwrite)
     _run_sweep(spec, sweep, address, resume=False, tracking_uri=tracking_uri)
@@ -179,11 +183,13 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
 def resume(name: str, results_dir: Path | None, address: str | None, tracking_uri: str | None) -> None:
     """Continue a sweep after a crash or Ctrl-C; finished trials are not run again."""
     from .sweep.launch import join, load_saved_spec, preflight
+    from .tracking import store as stores
     from .sweep.layout import sweep_dir
 
     sweep = sweep_dir(results_dir, name)
     spec = load_saved_spec(sweep)
-    preflight(spec, sweep, tracking_uri, address)
+    preflight(spec, sweep, address)
+    stores.preflight(spec.tracking, tracking_uri, sweep.root.parent)
     join(spec, sweep, address)
     _run_sweep(spec, sweep, address, resume=True, tracking_uri=tracking_uri)
 

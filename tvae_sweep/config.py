@@ -14,15 +14,19 @@ from typing import Any
 
 import yaml
 
-from .data import DATASETS, DSPRITES_FACTORS, MNIST_TRANSFORMS
+from .errors import ConfigError
 
 VARIANTS = ("vae", "tvae", "tvae2d")
+DATASETS = ("mnist5k", "mnist", "dsprites")
+MNIST_TRANSFORMS = ("rotation", "hue", "scale", "rotation_hue", "perspective_hue")
+DSPRITES_FACTORS = ("x", "y", "orientation", "scale")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the field and what is allowed."""
+# model keys that fix the network's parameter shapes (or the data they see): two runs that differ in
+# any of them cannot share a checkpoint (PBT) or a batched model
+SHAPE_KEYS = ("variant", "n_caps", "cap_dim", "image_shape", "torus_window", "seq_len")
 
 
 @dataclass

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import DSPRITES_FACTORS
+
 SHAPES = ("square", "ellipse", "heart")
-FACTORS = ("x", "y", "orientation", "scale")
+FACTORS = DSPRITES_FACTORS  # ("x", "y", "orientation", "scale")
 FACTOR_SIZES = (15, 15, 15, 5)
 IMAGE_SIZE = 64
 

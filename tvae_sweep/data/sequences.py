@@ -33,11 +33,10 @@ import numpy as np
 import torch
 
 from . import dsprites, mnist
+from ..config import DATASETS, DSPRITES_FACTORS, MNIST_TRANSFORMS  # noqa: F401 (re-exported)
+from ..errors import ConfigError
 from .transforms import affine_matrix, affine_warp, homogeneous, homography_warp, rotate_hue, tilt_matrix
 
-DATASETS = ("mnist5k", "mnist", "dsprites")
-MNIST_TRANSFORMS = ("rotation", "hue", "scale", "rotation_hue", "perspective_hue")
-DSPRITES_FACTORS = dsprites.FACTORS  # ("x", "y", "orientation", "scale")
 
 MNIST_STEPS = 18
 MNIST_ANGLES = tuple(20.0 * k for k in range(MNIST_STEPS))  # rotation and hue, degrees
@@ -312,8 +311,6 @@ def load_sources(cfg) -> Sources:
 def check_sources(cfg) -> None:
     """Refuses, with a one-line ConfigError naming data.path, a DataConfig whose files are missing,
     without reading them (an MNIST folder may be missing when data.download fetches it)."""
-    from ..config import ConfigError
-
     try:
         if cfg.dataset == "dsprites" and cfg.path:
             dsprites.check_npz(cfg.path)
@@ -329,25 +326,8 @@ def build_data(cfg, seq_len: int, device: torch.device | str, seed: int,
                sources: Sources | None = None) -> SequenceData:
     """The sequence data of a DataConfig: sources loaded (unless given) onto `device` as uint8."""
     device = torch.device(device)
-    check_config(cfg, seq_len)
     sources = sources or load_sources(cfg)
     if cfg.dataset == "dsprites":
         return DSpritesSequences(cfg, seq_len, device, seed, sources.sprites)
     return MnistSequences(cfg, seq_len, device, seed, sources.images, sources.labels,
                           sources.train_ids, sources.test_ids)
-
-
-def check_config(cfg, seq_len: int) -> None:
-    """One-line ValueErrors for what the generators cannot do."""
-    if cfg.dataset not in DATASETS:
-        raise ValueError(f"data.dataset: must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    allowed = DSPRITES_FACTORS if cfg.dataset == "dsprites" else MNIST_TRANSFORMS
-    for field in ("transforms", "test_transforms"):
-        for name in getattr(cfg, field) or []:
-            if name not in allowed:
-                raise ValueError(f"data.{field}: {name!r} is not a {cfg.dataset} transform; "
-                                 f"allowed: {', '.join(allowed)}")
-            if cfg.dataset != "dsprites" and cfg.grayscale and "hue" in name:
-                raise ValueError(f"data.{field}: {name!r} changes hue, which needs colour; set data.grayscale: false")

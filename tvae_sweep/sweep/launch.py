@@ -10,9 +10,11 @@ from typing import Any
 
 from ..compat import set_callbacks_of_restored
 from ..config import ConfigError, dump_yaml
+from ..errors import redact
 from .cluster import check_reachable, check_storage, join_error
 from .layout import SweepDir, storage_location
-from .spec import SweepSpec, spec_from_dict
+from .spec import SweepSpec
+from .validation import spec_from_dict
 from .space import define_by_run, make_sampler, num_trials
 
 EXPERIMENT = "tune"  # Ray's experiment folder inside the storage path
@@ -136,22 +138,14 @@ def check_results_folder(root: Path) -> None:
         raise ConfigError(f"results folder {root}: {existing} is not writable; pass another --results-dir")
 
 
-def preflight(spec: SweepSpec, sweep: SweepDir, tracking_uri: str | None, address: str | None) -> None:
+def preflight(spec: SweepSpec, sweep: SweepDir, address: str | None) -> None:
     """What a sweep needs before Ray starts and before anything is written: a results folder it can
-    write, the data its trials read, a cluster address where something listens, and a tracking store
-    that answers (which then starts opening while Ray starts)."""
+    write, the data its trials read, and a cluster address where something listens."""
     from ..data import check_sources
 
     check_results_folder(sweep.root.parent)
     check_reachable(*ray_address(address))
     check_sources(spec.base_config().data)
-    if spec.tracking.enabled:
-        from ..tracking import store as stores
-
-        t = spec.tracking
-        store = stores.resolve(tracking_uri, t.uri, sweep.root.parent, t.artifact_location)
-        stores.check(store)
-        stores.prepare(store)
 
 
 def join(spec: SweepSpec, sweep: SweepDir, address: str | None) -> None:
@@ -174,8 +168,6 @@ def create(spec: SweepSpec, sweep: SweepDir, raw_spec: dict, overwrite: bool) ->
 def without_passwords(raw_spec: dict) -> dict:
     """The spec as saved with the sweep: its tracking URIs without their passwords (a resume is given
     the full URI again by --tracking-uri or $MLFLOW_TRACKING_URI)."""
-    from ..tracking.store import redact
-
     tracking = raw_spec.get("tracking")
     if not isinstance(tracking, dict):
         return raw_spec

@@ -12,13 +12,10 @@ from typing import Any
 
 import optuna
 
-from ..config import ConfigError
+from ..config import SHAPE_KEYS, ConfigError
 from .space import define_by_run, grid_points, lookup
 from .spec import ParamSpec, SweepSpec
 
-# keys whose change would change the network's parameter shapes or its data
-FIXED_SHAPE_KEYS = ("model.variant", "model.n_caps", "model.cap_dim", "model.image_shape",
-                    "model.torus_window", "model.seq_len")
 
 
 def check_pbt(spec: SweepSpec) -> None:
@@ -33,7 +30,8 @@ def check_pbt(spec: SweepSpec) -> None:
         p = spec.space.get(key)
         if p is None:
             raise ConfigError(f"search.mutate: {key} is not a searched key; searched: {', '.join(spec.space)}")
-        if key in FIXED_SHAPE_KEYS or key.startswith("data."):
+        section, _, field = key.partition(".")
+        if section == "data" or (section == "model" and field in SHAPE_KEYS):
             raise ConfigError(f"search.mutate: {key} changes the network or its data; a checkpoint cannot carry over")
         if p.type == "preset" or p.same_as or p.when:
             raise ConfigError(f"search.mutate: {key} must be a plain int, float or categorical key")

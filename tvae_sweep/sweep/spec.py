@@ -11,7 +11,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import SECTIONS, ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict, set_path
-from ..metrics import reported_metrics
 
 RUN_SECTIONS = tuple(SECTIONS)  # data, model, train
 
@@ -177,7 +176,7 @@ class SweepSpec(Strict):
 # ---------------------------------------------------------------- errors as one line
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
     msg = first["msg"].removeprefix("Value error, ")
@@ -188,7 +187,7 @@ def _format_validation_error(err: ValidationError) -> str:
     return f"{loc}: {msg}" + (f", got {first['input']!r}" if first["type"].endswith(("_type", "_parsing")) else "")
 
 
-def _unknown_key_hint(raw: dict) -> None:
+def check_unknown_keys(raw: dict) -> None:
     """Names the allowed keys for an unknown one, which pydantic does not."""
     fields = {"": SweepSpec, "search": SearchSpec, "resources": ResourcesSpec,
               "tracking": TrackingSpec, "storage": StorageSpec}
@@ -205,71 +204,6 @@ def _unknown_key_hint(raw: dict) -> None:
             for k in param:
                 if k not in ParamSpec.model_fields:
                     raise ConfigError(f"space.{key}.{k}: unknown key; allowed: {', '.join(ParamSpec.model_fields)}")
-
-
-# ---------------------------------------------------------------- checks across sections
-
-
-def config_keys(run: RunConfig) -> set[str]:
-    return {f"{section}.{key}" for section, values in run.to_dict().items() for key in values}
-
-
-def check_objectives(spec: SweepSpec, runs: list[RunConfig]) -> None:
-    """Every objective is reported by every trial the space can produce (Tune needs it in each report)."""
-    reported = [set(reported_metrics(run)) for run in runs]
-    for metric in spec.search.metrics:
-        missing = [run for run, names in zip(runs, reported) if metric not in names]
-        if len(missing) == len(runs):
-            raise ConfigError(f"search.metric: no trial reports {metric!r}; reported: "
-                              f"{', '.join(sorted(set().union(*reported)))}")
-        if missing:
-            m, d = missing[0].model, missing[0].data
-            raise ConfigError(f"search.metric: trials with model.variant={m.variant}, model.seq_len={m.seq_len} "
-                              f"and data.transforms={d.transforms} do not report {metric!r}; "
-                              "choose an objective every trial reports")
-
-
-def check_search(spec: SweepSpec, run: RunConfig) -> None:
-    s = spec.search
-    if run.train.cuda_graph and spec.resources.gpus_per_trial == 0:
-        raise ConfigError("train.cuda_graph: trials run on the CPU (resources.gpus_per_trial is 0); "
-                          "give them GPUs or set it false")
-    if len(s.metrics) != len(s.modes):
-        raise ConfigError(f"search.mode: give one mode per metric ({len(s.metrics)} metrics, {len(s.modes)} modes)")
-    if s.scheduler == "pbt":
-        from .pbt import check_pbt
-
-        check_pbt(spec)
-    if s.mutate and s.scheduler != "pbt":
-        raise ConfigError("search.mutate: only the pbt scheduler mutates keys; remove it or set scheduler: pbt")
-    if s.multi_objective and s.scheduler != "fifo":
-        raise ConfigError(f"search.scheduler: {s.scheduler} stops trials on one metric; with several objectives use fifo")
-    if s.multi_objective and s.algorithm == "cmaes":
-        raise ConfigError("search.algorithm: cmaes has one objective; use tpe, gp or random for a Pareto front")
-    if s.algorithm == "grid":
-        for key, p in spec.space.items():
-            if p.type in ("float",) and p.step is None:
-                raise ConfigError(f"space.{key}: a grid needs finite values: give a step, or use categorical")
-            if p.when:
-                raise ConfigError(f"space.{key}.when: conditions are not supported in a grid; use a preset")
-            if p.log:
-                raise ConfigError(f"space.{key}.log: a grid needs finite values: use categorical")
-
-
-def check_space_keys(spec: SweepSpec, run: RunConfig) -> None:
-    known = config_keys(run)
-    searched = set(spec.space)
-    for key, p in spec.space.items():
-        if p.type == "preset":
-            for name, bundle in p.values.items():
-                for k in bundle:
-                    if k not in known:
-                        raise ConfigError(f"space.{key}.values.{name}.{k}: not a config key")
-        elif key not in known:
-            raise ConfigError(f"space.{key}: not a config key; use section.field, e.g. model.n_caps")
-        for dep in p.depends_on():
-            if dep not in known and dep not in searched:
-                raise ConfigError(f"space.{key}: refers to {dep}, which is not a config key")
 
 
 def select_profile(raw: dict, profile: str | None = None) -> dict:
@@ -303,26 +237,3 @@ def read_spec(path: str | Path, overrides: list[str] = (), profile: str | None =
         raise ConfigError(f"{path}: the spec is empty; a spec is a config (data, model, train) and the "
                           "space to search (search_spaces/smoke.yaml is a small one)")
     return apply_overrides(select_profile(raw, profile), list(overrides))
-
-
-def load_spec(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> SweepSpec:
-    """Reads, overrides and checks a spec; raises ConfigError with one line on any problem."""
-    return spec_from_dict(read_spec(path, overrides, profile))
-
-
-def spec_from_dict(raw: dict) -> SweepSpec:
-    from .space import check_space  # the space module samples; import here to keep this one declarative
-
-    _unknown_key_hint(raw)
-    if not raw.get("space"):
-        raise ConfigError("space: the spec searches nothing; give the keys to search, "
-                          "or run one config with `tvae-sweep train CONFIG --output DIR`")
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_validation_error(e)) from None
-    run = spec.base_config()
-    check_space_keys(spec, run)
-    check_search(spec, run)
-    check_objectives(spec, check_space(spec))
-    return spec

@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError
+from ..errors import HIDDEN, ConfigError, hidden_password, redact  # noqa: F401 (re-exported)
 
 ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_DB = "mlflow.db"
@@ -20,34 +20,6 @@ DEFAULT_ARTIFACTS = "mlartifacts"
 # tells the MLflow 3 UI that this is a model-training experiment (it asks otherwise)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 REMOTE_SCHEMES = ("http://", "https://")
-HIDDEN = "***"  # stands for a password wherever a URI is shown or stored
-_NETLOC = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<netloc>[^/\s?#'\"]*)")
-_SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&;](?:password|passwd|pwd)=)(?P<value>[^&;#\s'\"]*)")
-
-
-def redact(text: str) -> str:
-    """`text` (a URI, or any message holding URIs) with every password replaced by ***: the one in
-    user:password@host and a password=... query parameter. The user name and the host stay."""
-    def netloc(match: re.Match) -> str:
-        userinfo, at, host = match["netloc"].rpartition("@")
-        if not at or ":" not in userinfo:
-            return match[0]
-        user = userinfo.split(":", 1)[0]
-        return f"{match['scheme']}{user}:{HIDDEN}@{host}"
-
-    text = _NETLOC.sub(netloc, str(text))
-    return _SECRET_QUERY.sub(lambda m: m["key"] + HIDDEN if m["value"] else m[0], text)
-
-
-def hidden_password(uri: str) -> bool:
-    """True for a URI whose password redact() replaced, such as the tracking.uri of a saved spec."""
-    match = _NETLOC.match(uri.strip())
-    userinfo = match["netloc"].rpartition("@")[0] if match else ""
-    if userinfo.partition(":")[2] == HIDDEN:
-        return True
-    return any(m["value"] == HIDDEN for m in _SECRET_QUERY.finditer(uri))
-
-
 @dataclass(frozen=True)
 class Store:
     uri: str
@@ -204,3 +176,13 @@ def experiment_id(mlflow_client, name: str, artifact_root: str | None, create: b
             return None
         mlflow_client.restore_experiment(found.experiment_id)
     return found.experiment_id
+
+
+def preflight(tracking, tracking_uri: str | None, results_root: Path) -> None:
+    """A tracked sweep's store answers before anything is written; it then starts opening (MLflow's
+    import and a new database's migrations) on a thread while Ray starts."""
+    if not tracking.enabled:
+        return
+    store = resolve(tracking_uri, tracking.uri, results_root, tracking.artifact_location)
+    check(store)
+    prepare(store)

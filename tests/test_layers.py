@@ -1,0 +1,23 @@
+"""The architecture as contracts: the layers of pyproject.toml's [tool.importlinter], and a core
+that runs where only PyTorch is installed."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_import_contracts_hold():
+    """The core imports no Ray, Optuna, MLflow or pandas; sweeps do not import tracking; nothing
+    imports the CLI; no circles."""
+    proc = subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
+
+
+def test_training_a_model_loads_none_of_the_sweep_stack():
+    code = ("import sys; import tvae_sweep, tvae_sweep.training, tvae_sweep.run, tvae_sweep.metrics; "
+            "print(sorted(m for m in ('ray', 'optuna', 'mlflow', 'pandas') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
