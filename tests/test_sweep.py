@@ -202,24 +202,24 @@ def test_prune_keeps_the_best_trials_weights_after_saying_what_it_frees(finished
 
 
 def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
-    spec = sweep_spec(tmp_path, train={"epochs": 3}, resources={"cpus_per_trial": 0.5},
+    """Three trials that differ in lr only, one of them far too slow: after the first epoch it is
+    the population's worst, and synchronous PBT must exploit it (clone a better trial's config and
+    checkpoint, then perturb lr), whatever the timing."""
+    spec = sweep_spec(tmp_path, train={"epochs": 3}, data={"train_sequences": 64}, resources={"cpus_per_trial": 0.5},
                       search={"algorithm": "random", "scheduler": "pbt", "num_trials": 3, "max_concurrent": 3,
-                              "perturbation_interval": 1, "mutate": ["train.lr"]})
+                              "perturbation_interval": 1, "mutate": ["train.lr"],
+                              "warm_start": [{"train.lr": 1e-5}, {"train.lr": 3e-3}, {"train.lr": 2e-3}]})
     results = tmp_path / "results"
     proc = run_cli("launch", spec, "--name", "pbt", "--results-dir", results)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     frame = trials(results, "pbt")
     assert len(frame) == 3 and set(frame["state"]) == {"TERMINATED"}
+    # PBT's own record of each exploitation: [target trial's index in the population, the index of
+    # the trial it clones, their epochs, the clone's config, the target's new config]
+    steps = [json.loads(line) for line in (results / "pbt" / "tune" / "pbt_global.txt").read_text().splitlines()]
+    assert steps and steps[0][0] == "0" and steps[0][1] != "0" and steps[0][3] == 1, steps  # the slow trial first
+    population = full_points(load_spec(results / "pbt" / "spec.yaml"))
     without_lr = lambda c: {k: v for k, v in c.items() if k != "train.lr"}
-    population = [without_lr(p) for p in full_points(load_spec(results / "pbt" / "spec.yaml"))]
-    histories = []
-    for folder in (results / "pbt" / "tune").glob("train_trial_*"):
-        lines = [json.loads(ln) for ln in (folder / "result.json").read_text().splitlines()]
-        histories.append([ln["config"] for ln in lines])  # empty if it took over a finished trial at once
-    mutated = [h for h in histories if len({c["train.lr"] for c in h}) > 1]
-    assert mutated, "no trial was exploited and explored"
-    for history in mutated:
-        for config in history:
-            assert 1e-5 <= config["train.lr"] <= 3e-3  # kept inside the space
-            # a trial takes over a better one's config and checkpoint: only train.lr is new
-            assert without_lr(config) in population
+    for *_, clone, new in steps:
+        assert without_lr(new) == without_lr(clone) and without_lr(new) in map(without_lr, population)
+        assert 1e-5 <= new["train.lr"] <= 3e-3  # explored (perturbed or resampled) inside the space
