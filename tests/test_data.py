@@ -121,7 +121,7 @@ def test_mnist_shapes_dtypes_ranges(mnist5k):
     for t in (b.factor, b.start, b.label):
         assert t.shape == (6,) and t.dtype == torch.long
     assert ((b.factor >= 0) & (b.factor < 3)).all() and ((b.start >= 0) & (b.start < 18)).all()
-    assert mnist5k.image_shape == (3, 28, 28) and mnist5k.n_values == 18 and mnist5k.seq_len == 18
+    assert mnist5k.image_shape == (3, 28, 28) and mnist5k.seq_len == 18
     assert mnist5k.factor_names == ["rotation", "hue", "scale"]
     assert mnist5k.images.dtype == torch.uint8 and mnist5k.images.shape == (5000, 28, 28)
     assert sorted(torch.bincount(mnist5k.labels).tolist()) == [500] * 10
@@ -373,7 +373,7 @@ def test_dsprites_shapes_and_values(sprites):
     b = sprites.sample_train(5, gen(0))
     assert b.x.shape == (5, 15, 1, 64, 64) and b.x.dtype == torch.float32
     assert set(b.x.unique().tolist()) == {0.0, 1.0}
-    assert sprites.n_values == 15 and sprites.image_shape == (1, 64, 64)
+    assert sprites.image_shape == (1, 64, 64)
     assert ((b.label >= 0) & (b.label < 3)).all()
     assert (b.x.sum(dim=(2, 3, 4)) > 20).all()  # every frame shows a sprite
 

@@ -17,8 +17,8 @@ import torch
 from .config import ConfigError, RunConfig, TrainConfig
 from .data import SequenceData, build_data
 from .graphed import GraphedStep
-from .metrics import (active_units, capsule_correlation, equivariance_error, has_map, init_metrics, learned,
-                      mean_image_nll, permute_frames, preferred_classes, roll_gain, roll_prediction,
+from .metrics import (active_units, capsule_correlation, equivariance_error, equivariance_ratio, has_map,
+                      init_metrics, learned, mean_image_nll, preferred_classes, roll_gain, roll_prediction,
                       topographic_agreement)
 from .model import build_model
 from .model.tvae import gaussian_kl
@@ -196,7 +196,6 @@ class Trainer:
                     latents.append(tt)
                     roll_nll, self_nll = roll_prediction(model, x, tt, shift)
                     add("equivariance_error", equivariance_error(tt, shift).sum())
-                    add("equivariance_error_permuted", equivariance_error(permute_frames(tt, perm_gen), shift).sum())
                     add("roll_nll", roll_nll.sum())
                     add("self_nll", self_nll.sum())
                     add("roll_gain", roll_gain(model.decode, model.bernoulli_nll, tt, x, shift).sum())
@@ -211,7 +210,7 @@ class Trainer:
             preferred = preferred_classes(torch.cat(latents), torch.cat(labels))
             out["topographic_agreement"], out["topographic_agreement_chance"] = topographic_agreement(preferred)
         if sequences:
-            out["equivariance_ratio"] = out["equivariance_error"] / max(out.pop("equivariance_error_permuted"), 1e-12)
+            out["equivariance_ratio"] = float(equivariance_ratio(torch.cat(latents), shift, perm_gen))
             out["roll_nll_gap"] = out["roll_nll"] - out.pop("self_nll")
             test = self.data.test_set()
             out.update(capsule_correlation(torch.cat(latents), test.factor, test.start,

@@ -93,13 +93,11 @@ class SequenceData:
     column_sizes: tuple[int, ...]
     varies: dict[str, tuple[str, ...]]
 
-    def __init__(self, cfg, seq_len: int, device: torch.device, seed: int, image_shape: tuple[int, int, int],
-                 n_values: int):
+    def __init__(self, cfg, seq_len: int, device: torch.device, seed: int, image_shape: tuple[int, int, int]):
         self.image_shape = image_shape
         self.factor_names = list(cfg.transforms)
         test = cfg.transforms if cfg.test_transforms is None else cfg.test_transforms
         self.test_factor_names = list(test)
-        self.n_values = n_values
         self.seq_len = seq_len
         self.device = device
         self.seed = seed
@@ -207,7 +205,7 @@ class MnistSequences(SequenceData):
     def __init__(self, cfg, seq_len, device, seed, images: np.ndarray, labels: np.ndarray,
                  train_ids: np.ndarray, test_ids: np.ndarray):
         shape = (1, 28, 28) if cfg.grayscale else (3, 28, 28)
-        super().__init__(cfg, seq_len, device, seed, shape, MNIST_STEPS)
+        super().__init__(cfg, seq_len, device, seed, shape)
         self.images = torch.as_tensor(images, dtype=torch.uint8).to(device)  # (N, 28, 28) uint8
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)  # (N,)
         self.train_ids = torch.as_tensor(train_ids, dtype=torch.long).to(device)
@@ -254,7 +252,7 @@ class DSpritesSequences(SequenceData):
     varies = {name: (name,) for name in dsprites.FACTORS}
 
     def __init__(self, cfg, seq_len, device, seed, sprites: np.ndarray | None):
-        super().__init__(cfg, seq_len, device, seed, (1, 64, 64), 15)
+        super().__init__(cfg, seq_len, device, seed, (1, 64, 64))
         self.sprites = None if sprites is None else torch.as_tensor(sprites, dtype=torch.uint8).to(device)
         self.positions = torch.tensor(dsprites.POSITIONS, dtype=torch.float32, device=device)
         self.orientations = torch.tensor(dsprites.ORIENTATIONS, dtype=torch.float32, device=device)

@@ -51,9 +51,6 @@ class SweepDir:
     def trials(self) -> Path:
         return self.root / "trials.parquet"
 
-    def exists(self) -> bool:
-        return self.state.is_file()
-
     def read_state(self) -> dict:
         if not self.state.is_file():
             raise FileNotFoundError(f"no sweep named {self.name!r} in {self.root.parent} (`tvae-sweep list` shows them)")

@@ -119,8 +119,3 @@ def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out
 
 def _present(value: Any) -> bool:
     return not (isinstance(value, float) and math.isnan(value))
-
-
-def summary_line(sweep: SweepDir, frame: pd.DataFrame) -> str:
-    counts = frame["state"].value_counts().to_dict() if len(frame) else {}
-    return f"{sweep.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
