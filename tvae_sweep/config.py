@@ -5,6 +5,7 @@ only. Every problem is a ConfigError whose message is one line naming the field 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -274,7 +275,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Returns a copy of raw with each 'a.b=value' set."""
-    out = _deep_copy(raw)
+    out = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         set_path(out, path, value, f"--set {text}")
@@ -292,14 +293,6 @@ def set_path(raw: dict, path: list[str], value: Any, where: str) -> None:
             raise ConfigError(f"{where}: {part} is not a section")
         node = child
     node[path[-1]] = value
-
-
-def _deep_copy(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return {k: _deep_copy(v) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_deep_copy(v) for v in raw]
-    return raw
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -187,10 +187,9 @@ def capsule_roll(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    x = x.double() - x.double().mean()
-    y = y.double() - y.double().mean()
-    denom = (x.norm() * y.norm()).item()
-    return float((x @ y).item() / denom) if denom > 0 else 0.0
+    """Pearson's r; 0 where either side is constant (torch.corrcoef gives NaN there)."""
+    r = torch.corrcoef(torch.stack([x.double(), y.double()]))[0, 1]
+    return float(r) if torch.isfinite(r) else 0.0
 
 
 def capsule_offsets(t: torch.Tensor, canonical: torch.Tensor) -> torch.Tensor:

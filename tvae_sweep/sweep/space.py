@@ -20,7 +20,10 @@ DRY_RUN_SAMPLES = 64
 
 
 def sampling_order(space: dict[str, ParamSpec]) -> list[str]:
-    """Searched keys, each after the searched keys it depends on."""
+    """Searched keys, each after the searched keys it depends on, depth first in the space's order.
+
+    This is the order Optuna draws the keys in, so it is part of every seeded sweep's trials:
+    graphlib's order (every key without dependencies first) would change them."""
     order: list[str] = []
     visiting: set[str] = set()
 

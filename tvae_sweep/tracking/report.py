@@ -39,7 +39,15 @@ def rows(table: pd.DataFrame, key: str) -> list[list[str]]:
     return out
 
 
+def markdown(cells: list[list[str]], header: list[str], text_columns: int = 1) -> str:
+    """A markdown table of preformatted cells: text columns left, numbers right."""
+    align = ["left"] * text_columns + ["right"] * (len(header) - text_columns)
+    return pd.DataFrame(cells, columns=header).to_markdown(index=False, colalign=align, disable_numparse=True)
+
+
 def text_table(table: pd.DataFrame, key: str) -> str:
+    """The terminal's table: the searched value and the metric's name left, numbers right (pandas'
+    to_string right-aligns text too)."""
     header = [key, "metric", *STATS]
     cells = rows(table, key)
     if not cells:
@@ -53,10 +61,7 @@ def markdown_table(table: pd.DataFrame, key: str) -> str:
     cells = rows(table, key)
     if not cells:
         return "No finished trial yet."
-    header = [f"`{key}`", "metric", *STATS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * len(STATS)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines)
+    return markdown(cells, [f"`{key}`", "metric", *STATS], text_columns=2)
 
 
 def wide_markdown(wide: pd.DataFrame, key: str) -> str:
@@ -73,11 +78,8 @@ def wide_markdown(wide: pd.DataFrame, key: str) -> str:
     for names, show in (([m for m in plain if m not in with_init], cell), (with_init, twin)):
         if not names:
             continue
-        lines = ["| " + " | ".join([f"`{key}`", *names, "trials"]) + " |",
-                 "|" + "|".join(["---"] + ["---:"] * (len(names) + 1)) + "|"]
-        lines += ["| " + " | ".join([fmt(row[key]), *(show(row, m) for m in names), fmt(row["count"])]) + " |"
-                  for _, row in wide.iterrows()]
-        out.append("\n".join(lines))
+        cells = [[fmt(row[key]), *(show(row, m) for m in names), fmt(row["count"])] for _, row in wide.iterrows()]
+        out.append(markdown(cells, [f"`{key}`", *names, "trials"]))
     return "\n\n".join(out)
 
 
