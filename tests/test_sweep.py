@@ -71,7 +71,21 @@ def test_every_trial_finishes_with_a_config_in_the_space(finished_sweep):
         assert has_shift == (row["config/model.variant"] == "tvae")
         assert 1e-5 <= row["config/train.lr"] <= 3e-3
     assert "best trials by log_likelihood" in proc.stdout
-    assert "trials done" in proc.stdout  # the live progress table
+
+
+def test_the_console_shows_the_sweep_and_ray_writes_to_its_log(finished_sweep):
+    """Not on a terminal: one line per trial event; Ray's banner and warnings in the sweep's ray.log."""
+    _, results, proc = finished_sweep
+    frame = trials(results, "e2e")
+    for trial_id in frame["trial_id"]:
+        assert re.search(rf"trial {trial_id} started\n", proc.stdout)
+        assert re.search(rf"trial {trial_id} finished after \d+ epochs  log_likelihood -?\d", proc.stdout)
+    assert "6/6 trials done, 0 running, 0 pending" in proc.stdout
+    shown = proc.stdout + proc.stderr
+    for ray_text in ("Configuration for experiment", "View detailed results here", "snapshotting",
+                     "Token authentication", "TensorBoard"):
+        assert ray_text not in shown
+    assert "Configuration for experiment" in (results / "e2e" / "ray.log").read_text()
 
 
 def test_asha_stops_some_trials_early(finished_sweep):
@@ -223,3 +237,28 @@ def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
     for *_, clone, new in steps:
         assert without_lr(new) == without_lr(clone) and without_lr(new) in map(without_lr, population)
         assert 1e-5 <= new["train.lr"] <= 3e-3  # explored (perturbed or resampled) inside the space
+
+def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
+    import io
+    import types
+
+    from tvae_sweep.sweep.console import TrialConsole
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=screen)
+    trial = lambda i, status, epoch: types.SimpleNamespace(
+        trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i},
+        last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
+    console.on_trial_start(0, [trial(0, "RUNNING", 0)], trial(0, "RUNNING", 0))
+    population = [trial(0, "TERMINATED", 3), trial(1, "RUNNING", 1)]
+    console.on_trial_complete(0, population, population[0])
+    console.on_experiment_end(population)
+    out = screen.getvalue()
+    assert "1/3 trials done, 1 running, 1 pending" in out and "to go" in out
+    assert "\x1b[" in out  # drawn in place with cursor movements, not appended
+    assert "trial t0 finished" not in out  # event lines are for logs, not terminals
+    assert "-101" in out and "TERMINATED" in out

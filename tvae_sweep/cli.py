@@ -159,6 +159,7 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
            overrides: tuple[str, ...], overwrite: bool, profile: str | None, tracking_uri: str | None) -> None:
     """Run the sweep of SPEC: Optuna proposes configs, Ray Tune runs them as trials."""
     from .sweep.layout import sweep_dir
+    from .sweep.console import RayLog
     from .sweep.launch import check_new, create, join, preflight
     from .tracking import store as stores
     from .sweep.spec import read_spec
@@ -170,9 +171,10 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
     check_new(sweep, overwrite)
     preflight(spec, sweep, address)  # an unwritable folder, missing data, no cluster
     stores.preflight(spec.tracking, tracking_uri, sweep.root.parent)  # a dead tracker
-    join(spec, sweep, address)  # before the sweep's folder is made: a refused cluster leaves no sweep behind
+    log = RayLog()
+    join(spec, sweep, address, log)  # before the sweep's folder is made: a refused cluster leaves no sweep behind
     create(spec, sweep, raw, overwrite)
-    _run_sweep(spec, sweep, address, resume=False, tracking_uri=tracking_uri)
+    _run_sweep(spec, sweep, address, log, resume=False, tracking_uri=tracking_uri)
 
 
 @main.command()
@@ -182,6 +184,7 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
 @tracking_uri_option
 def resume(name: str, results_dir: Path | None, address: str | None, tracking_uri: str | None) -> None:
     """Continue a sweep after a crash or Ctrl-C; finished trials are not run again."""
+    from .sweep.console import RayLog
     from .sweep.launch import join, load_saved_spec, preflight
     from .tracking import store as stores
     from .sweep.layout import sweep_dir
@@ -190,18 +193,19 @@ def resume(name: str, results_dir: Path | None, address: str | None, tracking_ur
     spec = load_saved_spec(sweep)
     preflight(spec, sweep, address)
     stores.preflight(spec.tracking, tracking_uri, sweep.root.parent)
-    join(spec, sweep, address)
-    _run_sweep(spec, sweep, address, resume=True, tracking_uri=tracking_uri)
+    log = RayLog()
+    join(spec, sweep, address, log)
+    _run_sweep(spec, sweep, address, log, resume=True, tracking_uri=tracking_uri)
 
 
-def _run_sweep(spec, sweep, address: str | None, resume: bool, tracking_uri: str | None = None) -> None:
+def _run_sweep(spec, sweep, address: str | None, log, resume: bool, tracking_uri: str | None = None) -> None:
+    from .sweep.console import TrialConsole
     from .sweep.launch import run
-    from .sweep.progress import ProgressTable
     from .sweep.results import trials_frame, write_table
     from .sweep.space import num_trials
 
     s = spec.search
-    table = ProgressTable(list(spec.space), s.metrics, num_trials(spec))
+    table = TrialConsole(list(spec.space), s.metrics, num_trials(spec))
     click.echo(f"sweep {sweep.name}: {num_trials(spec)} trials, results in {sweep.root}")
     tracking = None
     if spec.tracking.enabled:
@@ -214,7 +218,8 @@ def _run_sweep(spec, sweep, address: str | None, resume: bool, tracking_uri: str
         click.echo("tvae-sweep: tracking is off in the spec (tracking.enabled: false); --tracking-uri is ignored",
                    err=True)
     try:
-        status = run(spec, sweep, address, resume=resume, callbacks=[table] + ([tracking] if tracking is not None else []))
+        status = run(spec, sweep, address, resume=resume, callbacks=[table] + ([tracking] if tracking is not None else []),
+                     log=log)
     except BaseException as e:  # Ctrl-C twice, a lost cluster: no run is left RUNNING
         if tracking is not None:
             tracking.close("interrupted", error=e)

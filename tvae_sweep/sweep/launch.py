@@ -12,6 +12,7 @@ from ..compat import set_callbacks_of_restored
 from ..config import ConfigError, dump_yaml
 from ..errors import redact
 from .cluster import check_reachable, check_storage, join_error
+from .console import RayLog, ray_output_to
 from .layout import SweepDir, storage_location
 from .spec import SweepSpec
 from .validation import spec_from_dict
@@ -148,9 +149,11 @@ def preflight(spec: SweepSpec, sweep: SweepDir, address: str | None) -> None:
     check_sources(spec.base_config().data)
 
 
-def join(spec: SweepSpec, sweep: SweepDir, address: str | None) -> None:
-    """Connects to Ray and checks that every node can reach the sweep's storage."""
-    connect(address)
+def join(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog) -> None:
+    """Connects to Ray (its start-up messages into `log`) and checks that every node can reach the
+    sweep's storage."""
+    with ray_output_to(log):
+        connect(address)
     check_storage(spec, sweep)
 
 
@@ -174,8 +177,9 @@ def without_passwords(raw_spec: dict) -> dict:
     return {**raw_spec, "tracking": {k: redact(v) if isinstance(v, str) else v for k, v in tracking.items()}}
 
 
-def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, callbacks: list) -> str:
-    """Runs (or resumes) the sweep to its end on the cluster `join` connected to; returns the final status."""
+def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, callbacks: list, log: RayLog) -> str:
+    """Runs (or resumes) the sweep to its end on the cluster `join` connected to, Ray's own console
+    output in the sweep's ray.log; returns the final status."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
@@ -212,7 +216,9 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
             run_config=_run_config(spec, sweep, callbacks),
         )
     random.seed(spec.search.seed)  # PBT's explore step draws from Python's random
-    grid = tuner.fit()
+    log.attach(sweep.root)
+    with ray_output_to(log):
+        grid = tuner.fit()
     failed = sum(1 for r in grid if r.error is not None)
     trials = _trials(path)
     prune_finished(trials)

@@ -1,0 +1,177 @@
+"""What a sweep shows while it runs, and where Ray's own output goes.
+
+On a terminal: one live table of the trials, redrawn in place under a progress line (done, running,
+pending, elapsed, ETA). Elsewhere (a log file, CI): one line per trial event. Ray's banner, hints and
+warnings go to results/<name>/ray.log instead of the console.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import time
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import TextIO
+
+from ray.tune import Callback
+
+RAY_LOG = "ray.log"
+FINISHED = ("TERMINATED", "ERROR")
+REFRESH_S = 1.0  # the live table is redrawn at most this often
+
+
+def format_value(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class RayLog(io.TextIOBase):
+    """A text stream for Ray's console output: held in memory until the sweep's folder exists, then
+    appended to its ray.log."""
+
+    def __init__(self):
+        self._pending: list[str] = []
+        self._file: TextIO | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self._file is None:
+            self._pending.append(text)
+        else:
+            self._file.write(text)
+            self._file.flush()
+        return len(text)
+
+    def attach(self, folder: Path) -> None:
+        if self._file is None:
+            self._file = (folder / RAY_LOG).open("a", encoding="utf-8")
+            self._file.write("".join(self._pending))
+            self._pending.clear()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+@contextmanager
+def ray_output_to(log: RayLog):
+    """Inside: what Ray prints (Tune's reporter) and logs (its "ray" logger's console handlers, which
+    keep the stream they were made with) goes to `log`."""
+    handlers = [h for h in logging.getLogger("ray").handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    streams = [h.setStream(log) for h in handlers]
+    try:
+        with redirect_stdout(log), redirect_stderr(log):
+            yield
+    finally:
+        for handler, stream in zip(handlers, streams):
+            handler.setStream(stream)
+
+
+class TrialConsole(Callback):
+    """The sweep's console: a live table on a terminal, one line per trial event elsewhere."""
+
+    def __init__(self, params: list[str], metrics: list[str], total: int, stream: TextIO | None = None):
+        self.params, self.metrics, self.total = params, metrics, total
+        self.stream = stream or sys.stdout  # the console as it is now, before Ray's output is redirected
+        self.started = time.monotonic()
+        self.live = None
+        self.drawn = 0.0
+        self.seen: set[str] = set()
+
+    @property
+    def interactive(self) -> bool:
+        return self.stream.isatty()
+
+    # ------------------------------------------------------------ what is shown
+
+    def progress_line(self, trials) -> str:
+        done = sum(t.status in FINISHED for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        elapsed = time.monotonic() - self.started
+        line = (f"{done}/{self.total} trials done, {running} running, {self.total - done - running} pending; "
+                f"{_duration(elapsed)} elapsed")
+        if 0 < done < self.total:
+            line += f", about {_duration(elapsed / done * (self.total - done))} to go"
+        return line
+
+    def rows(self, trials) -> list[list[str]]:
+        rows = []
+        for trial in trials:
+            result = trial.last_result or {}
+            rows.append([trial.trial_id, trial.status, *(format_value(trial.config.get(p, "-")) for p in self.params),
+                         format_value(result.get("training_iteration", 0)),
+                         *(format_value(result.get(m, "-")) for m in self.metrics)])
+        return rows
+
+    def table(self, trials):
+        from rich.table import Table
+
+        table = Table(title=self.progress_line(trials), title_justify="left", box=None, pad_edge=False)
+        for name in ["trial", "state", *self.params, "epoch", *self.metrics]:
+            table.add_column(name, no_wrap=True)
+        for row in self.rows(trials):
+            table.add_row(*row)
+        return table
+
+    def event(self, trial, what: str) -> None:
+        result = trial.last_result or {}
+        values = "  ".join(f"{m} {format_value(result[m])}" for m in self.metrics if m in result)
+        print(f"{time.strftime('%H:%M:%S')}  trial {trial.trial_id} {what}"
+              + (f" after {result.get('training_iteration', 0)} epochs  {values}" if what != "started" else ""),
+              file=self.stream, flush=True)
+
+    def draw(self, trials, force: bool = False) -> None:
+        if not self.interactive or (not force and time.monotonic() - self.drawn < REFRESH_S):
+            return
+        if self.live is None:
+            from rich.console import Console
+            from rich.live import Live
+
+            console = Console(file=self.stream, force_terminal=True)
+            self.live = Live(console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
+            self.live.start()
+        self.live.update(self.table(trials), refresh=True)
+        self.drawn = time.monotonic()
+
+    # ------------------------------------------------------------ Tune's hooks
+
+    def on_step_end(self, iteration, trials, **info):
+        self.draw(trials)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if not self.interactive and trial.trial_id not in self.seen:
+            self.event(trial, "started")
+        self.seen.add(trial.trial_id)
+        self.draw(trials, force=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not self.interactive:
+            self.event(trial, "finished")
+        self.draw(trials, force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if not self.interactive:
+            self.event(trial, "failed")
+        self.draw(trials, force=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if not self.interactive:
+            self.event(trial, "is retried from its checkpoint")
+
+    def on_experiment_end(self, trials, **info):
+        if self.interactive:
+            self.draw(trials, force=True)
+            self.live.stop()
+            self.live = None
+        else:
+            print(self.progress_line(trials), file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
