@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+import torch
 from sweeps import CLI, cli_env, run_cli, sweep_spec, trials
 
 pytestmark = pytest.mark.slow
@@ -23,7 +24,19 @@ def finished_trials(experiment, epochs=3):
     return done
 
 
+def pruned_trials(experiment) -> set[str]:
+    """Trial folders already pruned to one checkpoint of weights only."""
+    pruned = set()
+    for folder in experiment.glob("train_trial_*"):
+        found = list(folder.glob("checkpoint_*/state.pt"))
+        if len(found) == 1 and "optimizer" not in torch.load(found[0], weights_only=True):
+            pruned.add(folder.name)
+    return pruned
+
+
 def test_resume_after_sigkill_keeps_finished_trials_and_completes_the_rest(tmp_path):
+    """Killed once a finished trial has been pruned, while the sweep runs: the resume neither runs a
+    finished trial again nor misses a checkpoint that an unfinished one needs."""
     # trials of a few seconds each, so that the kill lands with some of them still to run
     spec = sweep_spec(tmp_path, search={"num_trials": 4, "max_concurrent": 1, "scheduler": "fifo"},
                       data={"train_sequences": 1024})
@@ -33,9 +46,9 @@ def test_resume_after_sigkill_keeps_finished_trials_and_completes_the_rest(tmp_p
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(),
                             start_new_session=True)
     deadline = time.monotonic() + 300
-    while not finished_trials(experiment) and time.monotonic() < deadline:
+    while not pruned_trials(experiment) and time.monotonic() < deadline:
         assert proc.poll() is None, "the sweep ended before it could be killed"
-        time.sleep(0.5)
+        time.sleep(0.2)
     time.sleep(3)  # let the driver save the experiment state once more
     before = finished_trials(experiment)
     assert 1 <= len(before) < 4
@@ -56,6 +69,7 @@ def test_resume_after_sigkill_keeps_finished_trials_and_completes_the_rest(tmp_p
         assert sorted(set(epochs)) == [1, 2, 3] and epochs == sorted(epochs) and len(epochs) <= 4
     state = json.loads((results / "killed" / "sweep.json").read_text())
     assert state["status"] == "finished"
+    assert len(pruned_trials(experiment)) == 4
 
 
 def test_resume_of_an_unknown_sweep_is_one_line(tmp_path):

@@ -256,7 +256,8 @@ def test_unreachable_tracking_server_is_a_one_line_error(tmp_path, monkeypatch):
 
 def test_aggregate_tables_with_bins_presets_and_unsampled_keys():
     from tvae_sweep.sweep.spec import ParamSpec
-    from tvae_sweep.tracking.aggregate import axis_table, best_trial, pareto_front
+    from tvae_sweep.sweep.results import ranked
+    from tvae_sweep.tracking.aggregate import axis_table, pareto_front
 
     rng = list(range(12))
     frame = pd.DataFrame({
@@ -280,7 +281,7 @@ def test_aggregate_tables_with_bins_presets_and_unsampled_keys():
     by_preset = axis_table(frame, "model.variant", preset)
     assert by_preset[by_preset["metric"] == "log_likelihood"].set_index("model.variant")["count"].to_dict() == \
         {"bubble": 6, "plain": 5}
-    assert best_trial(frame, "log_likelihood", "max")["trial_id"] == "t0"
+    assert ranked(frame, "log_likelihood", 1)["trial_id"].tolist() == ["t0"]
     front = pareto_front(frame)  # the likeliest trial is also the least equivariant here, so all are on it
     assert list(front["trial_id"]) == [f"t{i}" for i in reversed(range(11))]
 

@@ -255,10 +255,10 @@ BESIDE = ("equivariance_ratio", "equivariance_ratio_init", "roll_gain", "kl_z")
 
 
 def _print_best(frame, metrics: list[str], modes: list[str]) -> None:
-    from .sweep.results import best_trials, pareto_trials
+    from .sweep.results import pareto_trials, ranked
 
     if len(metrics) == 1:
-        rows = best_trials(frame, metrics[0], 3)
+        rows = ranked(frame, metrics[0], 3, modes[0])
         click.echo(f"best trials by {metrics[0]}:")
     else:
         rows = pareto_trials(frame, metrics, modes)

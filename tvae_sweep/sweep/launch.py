@@ -188,9 +188,9 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     # Ray's own loggers: only result.json, which resume and the failure tests read (no TensorBoard
     # events, no progress.csv: the trials table and MLflow hold the metrics)
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner()]
     state = sweep.read_state()
     path = state["experiment_path"]
+    callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner(path)]
     trainable = _trainable(spec)
     sweep.write_state(status="running", address=address or os.environ.get("RAY_ADDRESS"), pid=os.getpid())
     if resume and tune.Tuner.can_restore(path):
@@ -221,9 +221,10 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
         grid = tuner.fit()
     failed = sum(1 for r in grid if r.error is not None)
     trials = _trials(path)
-    prune_finished(trials)
     unfinished = sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
     status = "finished" if len(grid) >= state["num_trials"] and not unfinished else "interrupted"
+    if status == "finished":  # an interrupted sweep's trials read as ended, but resume continues them
+        prune_finished(trials)
     sweep.write_state(status=status, trials=len(grid), failed=failed)
     return status
 

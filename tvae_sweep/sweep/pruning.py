@@ -2,9 +2,11 @@
 drawn beside it), no optimiser state and no older checkpoints.
 
 A running trial keeps `storage.keep_checkpoints` full checkpoints, which resuming it needs. When a
-trial finishes (terminated, stopped early, or errored after its retries), `CheckpointPruner` drops
-its older checkpoints and rewrites the newest as weights only, a third of its size with Adam. PBT
-never exploits a finished trial, so this holds for PBT sweeps too. `tvae-sweep prune` goes further
+trial finishes (run to its end, stopped early by the scheduler, or failed for good because it
+diverged), `CheckpointPruner` drops its older checkpoints and rewrites the newest as weights only,
+a third of its size with Adam. PBT never exploits a finished trial, so this holds for PBT sweeps
+too. A trial that failed otherwise (its worker lost after its retries, or interrupted by Ctrl-C,
+which reaches the workers too) keeps its checkpoints whole: `resume` continues it from them. `tvae-sweep prune` goes further
 on a stopped sweep: it removes the weights of all but the best K finished trials.
 
 Only checkpoints on a local (or mounted) filesystem are pruned; an object store keeps them whole.
@@ -12,6 +14,7 @@ Only checkpoints on a local (or mounted) filesystem are pruned; an object store 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +22,10 @@ import pandas as pd
 from ray.tune import Callback
 
 from ..training import CHECKPOINT_FILE, prune_checkpoint
-from .results import best_trials
+from .results import ranked
+from .trainable import DIVERGED_FILE
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray's checkpoint folders: checkpoint_000000, checkpoint_000001, ...
-FINISHED = ("TERMINATED", "ERROR")
 
 
 def checkpoints(trial_folder: Path) -> list[Path]:
@@ -51,28 +54,70 @@ def prune_trial(trial_folder: Path) -> int:
 
 
 class CheckpointPruner(Callback):
-    """Prunes each trial's checkpoints as soon as it finishes, so a long sweep never holds more than
-    its running trials' full state and its finished trials' weights."""
+    """Prunes each trial's checkpoints once it has finished and Ray's saved experiment state says so,
+    so a long sweep holds its running trials' full state and little more.
+
+    The saved state lags the trials by seconds. A driver killed in between would be resumed from a
+    state in which the trial still runs, and continue it from a checkpoint Ray remembers: so a
+    finished trial waits, pending, until the saved state shows it finished."""
+
+    CHECK_S = 10.0  # how often pending trials are looked up in the saved state
+
+    def __init__(self, experiment_path: str):
+        self.experiment_path = experiment_path
+        self.pending: dict[str, object] = {}
+        self.checked = 0.0
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.prune(trial)
+        self.pending[trial.trial_id] = trial
+        self.prune_saved()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.prune(trial)
+        if diverged(trial):
+            self.pending[trial.trial_id] = trial
+        self.prune_saved()
 
-    @staticmethod
-    def prune(trial) -> None:
-        folder = Path(trial.path)
-        if getattr(trial.storage.storage_filesystem, "type_name", "local") == "local" and folder.is_dir():
-            prune_trial(folder)
+    def on_step_end(self, iteration, trials, **info):
+        if self.pending and time.monotonic() - self.checked >= self.CHECK_S:
+            self.prune_saved()
+
+    def prune_saved(self) -> None:
+        """Prunes the pending trials that Ray's saved experiment state shows finished."""
+        from ray.tune import ExperimentAnalysis
+
+        self.checked = time.monotonic()
+        try:
+            saved = {t.trial_id: t for t in ExperimentAnalysis(self.experiment_path).trials}
+        except Exception:  # nothing saved yet, or a state being written: look again later
+            return
+        for trial_id in list(self.pending):
+            if trial_id in saved and finished(saved[trial_id]):
+                prune(self.pending.pop(trial_id))
+
+
+def prune(trial) -> None:
+    folder = Path(trial.path)
+    if getattr(trial.storage.storage_filesystem, "type_name", "local") == "local" and folder.is_dir():
+        prune_trial(folder)
+
+
+def diverged(trial) -> bool:
+    """A trial that failed for good: its loss became non-finite (a retry would fail at once)."""
+    return (Path(trial.path) / DIVERGED_FILE).is_file()
+
+
+def finished(trial) -> bool:
+    """Run to its end or stopped early (TERMINATED), or failed for good; a trial that failed
+    otherwise is continued by `resume`, from the checkpoints it keeps."""
+    return trial.status == "TERMINATED" or (trial.status == "ERROR" and diverged(trial))
 
 
 def prune_finished(trials) -> None:
-    """Prunes every finished trial of a sweep: those that finished while no driver watched (a driver
-    killed between a trial's end and its prune, then resumed) included."""
+    """Prunes every finished trial of a finished sweep: those that finished while no driver watched
+    (a driver killed between a trial's end and its prune, then resumed) included."""
     for trial in trials:
-        if trial.status in FINISHED:
-            CheckpointPruner.prune(trial)
+        if finished(trial):
+            prune(trial)
 
 
 # ---------------------------------------------------------------- `tvae-sweep prune`
@@ -93,13 +138,16 @@ class PrunePlan:
 
 def plan_prune(frame: pd.DataFrame, metric: str, keep_best: int) -> PrunePlan:
     """The weights to remove: every finished trial's but those of the best `keep_best` by `metric`."""
-    kept = list(best_trials(frame, metric, keep_best)["trial_id"]) if keep_best else []
+    kept = list(ranked(frame, metric, keep_best)["trial_id"]) if keep_best else []
     removed = {}
-    for _, row in frame[frame["state"].isin(FINISHED)].iterrows():
+    for _, row in frame.iterrows():
         checkpoint = row.get("checkpoint")
         if row["trial_id"] in kept or not isinstance(checkpoint, str):
             continue
-        for folder in checkpoints(Path(checkpoint).parent):
+        folder = Path(checkpoint).parent
+        if not (row["state"] == "TERMINATED" or (row["state"] == "ERROR" and (folder / DIVERGED_FILE).is_file())):
+            continue  # a trial that `resume` would continue keeps what it needs
+        for folder in checkpoints(folder):
             weights = folder / CHECKPOINT_FILE
             if weights.is_file():
                 removed[f"{row['trial_id']}/{folder.name}"] = weights

@@ -18,15 +18,22 @@ def _numeric(value: Any) -> bool:
 
 
 def trials_frame(path: str) -> pd.DataFrame:
-    """One row per trial: id, state, config, final and best metrics, epochs, run time, node, checkpoint."""
+    """The trials table of the sweep whose Ray experiment is at `path`."""
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(path)
+    return frame_of(ExperimentAnalysis(path).trials)
+
+
+def frame_of(trials, finished_ids: set[str] = frozenset()) -> pd.DataFrame:
+    """One row per Ray trial: id, state, config, final and best metrics, epochs, run time, node,
+    error, checkpoint. Trials in `finished_ids` count as finished even if Ray has not marked them yet
+    (a callback's on_trial_complete runs before it does)."""
     rows = []
-    for trial in analysis.trials:
+    for trial in trials:
         last = trial.last_result or {}
         best = last.get("best") or {}  # over the trial's whole history (see trainable.best_metrics)
-        row: dict[str, Any] = {"trial_id": trial.trial_id, "state": trial.status}
+        state = "TERMINATED" if trial.trial_id in finished_ids else trial.status
+        row: dict[str, Any] = {"trial_id": trial.trial_id, "state": state}
         row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
         for metric in sorted(filter(is_metric, last), key=metric_order):
             if _numeric(last[metric]):
@@ -41,6 +48,18 @@ def trials_frame(path: str) -> pd.DataFrame:
         row["checkpoint"] = checkpoint.path if checkpoint is not None else None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def ranked(frame: pd.DataFrame, metric: str, top: int | None = None, mode: str | None = None) -> pd.DataFrame:
+    """The finished trials with a finite final `metric`, best first in the metric's direction (or
+    `mode`), the first `top` of them. The one ranking: NaN, inf and failed trials are never ranked."""
+    column = f"final/{metric}"
+    if frame.empty or column not in frame:
+        return frame.iloc[0:0]
+    finite = frame[column].map(lambda v: _numeric(v) and math.isfinite(v))
+    ordered = frame[(frame["state"] == "TERMINATED") & finite].sort_values(
+        column, ascending=(mode or metric_mode(metric)) == "min", kind="stable")
+    return ordered if top is None else ordered.head(top)
 
 
 def last_line(text: str) -> str:
@@ -69,16 +88,6 @@ def write_table(frame: pd.DataFrame, out: str | Path) -> Path:
     return out
 
 
-def best_trials(frame: pd.DataFrame, metric: str, top: int) -> pd.DataFrame:
-    """The `top` finished trials by their final `metric`, best first; failed trials are left out."""
-    column = f"final/{metric}"
-    if column not in frame:
-        raise ConfigError(f"--metric {metric}: no trial reported it; reported: "
-                          f"{', '.join(c.removeprefix('final/') for c in frame if c.startswith('final/'))}")
-    ok = frame[(frame["state"] == "TERMINATED") & frame[column].map(lambda v: _numeric(v) and math.isfinite(v))]
-    return ok.sort_values(column, ascending=metric_mode(metric) == "min").head(top)
-
-
 def pareto_trials(frame: pd.DataFrame, metrics: list[str], modes: list[str]) -> pd.DataFrame:
     """The finished trials that no other finished trial beats on every objective (at least as good
     on all, better on one), ordered by the first objective, best first."""
@@ -98,9 +107,12 @@ def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out
     """Writes rank<k>_<trial>.yaml files that `tvae-sweep train` runs as they are, plus best.csv."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if f"final/{metric}" not in frame:
+        raise ConfigError(f"--metric {metric}: no trial reported it; reported: "
+                          f"{', '.join(c.removeprefix('final/') for c in frame if c.startswith('final/'))}")
     base = spec.base_dict()
     written = []
-    chosen = best_trials(frame, metric, top)
+    chosen = ranked(frame, metric, top)
     if chosen.empty:
         raise ConfigError(f"no finished trial reports {metric}; nothing to export")
     for rank, (_, row) in enumerate(chosen.iterrows(), start=1):

@@ -1,8 +1,7 @@
 """Which topographic structure gives equivariant capsules: the sweep's metrics per searched axis.
 
 Input is a trials frame (one row per trial: trial_id, state, config/<key>, final/<metric>), as
-`tvae_sweep.sweep.results.trials_frame` writes it or `frame_from_trials` builds it from live Ray
-trials. For each searched key, over the finished trials: mean, std, best and count of each metric
+`tvae_sweep.sweep.results.frame_of` builds it from Ray's trials, live or saved. For each searched key, over the finished trials: mean, std, best and count of each metric
 per value of the key. Continuous keys with many values are cut into quantile bins.
 """
 from __future__ import annotations
@@ -26,23 +25,6 @@ STATS = ("mean", "std", "best", "count")
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def frame_from_trials(trials, finished_ids: set[str] = frozenset()) -> pd.DataFrame:
-    """A trials frame from Ray Trial objects; trials in `finished_ids` count as finished even if
-    Ray has not marked them yet (on_trial_complete runs before it does)."""
-    rows = []
-    for trial in trials:
-        last = trial.last_result or {}
-        state = TERMINATED if trial.trial_id in finished_ids else trial.status
-        row: dict[str, Any] = {"trial_id": trial.trial_id, "state": state}
-        row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
-        for key, value in last.items():
-            if is_metric(key) and _number(value):
-                row[f"final/{key}"] = float(value)
-        row["epochs"] = last.get("training_iteration", 0)
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def finished(frame: pd.DataFrame) -> pd.DataFrame:
@@ -144,29 +126,6 @@ def wide_table(table: pd.DataFrame, key: str, order: list | None = None) -> pd.D
 def axis_tables(frame: pd.DataFrame, spec: SweepSpec) -> dict[str, pd.DataFrame]:
     """One table per searched key of the spec."""
     return {key: axis_table(frame, key, param) for key, param in spec.space.items()}
-
-
-def best_trial(frame: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
-    """The finished trial with the best final `metric`."""
-    done = finished(frame)
-    column = f"final/{metric}"
-    if column not in done:
-        return None
-    scores = done[column].dropna()
-    scores = scores[np.isfinite(scores.astype(float))]
-    if scores.empty:
-        return None
-    return done.loc[scores.idxmax() if mode == "max" else scores.idxmin()]
-
-
-def ranked(frame: pd.DataFrame, metric: str, mode: str, top: int) -> pd.DataFrame:
-    """The `top` finished trials by final `metric`, best first."""
-    done = finished(frame)
-    column = f"final/{metric}"
-    if column not in done:
-        return done.iloc[0:0]
-    done = done[done[column].notna()]
-    return done.sort_values(column, ascending=mode == "min").head(top)
 
 
 def pareto_front(frame: pd.DataFrame, x: str = "equivariance_ratio", y: str = "log_likelihood") -> pd.DataFrame:

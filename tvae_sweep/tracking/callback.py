@@ -27,11 +27,11 @@ from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECK
 from ..config import ConfigError
 from ..images import PICTURES
 from ..sweep.layout import SweepDir
-from ..sweep.results import last_line
+from ..sweep.results import frame_of, last_line, trials_frame
 from ..sweep.space import num_trials, trial_run_config
 from ..sweep.spec import SweepSpec
 from . import publish, store as stores
-from .aggregate import TERMINATED as RAY_FINISHED, frame_from_trials
+from .aggregate import TERMINATED as RAY_FINISHED
 from .runs import ERROR, FAILED, FINISHED, KILLED, NOTE, RUNNING, Child, SweepRuns, flatten, launch_id
 
 NOT_METRICS = set(AUTO_RESULT_KEYS) | {DONE, SHOULD_CHECKPOINT, TRIAL_ID, EXPERIMENT_TAG, "node_id", "device"}
@@ -171,8 +171,6 @@ class MlflowTracking(Callback):
         before Ray saved them, and the resume replaces them with new trials."""
         from ray import tune
 
-        from ..sweep.results import trials_frame
-
         path = self.sweep.read_state()["experiment_path"]
         try:
             saved = set(trials_frame(path)["trial_id"]) if tune.Tuner.can_restore(path) else set()
@@ -221,8 +219,6 @@ class MlflowTracking(Callback):
 
     def saved_trials(self) -> pd.DataFrame:
         """Ray's saved trials table; empty when the sweep stopped before Ray saved any."""
-        from ..sweep.results import trials_frame
-
         try:
             return trials_frame(self.sweep.read_state()["experiment_path"])
         except Exception:
@@ -262,7 +258,7 @@ class MlflowTracking(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished.add(trial.trial_id)
         self.later("on_trial_complete", self.log_complete, TrialView.of(trial),
-                   frame_from_trials(trials, self.finished))
+                   frame_of(trials, self.finished))
 
     @hook
     def on_trial_recover(self, iteration, trials, trial, **info):

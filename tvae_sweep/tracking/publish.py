@@ -18,7 +18,8 @@ import pandas as pd
 from ..images import FORECAST_FILE, MAP_FILE, TRAVERSAL_FILE
 from ..sweep.layout import SweepDir
 from ..sweep.spec import SweepSpec
-from .aggregate import axis_tables, axis_values, best_trial, finished, ranked, wide_table
+from ..sweep.results import ranked
+from .aggregate import axis_tables, axis_values, finished, wide_table
 from .figures import axes_figure, pareto_figure, save, traversals_figure
 
 FOLDER = "aggregates"
@@ -59,7 +60,8 @@ def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool
     for key, table in tables.items():
         table.to_parquet(table_path(sweep, key), index=False)
     metric, mode = objective(spec)
-    result = Aggregates(tables, best_trial(frame, metric, mode), len(finished(frame)))
+    best = ranked(frame, metric, 1, mode)
+    result = Aggregates(tables, best.iloc[0] if len(best) else None, len(finished(frame)))
     key = compared_key(spec)
     if key is not None:
         result.wide[key] = wide_table(tables[key], key, list(spec.space[key].values))
@@ -88,7 +90,7 @@ def best_pictures(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, name: s
     """(title, picture) of the best finished trials."""
     metric, mode = objective(spec)
     return [(f"{row['trial_id']}\n{metric} {row[f'final/{metric}']:.5g}", picture(sweep, row, name))
-            for _, row in ranked(frame, metric, mode, TOP_TRAVERSALS).iterrows()]
+            for _, row in ranked(frame, metric, TOP_TRAVERSALS, mode).iterrows()]
 
 
 def compared_key(spec: SweepSpec) -> str | None:
@@ -104,7 +106,7 @@ def pictures_by_value(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, key
     values = axis_values(done, key, spec.space[key])
     out = []
     for value in spec.space[key].values:
-        best = ranked(done[values == value], metric, mode, 1)
+        best = ranked(done[values == value], metric, 1, mode)
         for _, row in best.iterrows():
             out.append((f"{value}\n{row['trial_id']}", picture(sweep, row, name)))
     return out
