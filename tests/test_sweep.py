@@ -215,6 +215,19 @@ def test_prune_keeps_the_best_trials_weights_after_saying_what_it_frees(finished
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize("search", [{"algorithm": "tpe", "scheduler": "asha", "grace_period": 1},
+                                    {"algorithm": "random", "scheduler": "pbt", "mutate": ["train.lr"]}])
+def test_trials_that_evaluate_every_other_epoch_run_to_their_end(tmp_path, search):
+    """Their first report has no objective yet: the scheduler and the searcher wait for one."""
+    spec = sweep_spec(tmp_path, train={"epochs": 3, "eval_every": 2},
+                      search={"num_trials": 2, "max_concurrent": 2, **search})
+    results = tmp_path / "results"
+    proc = run_cli("launch", spec, "--name", "sparse", "--results-dir", results)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    frame = trials(results, "sparse")
+    assert len(frame) == 2 and set(frame["state"]) == {"TERMINATED"} and frame["final/log_likelihood"].notna().all()
+
+
 def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
     """Three trials that differ in lr only, one of them far too slow: after the first epoch it is
     the population's worst, and synchronous PBT must exploit it (clone a better trial's config and

@@ -188,6 +188,9 @@ def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     # Ray's own loggers: only result.json, which resume and the failure tests read (no TensorBoard
     # events, no progress.csv: the trials table and MLflow hold the metrics)
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # a trial's reports before its first evaluation (train.eval_every > 1) hold no objective yet;
+    # the scheduler and the searcher wait for one
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     state = sweep.read_state()
     path = state["experiment_path"]
     callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner(path)]

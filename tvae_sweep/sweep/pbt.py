@@ -89,6 +89,7 @@ def pbt_scheduler(spec: SweepSpec):
         # every trial waits at each perturbation, so the checkpoint a trial clones is the other's
         # latest and cannot be rotated away by keep_checkpoints before it is read
         synch=True,
+        require_attrs=False,  # a report before the first evaluation (train.eval_every > 1) has no score
     )
 
 

@@ -12,7 +12,10 @@ class OptunaSearch(RayOptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """The study lives in SQLite and is written at once; Ray's experiment state is saved now
         and then. After a SIGKILL the study can hold a trial as finished that Ray's older state
-        still runs; the resumed trial then reports again. The study knows its outcome: keep it."""
+        still runs; the resumed trial then reports again. The study knows its outcome: keep it.
+        A report from before the trial's first evaluation holds no objective: nothing to tell."""
+        if isinstance(self.metric, str) and self.metric not in result:
+            return
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
