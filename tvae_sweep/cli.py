@@ -158,23 +158,10 @@ def validate(spec_path: Path, overrides: tuple[str, ...], profile: str | None) -
 def launch(spec_path: Path, name: str | None, results_dir: Path | None, address: str | None,
            overrides: tuple[str, ...], overwrite: bool, profile: str | None, tracking_uri: str | None) -> None:
     """Run the sweep of SPEC: Optuna proposes configs, Ray Tune runs them as trials."""
-    from .sweep.layout import sweep_dir
-    from .sweep.console import RayLog
-    from .sweep.launch import check_new, create, join, preflight
-    from .tracking import store as stores
-    from .sweep.spec import read_spec
-    from .sweep.validation import spec_from_dict
+    from . import sweeping
 
-    raw = read_spec(spec_path, overrides, profile)
-    spec = spec_from_dict(raw)
-    sweep = sweep_dir(results_dir, name or spec.name or spec_path.stem)
-    check_new(sweep, overwrite)
-    preflight(spec, sweep, address)  # an unwritable folder, missing data, no cluster
-    stores.preflight(spec.tracking, tracking_uri, sweep.root.parent)  # a dead tracker
-    log = RayLog()
-    join(spec, sweep, address, log)  # before the sweep's folder is made: a refused cluster leaves no sweep behind
-    create(spec, sweep, raw, overwrite)
-    _run_sweep(spec, sweep, address, log, resume=False, tracking_uri=tracking_uri)
+    _ended(sweeping.launch(spec_path, list(overrides), profile, name, results_dir, address, overwrite,
+                           tracking_uri, say=click.echo))
 
 
 @main.command()
@@ -184,91 +171,22 @@ def launch(spec_path: Path, name: str | None, results_dir: Path | None, address:
 @tracking_uri_option
 def resume(name: str, results_dir: Path | None, address: str | None, tracking_uri: str | None) -> None:
     """Continue a sweep after a crash or Ctrl-C; finished trials are not run again."""
-    from .sweep.console import RayLog
-    from .sweep.launch import join, load_saved_spec, preflight
-    from .tracking import store as stores
-    from .sweep.layout import sweep_dir
+    from . import sweeping
 
-    sweep = sweep_dir(results_dir, name)
-    spec = load_saved_spec(sweep)
-    preflight(spec, sweep, address)
-    stores.preflight(spec.tracking, tracking_uri, sweep.root.parent)
-    log = RayLog()
-    join(spec, sweep, address, log)
-    _run_sweep(spec, sweep, address, log, resume=True, tracking_uri=tracking_uri)
+    _ended(sweeping.resume(name, results_dir, address, tracking_uri, say=click.echo))
 
 
-def _run_sweep(spec, sweep, address: str | None, log, resume: bool, tracking_uri: str | None = None) -> None:
-    from .sweep.console import TrialConsole
-    from .sweep.launch import run
-    from .sweep.results import trials_frame, write_table
-    from .sweep.space import num_trials
+def _ended(outcome) -> None:
+    """The end of a sweep: its summary, or how to continue it (exit 130)."""
+    from .sweeping import best_lines
 
-    s = spec.search
-    table = TrialConsole(list(spec.space), s.metrics, num_trials(spec))
-    click.echo(f"sweep {sweep.name}: {num_trials(spec)} trials, results in {sweep.root}")
-    tracking = None
-    if spec.tracking.enabled:
-        from .tracking.callback import MlflowTracking
-
-        tracking = MlflowTracking.start(spec, sweep, tracking_uri)
-        click.echo(f"MLflow: parent run {tracking.parent_id} in experiment {tracking.experiment!r}, "
-                   f"store {tracking.store.describe()}")
-    elif tracking_uri:
-        click.echo("tvae-sweep: tracking is off in the spec (tracking.enabled: false); --tracking-uri is ignored",
-                   err=True)
-    try:
-        status = run(spec, sweep, address, resume=resume, callbacks=[table] + ([tracking] if tracking is not None else []),
-                     log=log)
-    except BaseException as e:  # Ctrl-C twice, a lost cluster: no run is left RUNNING
-        if tracking is not None:
-            tracking.close("interrupted", error=e)
-        raise
-    frame = trials_frame(sweep.read_state()["experiment_path"])
-    write_table(frame, sweep.trials)
-    if tracking is not None:
-        _close_beside_ray_shutdown(tracking, status, frame)
-        click.echo(f"MLflow: sweep and trials in experiment {tracking.experiment!r}, aggregates in "
-                   f"{sweep.root / 'aggregates'}; see them with: tvae-sweep ui {sweep.name}")
-    if status != "finished":
+    sweep = outcome.sweep
+    if not outcome.finished:
         click.echo(f"sweep {sweep.name} stopped before its end; continue it with: tvae-sweep resume {sweep.name}")
         sys.exit(130)
-    _print_best(frame, s.metrics, s.modes)
+    for line in best_lines(outcome.frame, outcome.spec.search.metrics, outcome.spec.search.modes):
+        click.echo(line)
     click.echo(f"trials table: {sweep.trials}")
-
-
-def _close_beside_ray_shutdown(tracking, status: str, frame) -> None:
-    """Settles the sweep's MLflow runs (final tables and figures, seconds) while this driver leaves
-    Ray (seconds of waiting for the processes of a cluster it started)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import ray
-
-    with ThreadPoolExecutor(1, thread_name_prefix="mlflow-close") as pool:
-        closing = pool.submit(tracking.close, status, frame)
-        ray.shutdown()
-        closing.result()
-
-
-# shown beside the objectives: what training added to the equivariance, and whether z is in use
-BESIDE = ("equivariance_ratio", "equivariance_ratio_init", "roll_gain", "kl_z")
-
-
-def _print_best(frame, metrics: list[str], modes: list[str]) -> None:
-    from .sweep.results import pareto_trials, ranked
-
-    if len(metrics) == 1:
-        rows = ranked(frame, metrics[0], 3, modes[0])
-        click.echo(f"best trials by {metrics[0]}:")
-    else:
-        rows = pareto_trials(frame, metrics, modes)
-        click.echo("Pareto front of " + ", ".join(f"{m} ({mode})" for m, mode in zip(metrics, modes))
-                   + f": {len(rows)} trials")
-    shown = list(metrics) + [m for m in BESIDE if m not in metrics and f"final/{m}" in frame]
-    for _, row in rows.iterrows():
-        values = "  ".join(f"{m} {row[f'final/{m}']:.4g}" for m in shown if row.get(f"final/{m}") == row.get(f"final/{m}"))
-        config = ", ".join(f"{k.removeprefix('config/')}={v}" for k, v in row.items() if k.startswith("config/"))
-        click.echo(f"  {row['trial_id']}  {values}  {config}")
 
 
 @main.command(name="list")
@@ -372,20 +290,6 @@ def export_best_cmd(name: str, metric: str | None, top: int, out: Path, results_
 
 # ---------------------------------------------------------------- MLflow
 
-def _sweep_store(name: str | None, results_dir: Path | None, tracking_uri: str | None):
-    """(store, experiment name, sweep dir) for NAME, or for the results folder when no NAME is given."""
-    from .sweep.launch import load_saved_spec
-    from .sweep.layout import results_root, sweep_dir
-    from .tracking.store import resolve
-
-    if name is None:
-        return resolve(tracking_uri, None, results_root(results_dir)), None, None
-    sweep = sweep_dir(results_dir, name)
-    spec = load_saved_spec(sweep)
-    t = spec.tracking
-    return resolve(tracking_uri, t.uri, sweep.root.parent, t.artifact_location), t.experiment or sweep.name, sweep
-
-
 @main.command()
 @click.argument("name", required=False)
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -399,11 +303,12 @@ def ui(name: str | None, host: str, port: int, allowed_hosts: str | None, tracki
        results_dir: Path | None) -> None:
     """Start the MLflow UI on the sweeps' store and print the address to open (NAME's experiment
     when given); Ctrl-C stops it."""
+    from .sweeping import sweep_store
     from .tracking import store as stores
     from .tracking.runs import locate
     from .tracking.ui import experiment_page, page_url, serve
 
-    store, experiment, sweep = _sweep_store(name, results_dir, tracking_uri)
+    store, experiment, sweep = sweep_store(name, results_dir, tracking_uri)
     stores.check(store)
     pages = [("MLflow UI", "/")]
     if sweep is not None:
@@ -429,23 +334,8 @@ def ui(name: str | None, host: str, port: int, allowed_hosts: str | None, tracki
 def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> None:
     """Print a sweep's aggregated equivariance results, per searched key, and write them with
     figures to results/NAME/report.md (tables as parquet in results/NAME/aggregates/)."""
-    from .sweep.launch import load_saved_spec, saved_trials
-    from .tracking import publish, report as reports
-    from .tracking.runs import locate
+    from .sweeping import report as sweep_report
 
-    store, experiment, sweep = _sweep_store(name, results_dir, tracking_uri)
-    spec = load_saved_spec(sweep)
-    frame = saved_trials(sweep)
-    result = publish.compute(frame, spec, sweep)
-    mlflow_line = None
-    if spec.tracking.enabled or tracking_uri:
-        if tracking_uri or store.is_server:
-            from .tracking.store import check
-
-            check(store)
-        experiment_id, parent = locate(store, experiment, sweep)
-        if parent:
-            mlflow_line = f"MLflow: parent run {parent} in experiment {experiment!r} (id {experiment_id}), store {store.portable()}"
-    text, markdown = reports.render(name, frame, spec, result, mlflow_line)
+    text, path = sweep_report(name, tracking_uri, results_dir)
     click.echo(text, nl=False)
-    click.echo(f"report: {reports.write(sweep, markdown)}")
+    click.echo(f"report: {path}")
