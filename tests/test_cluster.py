@@ -647,7 +647,7 @@ def test_rayjob_entrypoint_is_a_real_tvae_sweep_command():
     [job] = [d for _, d in manifests() if d["kind"] == "RayJob"]
     argv = shlex.split(job["spec"]["entrypoint"])
     scripts = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert argv[0] in scripts and scripts[argv[0]] == "tvae_sweep.cli:run"
+    assert argv[0] in scripts and scripts[argv[0]] == "tvae_sweep.cli:entry_point"
     assert argv[1] in main.commands
     command = main.commands[argv[1]]
     with command.make_context(argv[1], argv[2:], resilient_parsing=False) as ctx:  # click parses it

@@ -17,7 +17,7 @@ def test_the_import_contracts_hold():
 
 
 def test_training_a_model_loads_none_of_the_sweep_stack():
-    code = ("import sys; import tvae_sweep, tvae_sweep.training, tvae_sweep.run, tvae_sweep.metrics; "
+    code = ("import sys; import tvae_sweep, tvae_sweep.training, tvae_sweep.train_folder, tvae_sweep.metrics; "
             "print(sorted(m for m in ('ray', 'optuna', 'mlflow', 'pandas') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

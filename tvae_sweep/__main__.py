@@ -1,3 +1,3 @@
-from .cli import run
+from .cli import entry_point
 
-run()
+entry_point()

@@ -38,7 +38,7 @@ def main() -> None:
     """
 
 
-def run() -> None:
+def entry_point() -> None:
     """The `tvae-sweep` console script: the command, then, when it succeeded, a prompt exit.
 
     By then everything is written; the exit handlers (Ray's shutdown among them) run as usual, and
@@ -72,7 +72,7 @@ def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: boo
 
     from .config import load_run_config
     from .data import check_sources
-    from .run import train_to_directory
+    from .train_folder import train_to_directory
     from .training import CheckpointError, DivergenceError, steps_per_epoch
 
     cfg = load_run_config(config, overrides)

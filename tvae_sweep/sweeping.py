@@ -13,7 +13,7 @@ from typing import Callable
 import pandas as pd
 
 from .sweep.console import RayLog, TrialConsole
-from .sweep.launch import check_new, create, join, load_saved_spec, preflight, run, saved_trials
+from .sweep.launch import check_new, create, fit, join, load_saved_spec, preflight, saved_trials
 from .sweep.layout import SweepDir, results_root, sweep_dir
 from .sweep.results import pareto_trials, ranked, trials_frame, write_table
 from .sweep.space import num_trials
@@ -81,7 +81,7 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
     elif tracking_uri:
         say("tvae-sweep: tracking is off in the spec (tracking.enabled: false); --tracking-uri is ignored", err=True)
     try:
-        status = run(spec, sweep, address, resumed, [console] + ([tracking] if tracking else []), log)
+        status = fit(spec, sweep, address, resumed, [console] + ([tracking] if tracking else []), log)
     except BaseException as e:  # Ctrl-C twice, a lost cluster: no run is left RUNNING
         if tracking is not None:
             tracking.close("interrupted", error=e)

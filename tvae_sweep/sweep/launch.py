@@ -177,7 +177,7 @@ def without_passwords(raw_spec: dict) -> dict:
     return {**raw_spec, "tracking": {k: redact(v) if isinstance(v, str) else v for k, v in tracking.items()}}
 
 
-def run(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, callbacks: list, log: RayLog) -> str:
+def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, callbacks: list, log: RayLog) -> str:
     """Runs (or resumes) the sweep to its end on the cluster `join` connected to, Ray's own console
     output in the sweep's ray.log; returns the final status."""
     from ray import tune
