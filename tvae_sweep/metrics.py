@@ -48,7 +48,7 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("roll_gain", "max", scope="sequence", at_init=True),
     Metric("capsule_correlation", "max", scope="sequence", at_init=True),  # and capsule_correlation_<factor>
     Metric("topographic_agreement", "max", scope="map", at_init=True),
-    Metric("topographic_agreement_chance", "max", scope="map"),
+    Metric("topographic_agreement_chance", "max", scope="map", at_init=True),  # the baseline of both
 )
 METRICS = {m.name: m for m in REGISTRY}
 PER_FACTOR = "capsule_correlation"  # the metric reported per varying factor too: <PER_FACTOR>_<factor>
