@@ -122,6 +122,7 @@ class MlflowTracking(Callback):
         self.last_figures = 0.0
         self.warned = False
         self.pending: ThreadPoolExecutor | None = None  # the tracking thread
+        self.console = sys.stderr  # as it is now: while Tune runs, sys.stderr is Ray's log
 
     # Ray pickles the run config (with its callbacks) into the experiment: keep only the settings,
     # and no password (a resumed sweep is given this driver's callbacks, never the pickled ones).
@@ -132,7 +133,7 @@ class MlflowTracking(Callback):
         t = self.spec.tracking
         tracking = t.model_copy(update={"uri": t.uri and stores.redact(t.uri),
                                         "artifact_location": t.artifact_location and stores.redact(t.artifact_location)})
-        state.update(runs=None, children={}, searched={}, finished=set(), pending=None,
+        state.update(runs=None, children={}, searched={}, finished=set(), pending=None, console=None,
                      store=dataclasses.replace(self.store, uri=self.store.shown),
                      spec=self.spec.model_copy(update={"tracking": tracking}))
         return state
@@ -390,12 +391,13 @@ class MlflowTracking(Callback):
         return _Guard(self, hook)
 
     def warn(self, hook: str, error: BaseException) -> None:
+        console = self.console or sys.stderr
         print(f"tvae-sweep: tracking: {hook} failed: {type(error).__name__}: {stores.redact(first_line(str(error)))}",
-              file=sys.stderr, flush=True)
+              file=console, flush=True)
         if not self.warned:
             import traceback
 
-            print(stores.redact("".join(traceback.format_exception(error))), end="", file=sys.stderr, flush=True)
+            print(stores.redact("".join(traceback.format_exception(error))), end="", file=console, flush=True)
             self.warned = True
 
 
