@@ -546,3 +546,24 @@ def test_hooks_hand_their_mlflow_writes_to_the_tracking_thread_in_order(tmp_path
     release.set()
     tracking.pending.shutdown(wait=True)
     assert written == [("run-t1", 1, -1.0), ("run-t1", 2, -2.0), ("run-t1", 3, -3.0)]
+
+
+def test_tracking_warnings_reach_the_console_while_ray_output_goes_to_its_log(tmp_path, capsys):
+    from tvae_sweep.sweep.console import RayLog, ray_output_to
+    from tvae_sweep.sweep.layout import sweep_dir
+    from tvae_sweep.sweep.validation import spec_from_dict
+    from tvae_sweep.tracking.callback import MlflowTracking
+    from tvae_sweep.tracking.store import Store
+    from helpers import spec_raw
+
+    tracking = MlflowTracking(Store("sqlite:///unused.db", "test", None), "e", spec_from_dict(spec_raw()),
+                              sweep_dir(tmp_path, "s"))
+    log = RayLog()
+    with ray_output_to(log):  # as while Tune runs
+        print("a line of Ray's", file=sys.stderr)
+        tracking.warn("on_trial_result", RuntimeError("the store went away"))
+    err = capsys.readouterr().err
+    assert "tvae-sweep: tracking: on_trial_result failed: RuntimeError: the store went away" in err
+    assert "a line of Ray's" not in err
+    log.attach(tmp_path)
+    assert "a line of Ray's" in (tmp_path / "ray.log").read_text()

@@ -48,6 +48,7 @@ class RayLog(io.TextIOBase):
         if self._file is None:
             self._file = (folder / RAY_LOG).open("a", encoding="utf-8")
             self._file.write("".join(self._pending))
+            self._file.flush()
             self._pending.clear()
 
     def close(self) -> None:
