@@ -21,3 +21,10 @@ def test_training_a_model_loads_none_of_the_sweep_stack():
             "print(sorted(m for m in ('ray', 'optuna', 'mlflow', 'pandas') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_the_trial_log_runs_without_ray():
+    """The tracking callback is a thin adapter of Tune's hooks; what writes MLflow needs no Ray."""
+    code = "import sys; import tvae_sweep.tracking.trial_log; print('ray' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr

@@ -76,32 +76,32 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
         from .tracking.callback import MlflowTracking
 
         tracking = MlflowTracking.start(spec, sweep, tracking_uri)
-        say(f"MLflow: parent run {tracking.parent_id} in experiment {tracking.experiment!r}, "
-            f"store {tracking.store.describe()}")
+        say(f"MLflow: parent run {tracking.log.parent_id} in experiment {tracking.log.experiment!r}, "
+            f"store {tracking.log.store.describe()}")
     elif tracking_uri:
         say("tvae-sweep: tracking is off in the spec (tracking.enabled: false); --tracking-uri is ignored", err=True)
     try:
         status = fit(spec, sweep, address, resumed, [console] + ([tracking] if tracking else []), log)
     except BaseException as e:  # Ctrl-C twice, a lost cluster: no run is left RUNNING
         if tracking is not None:
-            tracking.close("interrupted", error=e)
+            tracking.log.close("interrupted", error=e)
         raise
     frame = trials_frame(sweep.read_state()["experiment_path"])
     write_table(frame, sweep.trials)
     if tracking is not None:
-        _close_beside_ray_shutdown(tracking, status, frame)
-        say(f"MLflow: sweep and trials in experiment {tracking.experiment!r}, aggregates in "
+        _close_beside_ray_shutdown(tracking.log, status, frame)
+        say(f"MLflow: sweep and trials in experiment {tracking.log.experiment!r}, aggregates in "
             f"{sweep.root / 'aggregates'}; see them with: tvae-sweep ui {sweep.name}")
     return Outcome(sweep, spec, status, frame)
 
 
-def _close_beside_ray_shutdown(tracking, status: str, frame: pd.DataFrame) -> None:
+def _close_beside_ray_shutdown(log, status: str, frame: pd.DataFrame) -> None:
     """Settles the sweep's MLflow runs (final tables and figures, seconds) while this driver leaves
     Ray (seconds of waiting for the processes of a cluster it started)."""
     import ray
 
     with ThreadPoolExecutor(1, thread_name_prefix="mlflow-close") as pool:
-        closing = pool.submit(tracking.close, status, frame)
+        closing = pool.submit(log.close, status, frame)
         ray.shutdown()
         closing.result()
 
