@@ -6,8 +6,9 @@ trial finishes (run to its end, stopped early by the scheduler, or failed for go
 diverged), `CheckpointPruner` drops its older checkpoints and rewrites the newest as weights only,
 a third of its size with Adam. PBT never exploits a finished trial, so this holds for PBT sweeps
 too. A trial that failed otherwise (its worker lost after its retries, or interrupted by Ctrl-C,
-which reaches the workers too) keeps its checkpoints whole: `resume` continues it from them. `tvae-sweep prune` goes further
-on a stopped sweep: it removes the weights of all but the best K finished trials.
+which reaches the workers too) keeps its checkpoints whole: `resume` continues it from them.
+`tvae-sweep prune` goes further on a stopped sweep: it removes the weights of all but the best K
+finished trials.
 
 Only checkpoints on a local (or mounted) filesystem are pruned; an object store keeps them whole.
 """
@@ -22,6 +23,7 @@ import pandas as pd
 from ray.tune import Callback
 
 from ..training import CHECKPOINT_FILE, prune_checkpoint
+from .layout import disk_usage
 from .results import ranked
 from .trainable import DIVERGED_FILE
 
@@ -31,10 +33,6 @@ CHECKPOINT_PREFIX = "checkpoint_"  # Ray's checkpoint folders: checkpoint_000000
 def checkpoints(trial_folder: Path) -> list[Path]:
     """The trial's checkpoint folders, oldest first."""
     return sorted(p for p in trial_folder.glob(CHECKPOINT_PREFIX + "*") if p.is_dir())
-
-
-def folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def prune_trial(trial_folder: Path) -> int:
@@ -48,7 +46,7 @@ def prune_trial(trial_folder: Path) -> int:
     newest, older = found[-1], found[:-1]
     freed = prune_checkpoint(newest) if (newest / CHECKPOINT_FILE).is_file() else 0
     for folder in older:
-        freed += folder_size(folder)
+        freed += disk_usage(folder)
         shutil.rmtree(folder, ignore_errors=True)
     return freed
 
