@@ -93,17 +93,27 @@ def metric_order(name: str) -> tuple:
     return (REGISTRY.index(m), plain != m.name, plain, suffix)
 
 
+def test_factors(run) -> list[str]:
+    """The factors a run's test sequences vary (its data's test_transforms, else its transforms)."""
+    d = run.data
+    return list(d.transforms if d.test_transforms is None else d.test_transforms)
+
+
+def scopes(run) -> set[str]:
+    """Which of the registry's scopes a run (a RunConfig) reports: see Metric."""
+    sequences = run.model.seq_len > 1 and bool(test_factors(run))
+    square_map = not sequences and has_map(run.model.n_caps, run.model.cap_dim, run.model.seq_len)
+    return {"all", *(("latent_u",) if run.model.variant != "vae" else ()), *(("sequence",) if sequences else ()),
+            *(("map",) if square_map else ())}
+
+
 def reported_metrics(run) -> list[str]:
     """Every metric name a run of `run` (a RunConfig) reports at its evaluated epochs."""
-    model, data = run.model, run.data
-    sequences = bool(data.transforms) and model.seq_len > 1
-    factors = list(data.test_transforms or data.transforms) if sequences else []
-    square_map = not sequences and has_map(model.n_caps, model.cap_dim, model.seq_len)
-    scopes = {"all", *(("latent_u",) if model.variant != "vae" else ()), *(("sequence",) if sequences else ()),
-              *(("map",) if square_map else ())}
+    reported = scopes(run)
+    factors = test_factors(run) if "sequence" in reported else []
     names = []
     for m in REGISTRY:
-        if m.scope not in scopes:
+        if m.scope not in reported:
             continue
         group = [m.name] + ([f"{m.name}_{f}" for f in factors] if m.name == PER_FACTOR else [])
         for name in group:

@@ -17,8 +17,8 @@ import torch
 from .config import ConfigError, RunConfig, TrainConfig
 from .data import SequenceData, build_data
 from .graphed import GraphedStep
-from .metrics import (active_units, capsule_correlation, equivariance_error, equivariance_ratio, has_map,
-                      init_metrics, learned, mean_image_nll, preferred_classes, roll_gain, roll_prediction,
+from .metrics import (active_units, capsule_correlation, equivariance_error, equivariance_ratio, init_metrics,
+                      learned, mean_image_nll, preferred_classes, roll_gain, roll_prediction, scopes,
                       topographic_agreement)
 from .model import build_model
 from .model.tvae import gaussian_kl
@@ -158,13 +158,13 @@ class Trainer:
         likelihood=False leaves out the importance-sampled likelihoods, the bulk of the cost (the
         model at initialisation is measured without them).
         """
-        t, model, m = self.cfg.train, self.model, self.cfg.model
+        t, model = self.cfg.train, self.model
         model.eval()
-        sequences = self.data.seq_len > 1 and bool(self.data.test_factor_names)
-        draws_map = not sequences and has_map(m.n_caps, m.cap_dim, m.seq_len)
+        reported = scopes(self.cfg)  # the registry's rule: what this run reports
+        sequences, draws_map = "sequence" in reported, "map" in reported
         shift = model.metric_shift
         sums: dict[str, float] = {}
-        units: dict[str, list[torch.Tensor]] = {}  # per latent: per-unit sums of posterior means and squares
+        units: dict[str, torch.Tensor] = {}  # per latent: per-unit sums of posterior means and of their squares
         latents, labels, n, images, pixels = [], [], 0, 0, 0.0
 
         def add(name: str, value) -> None:

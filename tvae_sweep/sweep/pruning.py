@@ -71,7 +71,7 @@ class CheckpointPruner(Callback):
         self.prune_saved()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if diverged(trial):
+        if diverged(Path(trial.path)):
             self.pending[trial.trial_id] = trial
         self.prune_saved()
 
@@ -99,15 +99,19 @@ def prune(trial) -> None:
         prune_trial(folder)
 
 
-def diverged(trial) -> bool:
+def diverged(trial_folder: Path) -> bool:
     """A trial that failed for good: its loss became non-finite (a retry would fail at once)."""
-    return (Path(trial.path) / DIVERGED_FILE).is_file()
+    return (trial_folder / DIVERGED_FILE).is_file()
 
 
 def finished(trial) -> bool:
-    """Run to its end or stopped early (TERMINATED), or failed for good; a trial that failed
-    otherwise is continued by `resume`, from the checkpoints it keeps."""
-    return trial.status == "TERMINATED" or (trial.status == "ERROR" and diverged(trial))
+    return finished_for_good(trial.status, Path(trial.path))
+
+
+def finished_for_good(state: str, trial_folder: Path) -> bool:
+    """Run to its end or stopped early (TERMINATED), or failed for good (it diverged); a trial that
+    failed otherwise is continued by `resume`, from the checkpoints it keeps."""
+    return state == "TERMINATED" or (state == "ERROR" and diverged(trial_folder))
 
 
 def prune_finished(trials) -> None:
@@ -143,7 +147,7 @@ def plan_prune(frame: pd.DataFrame, metric: str, keep_best: int) -> PrunePlan:
         if row["trial_id"] in kept or not isinstance(checkpoint, str):
             continue
         folder = Path(checkpoint).parent
-        if not (row["state"] == "TERMINATED" or (row["state"] == "ERROR" and (folder / DIVERGED_FILE).is_file())):
+        if not finished_for_good(row["state"], folder):
             continue  # a trial that `resume` would continue keeps what it needs
         for folder in checkpoints(folder):
             weights = folder / CHECKPOINT_FILE

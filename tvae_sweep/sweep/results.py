@@ -17,6 +17,10 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _finite(value: Any) -> bool:
+    return _numeric(value) and math.isfinite(value)
+
+
 def trials_frame(path: str) -> pd.DataFrame:
     """The trials table of the sweep whose Ray experiment is at `path`."""
     from ray.tune import ExperimentAnalysis
@@ -56,7 +60,7 @@ def ranked(frame: pd.DataFrame, metric: str, top: int | None = None, mode: str |
     column = f"final/{metric}"
     if frame.empty or column not in frame:
         return frame.iloc[0:0]
-    finite = frame[column].map(lambda v: _numeric(v) and math.isfinite(v))
+    finite = frame[column].map(_finite)
     ordered = frame[(frame["state"] == "TERMINATED") & finite].sort_values(
         column, ascending=(mode or metric_mode(metric)) == "min", kind="stable")
     return ordered if top is None else ordered.head(top)
@@ -95,7 +99,7 @@ def pareto_trials(frame: pd.DataFrame, metrics: list[str], modes: list[str]) -> 
     if any(c not in frame for c in columns):
         return frame.iloc[0:0]
     done = frame[(frame["state"] == "TERMINATED")]
-    done = done[done[columns].map(lambda v: _numeric(v) and math.isfinite(v)).all(axis=1)]
+    done = done[done[columns].map(_finite).all(axis=1)]
     signs = [1.0 if mode == "max" else -1.0 for mode in modes]  # every objective as "higher is better"
     scores = [[sign * float(row[c]) for c, sign in zip(columns, signs)] for _, row in done.iterrows()]
     dominated = lambda a, b: all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
