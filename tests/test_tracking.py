@@ -62,7 +62,9 @@ def start_cli(*args, log: Path) -> subprocess.Popen:
 
 
 def spec_file(folder: Path) -> Path:
-    raw = tiny_raw(train={"epochs": EPOCHS}, data={"train_sequences": 24})
+    # epochs of a second or so: the Ctrl-C, sent once the first epoch is in MLflow, lands inside the
+    # first trial (with 24 sequences its second epoch could end before the signal was handled)
+    raw = tiny_raw(train={"epochs": EPOCHS}, data={"train_sequences": 240})
     raw["space"] = {"model.n_caps": {"type": "categorical", "values": [2, 3]},
                     "model.shift": {"type": "categorical", "values": [0, 1]},
                     "train.lr": {"type": "categorical", "values": [GOOD_LR, BAD_LR]}}
