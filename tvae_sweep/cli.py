@@ -63,11 +63,15 @@ def entry_point() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Start afresh even if OUTPUT holds a checkpoint.")
-def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: bool) -> None:
+@click.option("--seeds", default=None, metavar="S,S,...",
+              help="Train the config under each seed as one fused model, into OUTPUT/seed_<s>/.")
+def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: bool, seeds: str | None) -> None:
     """Train one configuration (sections data, model, train) into OUTPUT.
 
     Running the same config into the same OUTPUT again resumes from its checkpoint.
     """
+    if seeds is not None:
+        return train_seeds(config, output, overrides, overwrite, seeds)
     from tqdm import tqdm
 
     from .config import load_run_config
@@ -110,6 +114,34 @@ def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: boo
     for key in sorted(final):
         if key != "epoch":
             click.echo(f"  {key:28s} {final[key]:.6g}")
+
+
+def train_seeds(config: Path, output: Path, overrides: tuple[str, ...], overwrite: bool, seeds_text: str) -> None:
+    from .config import load_run_config
+    from .data import check_sources
+    from .train_folder import parse_seeds, seed_summary, train_seeds_to_directory
+    from .training import CheckpointError
+
+    seeds = parse_seeds(seeds_text)
+    cfg = load_run_config(config, overrides)
+    check_sources(cfg.data)
+
+    def on_epoch(by_seed: dict[int, dict]) -> None:
+        click.echo(f"epoch {next(iter(by_seed.values()))['epoch']}: " + "  ".join(
+            f"seed {s} loss {m['train_loss']:.4g}" for s, m in by_seed.items()), err=True)
+
+    try:
+        outcome = train_seeds_to_directory(cfg, output, seeds, overwrite=overwrite, on_epoch=on_epoch)
+    except CheckpointError as e:
+        raise ConfigError(f"{e}; delete it, or pass --overwrite to start afresh") from None
+    lines, failed = seed_summary(outcome)
+    click.echo(f"done: {output}/seed_<s>/ for seeds {', '.join(map(str, seeds))}")
+    for line in lines:
+        click.echo(line)
+    for seed in failed:
+        click.echo(f"tvae-sweep: error: seed {seed}: {outcome[seed]}; lower train.lr or set train.grad_clip", err=True)
+    if failed:
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------- sweeps

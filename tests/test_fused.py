@@ -1,0 +1,165 @@
+"""Fused members: several runs of one shape as one batched model, each the same run as alone."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from helpers import tiny_raw
+
+from tvae_sweep.cli import main
+from tvae_sweep.config import ConfigError, run_config_from_dict
+from tvae_sweep.fused_training import FusedTrainer
+from tvae_sweep.training import DivergenceError, Trainer
+
+TIMES = ("train_time_s", "eval_time_s")
+
+
+def config(model=None, train=None, **data):
+    return run_config_from_dict(tiny_raw(model=model or {}, train=train or {}, data=data))
+
+
+def assert_same_history(single: list[dict], member: list[dict]) -> None:
+    assert len(single) == len(member) >= 1
+    for a, b in zip(single, member):
+        assert set(a) == set(b)
+        for key in a:
+            if key not in TIMES:
+                # float32 sums of ~1e3 nats: differences of two such (roll_nll_gap) agree to ~1e-3
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=2e-3), key
+
+
+def single_history(cfg) -> list[dict]:
+    return list(Trainer(cfg).epochs())
+
+
+@pytest.mark.parametrize("members", [
+    # seeds, and the values a fused trial may vary: W (window, neighbourhood, shift) and mu's start
+    [{}, {"train": {"seed": 1}}, {"model": {"coherence_window": 1, "shift": 0, "mu_init": 3.0}, "train": {"seed": 2}}],
+    [{"model": {"variant": "vae"}}, {"model": {"variant": "vae"}, "train": {"seed": 5}}],
+    [{"model": {"variant": "tvae2d", "n_caps": 1, "cap_dim": 9, "seq_len": 1, "torus_window": 3}, **s}
+     for s in ({"data": {"transforms": []}}, {"data": {"transforms": []}, "train": {"seed": 3}})],
+], ids=["tvae", "vae", "tvae2d"])
+def test_each_member_is_the_run_of_its_config_alone(members):
+    cfgs = [config(m.get("model"), m.get("train"), **m.get("data", {})) for m in members]
+    fused = FusedTrainer(cfgs)
+    list(fused.epochs())
+    for cfg, history in zip(cfgs, fused.histories):
+        assert_same_history(single_history(cfg), history)
+
+
+def test_members_match_with_sgd_momentum_mu_lr_and_per_member_clipping():
+    train = {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "mu_lr": 0.1, "grad_clip": 5.0}
+    cfgs = [config(train={**train, "seed": s}) for s in (0, 1)]
+    fused = FusedTrainer(cfgs)
+    list(fused.epochs())
+    for cfg, m in zip(cfgs, range(2)):
+        single = Trainer(cfg)
+        list(single.epochs())
+        assert_same_history(single.history, fused.histories[m])
+        for name, weight in single.model.state_dict().items():
+            torch.testing.assert_close(fused.model.member_state(m)[name], weight, rtol=1e-4, atol=1e-5)
+
+
+def test_a_member_checkpoint_is_a_single_runs_and_resumes_either_way(tmp_path):
+    cfgs = [config(train={"epochs": 3, "seed": s}) for s in (0, 1)]
+    dirs = [tmp_path / f"m{s}" for s in (0, 1)]
+    fused = FusedTrainer(cfgs)
+    next(iter(fused.epochs()))  # one epoch, then stop as a killed process would
+    fused.save_checkpoints(dirs)
+
+    # a fresh fused trainer resumes both members to the uninterrupted histories
+    resumed = FusedTrainer(cfgs)
+    resumed.load_checkpoints(dirs)
+    list(resumed.epochs())
+    # and a single trainer resumes a member's checkpoint as its own
+    single = Trainer(cfgs[1])
+    single.load_checkpoint(dirs[1])
+    list(single.epochs())
+    for m, cfg in enumerate(cfgs):
+        assert_same_history(single_history(cfg), resumed.histories[m])
+    assert_same_history(single_history(cfgs[1]), single.history)
+
+
+def test_a_diverging_member_fails_alone_with_the_single_runs_reason():
+    blowing_up = {"mu_init": 1e38}  # t overflows at the first step
+    with pytest.raises(DivergenceError) as alone:
+        list(Trainer(config(blowing_up)).epochs())
+    cfgs = [config(), config(blowing_up), config(train={"seed": 4})]
+    fused = FusedTrainer(cfgs)
+    list(fused.epochs())
+    assert fused.errors == [None, str(alone.value), None]
+    assert fused.histories[1] == []
+    assert_same_history(single_history(cfgs[0]), fused.histories[0])
+    assert_same_history(single_history(cfgs[2]), fused.histories[2])
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"model": {"n_caps": 4}}, "model.n_caps: fused members must share the network's shapes, got 3, 4"),
+    ({"model": {"variant": "vae"}}, "model.variant: fused members must share the network's shapes"),
+    ({"train": {"lr": 0.5}}, "train.lr: fused members share it, got 0.001, 0.5"),
+    ({"data": {"train_sequences": 32}}, "data.train_sequences: fused members share it"),
+])
+def test_members_put_together_by_hand_must_fit(change, expected):
+    other = config(change.get("model"), change.get("train"), **change.get("data", {}))
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.").replace("(", r"\(")):
+        FusedTrainer([config(), other])
+
+
+def test_train_seeds_writes_a_single_runs_folder_per_seed_and_resumes(tmp_path):
+    raw = tiny_raw()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["train", str(path), "-o", str(out), "--seeds", "0,1"])
+    assert result.exit_code == 0, result.output
+    alone = tmp_path / "alone"
+    assert CliRunner().invoke(main, ["train", str(path), "-o", str(alone), "--set", "train.seed=1"]).exit_code == 0
+    files = sorted(p.name for p in alone.iterdir())
+    for seed in (0, 1):
+        folder = out / f"seed_{seed}"
+        assert sorted(p.name for p in folder.iterdir()) == files
+        assert yaml.safe_load((folder / "config.yaml").read_text())["train"]["seed"] == seed
+    assert (out / "seed_1" / "config.yaml").read_text() == (alone / "config.yaml").read_text()
+    final = json.loads((out / "seed_1" / "metrics.json").read_text())["final"]
+    expected = json.loads((alone / "metrics.json").read_text())["final"]
+    assert_same_history([expected], [final])
+    assert "log_likelihood" in result.output and "±" in result.output
+
+    # the same command again resumes: nothing retrains, the record is unchanged
+    before = (out / "seed_0" / "metrics.json").read_text()
+    again = CliRunner().invoke(main, ["train", str(path), "-o", str(out), "--seeds", "0,1"])
+    assert again.exit_code == 0, again.output
+    assert "epoch 1:" not in again.output
+    assert json.loads((out / "seed_0" / "metrics.json").read_text())["epochs"] == json.loads(before)["epochs"]
+
+
+def test_train_seeds_reports_each_diverged_seed_and_exits_1(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(model={"mu_init": 1e38})))
+    result = CliRunner().invoke(main, ["train", str(path), "-o", str(tmp_path / "out"), "--seeds", "0,1"])
+    assert result.exit_code == 1
+    for seed in (0, 1):
+        assert f"tvae-sweep: error: seed {seed}: non-finite loss at epoch 1" in result.stderr
+        record = json.loads((tmp_path / "out" / f"seed_{seed}" / "metrics.json").read_text())
+        assert record["error"] == "non-finite loss at epoch 1" and record["epochs"] == []
+    # run again, a failed seed stays failed (its record says why) instead of training again
+    again = CliRunner().invoke(main, ["train", str(path), "-o", str(tmp_path / "out"), "--seeds", "0,1"])
+    assert again.exit_code == 1 and "epoch 1:" not in again.stderr
+
+
+@pytest.mark.parametrize("seeds, expected", [
+    ("", "--seeds '': give one or more integer seeds"),
+    ("0,0", "--seeds '0,0': seed 0 is given twice"),
+    ("0,x", "--seeds '0,x': seeds must be integers"),
+])
+def test_bad_seeds_are_one_line_and_write_nothing(tmp_path, seeds, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw()))
+    result = CliRunner().invoke(main, ["train", str(path), "-o", str(tmp_path / "out"), "--seeds", seeds])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"tvae-sweep: error: {expected}" + lines[0].split(expected, 1)[1]] and len(lines) == 1
+    assert not (tmp_path / "out").exists()

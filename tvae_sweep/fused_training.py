@@ -1,0 +1,249 @@
+"""Several runs of one network shape trained as one fused model (see model/fused.py).
+
+Member m is the run of `cfgs[m]` alone: its weights start from the single model's initialisation
+under its seed, it draws its batches and its sampling noise from its own generators, and it is
+evaluated, checkpointed and pictured as a single run is (a member's checkpoint is a single run's,
+and either trainer resumes it). The members share one optimiser, whose update is elementwise, so
+the shared step is each member's own step. A member whose loss stops being finite fails alone:
+it is recorded with the reason a single run gives and its siblings train on.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from .config import ConfigError, RunConfig
+from .data import build_data
+from .data.sequences import load_sources
+from .graphed import GraphedStep
+from .metrics import init_metrics, learned
+from .model import TopographicVAE, build_model
+from .model.fused import FusedTVAE, check_fusable
+from .training import (CHECKPOINT_FILE, CheckpointError, evaluate, group_lr, make_optimizer, read_checkpoint,
+                       resolve_device, steps_per_epoch)
+
+
+def check_members(cfgs: list[RunConfig]) -> None:
+    """Refuses runs that cannot share a fused model: their data and training settings (the seed
+    apart) must be the same, and their networks of one shape."""
+    if not cfgs:
+        raise ConfigError("fused members: none given")
+    check_fusable([c.model for c in cfgs])
+    dicts = [c.to_dict() for c in cfgs]
+    for section in ("data", "train"):
+        for key, value in dicts[0][section].items():
+            values = [d[section][key] for d in dicts]
+            if key != "seed" and any(v != value for v in values):
+                raise ConfigError(f"{section}.{key}: fused members share it, got "
+                                  f"{', '.join(dict.fromkeys(map(str, values)))}")
+
+
+def noise_generator(device: torch.device, seed: int, graphed: bool) -> torch.Generator | None:
+    """The generator of a member's sampling noise, in the state a single run's global RNG has once
+    its model is built (call right after building the member's model under `seed`). A CUDA graph
+    replays the default generator only, so graphed members share it (None)."""
+    if graphed:
+        return None
+    if device.type == "cpu":
+        generator = torch.Generator()
+        generator.set_state(torch.get_rng_state())
+        return generator
+    return torch.Generator(device).manual_seed(seed)  # a single run's CUDA RNG is untouched by its CPU init
+
+
+class FusedTrainer:
+    def __init__(self, cfgs: list[RunConfig], device: torch.device | None = None, sources=None):
+        check_members(cfgs)
+        self.cfgs = list(cfgs)
+        t = self.train_cfg = cfgs[0].train
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.device = device or resolve_device(t.device)
+        sources = sources or load_sources(cfgs[0].data)
+        states, self.noise, self.data = [], [], []
+        for cfg in cfgs:
+            torch.manual_seed(cfg.train.seed)
+            states.append(build_model(cfg.model).state_dict())  # the single run's initialisation
+            self.noise.append(noise_generator(self.device, cfg.train.seed, t.cuda_graph))
+            self.data.append(build_data(cfg.data, cfg.model.seq_len, self.device, cfg.train.seed, sources=sources))
+        self.model = FusedTVAE([c.model for c in cfgs]).to(self.device)
+        self.model.load_member_states(states)
+        self.optimizer = make_optimizer(self.model, t, self.device)
+        self.batches = [torch.Generator(self.device).manual_seed(c.train.seed + 1) for c in cfgs]
+        self.graphed = None
+        if t.cuda_graph:
+            if self.device.type != "cuda":
+                raise ConfigError(f"train.cuda_graph: needs a CUDA device, and this run is on {self.device}")
+            self.graphed = GraphedStep(self._step, lambda: self.optimizer.zero_grad(set_to_none=True))
+        self.epoch = 0
+        self.histories: list[list[dict]] = [[] for _ in cfgs]
+        self.init_metrics: list[dict | None] = [None] * len(cfgs)
+        self.errors: list[str | None] = [None] * len(cfgs)  # why a member failed
+
+    @property
+    def k(self) -> int:
+        return len(self.cfgs)
+
+    @property
+    def alive(self) -> list[int]:
+        return [m for m in range(self.k) if self.errors[m] is None]
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.train_cfg.epochs or not self.alive
+
+    # ------------------------------------------------------------ training
+
+    def train_epoch(self, on_step: Callable[[int, float], None] | None = None) -> list[float]:
+        """One epoch of every member; returns each member's mean training loss."""
+        t, steps = self.train_cfg, steps_per_epoch(self.cfgs[0])
+        self.model.train()
+        total = torch.zeros(self.k, device=self.device)
+        for step in range(steps):
+            x = torch.stack([d.sample_train(t.batch_size, g).x for d, g in zip(self.data, self.batches)])
+            if self.graphed is not None:
+                losses = self.graphed(x)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                losses = self._step(x)
+            total += losses
+            if on_step is not None:
+                on_step(step, float(losses[self.alive].mean()))
+        return (total / steps).tolist()
+
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and the optimiser step of every member; returns the members' losses.
+
+        The summed loss gives each member the gradient of its own loss (the members share no weight);
+        a failed member's loss is left out of it."""
+        losses = self.model(x, self.noise)
+        losses[self.alive].sum().backward()
+        if self.train_cfg.grad_clip:
+            clip_per_member(list(self.model.parameters()), self.train_cfg.grad_clip)
+        self.optimizer.step()
+        return losses.detach()
+
+    def epochs(self, on_step: Callable[[int, float], None] | None = None) -> Iterator[int]:
+        """Trains the remaining epochs; yields each epoch's number once every living member's metrics
+        are in `histories` (a member that fails has its reason in `errors` instead)."""
+        self.measure_init()
+        while not self.finished:
+            started = time.perf_counter()
+            losses = self.train_epoch(on_step)
+            for m in self.alive:
+                if not math.isfinite(losses[m]):
+                    self.errors[m] = f"non-finite loss at epoch {self.epoch + 1}"
+                    if self.graphed is not None:
+                        self.graphed.reset()  # its captured loss still sums the failed member
+            self.epoch += 1
+            elapsed = time.perf_counter() - started  # the fused epoch's time, shared by the members
+            due = self.epoch % self.train_cfg.eval_every == 0 or self.epoch >= self.train_cfg.epochs
+            for m in self.alive:
+                metrics = {"train_loss": losses[m], "train_time_s": elapsed}
+                if due:
+                    evaluated = time.perf_counter()
+                    measured = self.evaluate(m)
+                    metrics.update(measured)
+                    metrics.update(learned(measured, self.init_metrics[m]))
+                    metrics["eval_time_s"] = time.perf_counter() - evaluated
+                self.histories[m].append({"epoch": self.epoch, **metrics})
+            yield self.epoch
+
+    def member_model(self, m: int) -> TopographicVAE:
+        return self.model.member_model(m)
+
+    def evaluate(self, m: int, likelihood: bool = True) -> dict:
+        return evaluate(self.member_model(m), self.data[m], self.cfgs[m], self.device, likelihood)
+
+    def measure_init(self) -> None:
+        """Each member's metrics at initialisation, as Trainer.measure_init."""
+        for m in range(self.k):
+            if self.init_metrics[m] is None:
+                self.init_metrics[m] = init_metrics(self.evaluate(m, likelihood=False)) if self.epoch == 0 else {}
+
+    # ------------------------------------------------------------ checkpoints: one single run's per member
+
+    def member_state_dict(self, m: int) -> dict:
+        opt = self.optimizer.state_dict()
+        noise = self.noise[m]
+        rng = {"data": self.batches[m].get_state()}
+        if self.device.type == "cuda":
+            rng["torch"] = torch.get_rng_state()
+            rng["cuda"] = noise.get_state() if noise is not None else torch.cuda.get_rng_state(self.device)
+        else:
+            rng["torch"] = noise.get_state() if noise is not None else torch.get_rng_state()
+        return {
+            "model": self.model.member_state(m),
+            "optimizer": {"state": {i: {k: member_slice(v, m) for k, v in s.items()} for i, s in opt["state"].items()},
+                          "param_groups": opt["param_groups"]},
+            "epoch": self.epoch,
+            "rng": rng,
+            "history": json.dumps(self.histories[m]),
+            "init_metrics": json.dumps(self.init_metrics[m]),
+            "config": json.dumps(self.cfgs[m].to_dict()),
+        }
+
+    def save_checkpoints(self, directories: list[str | Path]) -> None:
+        """Member m's checkpoint into directories[m], each written atomically; failed members are not saved."""
+        for m in self.alive:
+            directory = Path(directories[m])
+            directory.mkdir(parents=True, exist_ok=True)
+            tmp = directory / (CHECKPOINT_FILE + ".tmp")
+            torch.save(self.member_state_dict(m), tmp)
+            tmp.replace(directory / CHECKPOINT_FILE)
+
+    def load_checkpoints(self, directories: list[str | Path]) -> None:
+        """Resumes every member from its single-run checkpoint; they must be at one epoch."""
+        states = [read_checkpoint(d, self.device, self.train_cfg.epochs) for d in directories]
+        epochs = [int(s["epoch"]) for s in states]
+        if len(set(epochs)) > 1:
+            where = ", ".join(f"{Path(d).parent.name}: {e}" for d, e in zip(directories, epochs))
+            raise CheckpointError(f"fused members' checkpoints are at different epochs ({where}); "
+                                  "resume them one by one, or start again with --overwrite")
+        try:
+            self.model.load_member_states([s["model"] for s in states])
+            if all("optimizer" in s for s in states):
+                self._load_optimizer([s["optimizer"] for s in states])
+                for m, s in enumerate(states):
+                    self.batches[m].set_state(s["rng"]["data"])
+                    key = "cuda" if self.device.type == "cuda" else "torch"
+                    if self.noise[m] is not None:
+                        self.noise[m].set_state(s["rng"][key])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"fused checkpoints in {', '.join(map(str, directories))}: hold no training "
+                                  f"state of these configs ({type(e).__name__})") from None
+        self.epoch = epochs[0]
+        self.histories = [json.loads(s["history"]) for s in states]
+        self.init_metrics = [json.loads(s.get("init_metrics", "{}")) or {} for s in states]
+
+    def _load_optimizer(self, states: list[dict]) -> None:
+        stacked = {i: {k: torch.stack([s["state"][i][k] for s in states]) if v.dim() else v
+                       for k, v in slot.items()}
+                   for i, slot in states[0]["state"].items()}
+        self.optimizer.load_state_dict({"state": stacked, "param_groups": states[0]["param_groups"]})
+        if self.graphed is not None:
+            self.graphed.reset()
+        for group in self.optimizer.param_groups:
+            group["lr"] = group_lr(group, self.train_cfg)
+            if "momentum" in group:
+                group["momentum"] = self.train_cfg.momentum
+
+
+def member_slice(value, m: int):
+    """Member m's part of an optimiser state entry: per-parameter buffers carry the member axis
+    first; a scalar (Adam's step count) is shared."""
+    return value[m].clone() if torch.is_tensor(value) and value.dim() > 0 else value
+
+
+def clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
+    """clip_grad_norm_ of each member alone: every member's gradients scaled to at most max_norm."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (K,)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
