@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from helpers import tiny_raw
 
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError, run_config_from_dict
-from tvae_sweep.fused_training import FusedTrainer
+from tvae_sweep.fused_training import FusedTrainer, Replicates
 from tvae_sweep.training import DivergenceError, Trainer
 
 TIMES = ("train_time_s", "eval_time_s")
@@ -163,3 +164,61 @@ def test_bad_seeds_are_one_line_and_write_nothing(tmp_path, seeds, expected):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"tvae-sweep: error: {expected}" + lines[0].split(expected, 1)[1]] and len(lines) == 1
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- replicates: one config under K seeds
+
+
+def test_replicates_report_each_metrics_mean_std_and_every_seeds_value():
+    cfg = config(train={"seed": 4})
+    replicated = Replicates(cfg, 3)
+    reports = list(replicated.epochs())
+    singles = {s: single_history(config(train={"seed": s}))[-1] for s in (4, 5, 6)}
+    final = reports[-1]
+    for name in ("log_likelihood", "equivariance_ratio_learned", "train_loss"):
+        values = [singles[s][name] for s in (4, 5, 6)]
+        assert final[name] == pytest.approx(statistics.fmean(values), rel=1e-4, abs=2e-3)
+        assert final[f"{name}_std"] == pytest.approx(statistics.stdev(values), rel=1e-3, abs=2e-3)
+        for s in (4, 5, 6):
+            assert final[f"{name}_seed{s}"] == pytest.approx(singles[s][name], rel=1e-4, abs=2e-3)
+    assert final["log_likelihood_std"] > 0  # the seeds differ: a spread that cannot move is no spread
+
+
+def break_member(replicated: Replicates, m: int) -> None:
+    """Makes member m's weights non-finite, as a diverging update would."""
+    with torch.no_grad():
+        replicated.fused.model.decoder.net[0].weight[m].fill_(float("nan"))
+
+
+def test_replicates_go_on_without_a_failed_seed_and_resume_with_it_failed(tmp_path):
+    cfg = config(train={"epochs": 3})
+
+    def run(stop_after: int | None = None, resume_from=None) -> Replicates:
+        replicated = Replicates(cfg, 3)
+        if resume_from is not None:
+            replicated.load_checkpoint(resume_from)
+        for report in replicated.epochs():
+            if report["epoch"] == 1:
+                break_member(replicated, 1)
+            replicated.save_checkpoint(tmp_path / f"after_{report['epoch']}")
+            if report["epoch"] == stop_after:
+                break
+        return replicated
+
+    whole = run()
+    assert whole.fused.errors == [None, "non-finite loss at epoch 2", None]
+    history = whole.history
+    assert "log_likelihood_seed1" in history[0] and "log_likelihood_seed1" not in history[-1]
+    assert history[-1]["log_likelihood"] == pytest.approx(
+        (history[-1]["log_likelihood_seed0"] + history[-1]["log_likelihood_seed2"]) / 2)
+
+    run(stop_after=2)
+    resumed = run(resume_from=tmp_path / "after_2")
+    assert resumed.fused.errors == whole.fused.errors
+    assert_same_history(whole.history, resumed.history)
+
+
+def test_replicates_fail_when_every_seed_has():
+    replicated = Replicates(config({"mu_init": 1e38}), 2)
+    with pytest.raises(DivergenceError, match="non-finite loss at epoch 1"):
+        list(replicated.epochs())

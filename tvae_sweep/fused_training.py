@@ -17,15 +17,20 @@ from typing import Callable, Iterator
 
 import torch
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, run_config_from_dict
 from .data import build_data
 from .data.sequences import load_sources
 from .graphed import GraphedStep
-from .metrics import init_metrics, learned
+from .metrics import init_metrics, learned, over_seeds
 from .model import TopographicVAE, build_model
 from .model.fused import FusedTVAE, check_fusable
-from .training import (CHECKPOINT_FILE, CheckpointError, evaluate, group_lr, make_optimizer, read_checkpoint,
+from .training import (CHECKPOINT_FILE, CheckpointError, DivergenceError, evaluate, group_lr, make_optimizer, read_checkpoint,
                        resolve_device, steps_per_epoch)
+
+
+# optimiser state entries the members share (Adam's step count); every other entry of a parameter's
+# state is a buffer of its shape, the member axis first
+SHARED_STATE = ("step",)
 
 
 def check_members(cfgs: list[RunConfig]) -> None:
@@ -179,7 +184,8 @@ class FusedTrainer:
             rng["torch"] = noise.get_state() if noise is not None else torch.get_rng_state()
         return {
             "model": self.model.member_state(m),
-            "optimizer": {"state": {i: {k: member_slice(v, m) for k, v in s.items()} for i, s in opt["state"].items()},
+            "optimizer": {"state": {i: {k: v if k in SHARED_STATE else v[m].clone() for k, v in slot.items()}
+                                    for i, slot in opt["state"].items()},
                           "param_groups": opt["param_groups"]},
             "epoch": self.epoch,
             "rng": rng,
@@ -197,19 +203,28 @@ class FusedTrainer:
             torch.save(self.member_state_dict(m), tmp)
             tmp.replace(directory / CHECKPOINT_FILE)
 
-    def load_checkpoints(self, directories: list[str | Path]) -> None:
-        """Resumes every member from its single-run checkpoint; they must be at one epoch."""
+    def load_checkpoints(self, directories: list[str | Path | None]) -> None:
+        """Resumes every member from its single-run checkpoint; they must be at one epoch. A member
+        without one (None) must have been marked failed in `errors` and keeps its history."""
+        given = [m for m, d in enumerate(directories) if d is not None]
+        if any(self.errors[m] is None for m, d in enumerate(directories) if d is None):
+            raise CheckpointError("fused checkpoints: a member that has not failed has no checkpoint")
+        if not given:
+            return
+        histories = list(self.histories)
+        directories = [directories[m] for m in given]
         states = [read_checkpoint(d, self.device, self.train_cfg.epochs) for d in directories]
         epochs = [int(s["epoch"]) for s in states]
         if len(set(epochs)) > 1:
             where = ", ".join(f"{Path(d).parent.name}: {e}" for d, e in zip(directories, epochs))
             raise CheckpointError(f"fused members' checkpoints are at different epochs ({where}); "
                                   "resume them one by one, or start again with --overwrite")
+        states = [states[given.index(m)] if m in given else states[0] for m in range(self.k)]  # failed: any weights
         try:
             self.model.load_member_states([s["model"] for s in states])
             if all("optimizer" in s for s in states):
                 self._load_optimizer([s["optimizer"] for s in states])
-                for m, s in enumerate(states):
+                for m, s in ((m, states[m]) for m in given):
                     self.batches[m].set_state(s["rng"]["data"])
                     key = "cuda" if self.device.type == "cuda" else "torch"
                     if self.noise[m] is not None:
@@ -218,11 +233,14 @@ class FusedTrainer:
             raise CheckpointError(f"fused checkpoints in {', '.join(map(str, directories))}: hold no training "
                                   f"state of these configs ({type(e).__name__})") from None
         self.epoch = epochs[0]
-        self.histories = [json.loads(s["history"]) for s in states]
-        self.init_metrics = [json.loads(s.get("init_metrics", "{}")) or {} for s in states]
+        for m in given:
+            self.histories[m] = json.loads(states[m]["history"])
+            self.init_metrics[m] = json.loads(states[m].get("init_metrics", "{}")) or {}
+        for m in set(range(self.k)) - set(given):
+            self.histories[m], self.init_metrics[m] = histories[m], {}
 
     def _load_optimizer(self, states: list[dict]) -> None:
-        stacked = {i: {k: torch.stack([s["state"][i][k] for s in states]) if v.dim() else v
+        stacked = {i: {k: v if k in SHARED_STATE else torch.stack([s["state"][i][k] for s in states])
                        for k, v in slot.items()}
                    for i, slot in states[0]["state"].items()}
         self.optimizer.load_state_dict({"state": stacked, "param_groups": states[0]["param_groups"]})
@@ -234,12 +252,6 @@ class FusedTrainer:
                 group["momentum"] = self.train_cfg.momentum
 
 
-def member_slice(value, m: int):
-    """Member m's part of an optimiser state entry: per-parameter buffers carry the member axis
-    first; a scalar (Adam's step count) is shared."""
-    return value[m].clone() if torch.is_tensor(value) and value.dim() > 0 else value
-
-
 def clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
     """clip_grad_norm_ of each member alone: every member's gradients scaled to at most max_norm."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -247,3 +259,71 @@ def clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+
+
+REPLICATES_FILE = "replicates.json"  # in a replicated trial's checkpoint: its failed seeds, why, and their records
+
+
+class Replicates:
+    """One config trained under `k` seeds (train.seed, train.seed + 1, ...) as one fused model, seen
+    as one run: its history reports each metric's mean over the seeds that have not failed, with
+    `<m>_std` and `<m>_seed<s>` beside it (metrics.over_seeds). It fails only when every seed has.
+
+    The checkpoint is one folder per seed (seed_<s>/, a single run's checkpoint each) and
+    replicates.json; the pictures are those of the first seed."""
+
+    def __init__(self, cfg: RunConfig, k: int, device: torch.device | None = None, sources=None):
+        self.seeds = [cfg.train.seed + i for i in range(k)]
+        self.fused = FusedTrainer([with_seed(cfg, s) for s in self.seeds], device, sources)
+        self.cfg = cfg
+
+    @property
+    def finished(self) -> bool:
+        return self.fused.finished
+
+    @property
+    def model(self) -> TopographicVAE:
+        return self.fused.member_model(self.fused.alive[0])
+
+    @property
+    def data(self):
+        return self.fused.data[self.fused.alive[0]]
+
+    @property
+    def history(self) -> list[dict]:
+        h = self.fused.histories
+        return [over_seeds({s: h[m][i] for m, s in enumerate(self.seeds) if i < len(h[m])})
+                for i in range(max(map(len, h)))]
+
+    def epochs(self, on_step: Callable[[int, float], None] | None = None) -> Iterator[dict]:
+        for _ in self.fused.epochs(on_step):
+            if not self.fused.alive:
+                raise DivergenceError(next(e for e in self.fused.errors if e))
+            yield self.history[-1]
+
+    def save_checkpoint(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.fused.save_checkpoints([directory / f"seed_{s}" for s in self.seeds])
+        failed = {s: {"error": e, "history": h} for s, e, h in zip(self.seeds, self.fused.errors, self.fused.histories) if e}
+        (directory / REPLICATES_FILE).write_text(json.dumps({"failed": failed}))
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        failed = json.loads((directory / REPLICATES_FILE).read_text())["failed"] if (directory / REPLICATES_FILE).is_file() else {}
+        for m, s in enumerate(self.seeds):
+            if str(s) in failed:
+                self.fused.errors[m] = failed[str(s)]["error"]
+                self.fused.histories[m] = failed[str(s)]["history"]
+        self.fused.load_checkpoints([None if str(s) in failed else directory / f"seed_{s}" for s in self.seeds])
+
+
+def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
+    raw = cfg.to_dict()
+    raw["train"]["seed"] = seed
+    return run_config_from_dict(raw)
+
+
+def state_files(folder: str | Path) -> list[Path]:
+    """The training states in a checkpoint folder: a single run's, or each seed's of a replicated trial."""
+    folder = Path(folder)
+    return [folder / CHECKPOINT_FILE] if (folder / CHECKPOINT_FILE).is_file() else sorted(folder.glob(f"seed_*/{CHECKPOINT_FILE}"))

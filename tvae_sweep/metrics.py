@@ -5,6 +5,8 @@ capsule by r moves element d to d + r (torch.roll's direction).
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -55,9 +57,16 @@ PER_FACTOR = "capsule_correlation"  # the metric reported per varying factor too
 DERIVED = ("_init", "_learned")
 
 
+STD = "_std"  # a replicated trial's standard deviation over its seeds: <m>_std
+SEED = re.compile(r"_seed\d+$")  # and each seed's value: <m>_seed<s>
+
+
 def base_metric(name: str) -> Metric | None:
-    """The registered metric a reported name stands for (`<m>_init`, `<m>_learned` and the
-    per-factor capsule correlations included), or None for a name that is no metric."""
+    """The registered metric a reported name stands for (`<m>_init`, `<m>_learned`, the
+    per-factor capsule correlations and a replicated trial's `<m>_std` and `<m>_seed<s>`
+    included), or None for a name that is no metric."""
+    if SEED.search(name) or name.endswith(STD):
+        return base_metric(SEED.sub("", name).removesuffix(STD))
     for suffix in DERIVED:
         if name.endswith(suffix) and (m := base_metric(name.removesuffix(suffix))) is not None and m.at_init:
             return m
@@ -73,11 +82,12 @@ def is_metric(name: str) -> bool:
 
 
 def metric_mode(name: str) -> str:
-    """'min' or 'max': the direction in which a reported metric is better."""
+    """'min' or 'max': the direction in which a reported metric is better (a spread over seeds:
+    smaller)."""
     m = base_metric(name)
     if m is None:
         raise KeyError(f"{name!r} is not a metric; metrics: {', '.join(METRICS)}")
-    return m.mode
+    return "min" if name.endswith(STD) else m.mode
 
 
 def metric_order(name: str) -> tuple:
@@ -138,6 +148,23 @@ def learned(metrics: dict[str, float], init: dict[str, float]) -> dict[str, floa
         out[f"{name}_init"] = value
         if name in metrics:
             out[f"{name}_learned"] = metrics[name] - value
+    return out
+
+
+def over_seeds(by_seed: dict[int, dict]) -> dict:
+    """One report of a replicated trial's epoch from its seeds' reports: each metric's mean under
+    its own name, `<m>_std` (the sample standard deviation; 0 for one seed) and `<m>_seed<s>`;
+    other values (epoch, timings) from the first seed."""
+    first = next(iter(by_seed.values()))
+    out = dict(first)
+    for name in first:
+        values = {s: m[name] for s, m in by_seed.items() if name in m}
+        if not is_metric(name) or len(values) < len(by_seed):
+            continue
+        mean = math.fsum(values.values()) / len(values)
+        spread = math.fsum((v - mean) ** 2 for v in values.values()) / max(len(values) - 1, 1)
+        out[name], out[name + STD] = mean, math.sqrt(spread)
+        out.update({f"{name}_seed{s}": v for s, v in values.items()})
     return out
 
 

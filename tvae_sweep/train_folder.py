@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 import yaml
 
-from .config import ConfigError, RunConfig, dump_yaml, run_config_from_dict
-from .fused_training import FusedTrainer
+from .config import ConfigError, RunConfig, dump_yaml
+from .fused_training import FusedTrainer, with_seed
 from .images import save_pictures
 from .training import CHECKPOINT_FILE, Trainer
 
@@ -85,12 +85,6 @@ def parse_seeds(text: str) -> list[int]:
     if repeated:
         raise ConfigError(f"--seeds {text!r}: seed {repeated[0]} is given twice; each seed is one run")
     return seeds
-
-
-def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
-    raw = cfg.to_dict()
-    raw["train"]["seed"] = seed
-    return run_config_from_dict(raw)
 
 
 def seed_directory(output: str | Path, seed: int) -> Path:

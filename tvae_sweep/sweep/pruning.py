@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import Callback
 
-from ..training import CHECKPOINT_FILE, prune_checkpoint
+from ..fused_training import state_files
+from ..training import prune_checkpoint
 from .layout import disk_usage
 from .results import ranked
 from .trainable import DIVERGED_FILE
@@ -44,7 +45,7 @@ def prune_trial(trial_folder: Path) -> int:
     if not found:
         return 0
     newest, older = found[-1], found[:-1]
-    freed = prune_checkpoint(newest) if (newest / CHECKPOINT_FILE).is_file() else 0
+    freed = sum(prune_checkpoint(state.parent) for state in state_files(newest))
     for folder in older:
         freed += disk_usage(folder)
         shutil.rmtree(folder, ignore_errors=True)
@@ -129,12 +130,13 @@ def prune_finished(trials) -> None:
 class PrunePlan:
     metric: str
     kept: list[str]  # the best finished trials, whose weights stay
-    removed: dict[str, Path]  # finished trial -> its weights file to remove
+    removed: dict[str, Path]  # <trial>/<checkpoint>[/seed_<s>] -> a weights file to remove
     freed: int  # bytes
 
     def describe(self, name: str) -> str:
         kept = ", ".join(self.kept) or "none"
-        return (f"prune {name}: removes the weights of {len(self.removed)} finished trials "
+        trials = len({key.split("/")[0] for key in self.removed})
+        return (f"prune {name}: removes the weights of {trials} finished trials "
                 f"({self.freed / 1e6:.1f} MB); keeps the best {len(self.kept)} by {self.metric}: {kept}")
 
 
@@ -150,9 +152,8 @@ def plan_prune(frame: pd.DataFrame, metric: str, keep_best: int) -> PrunePlan:
         if not finished_for_good(row["state"], folder):
             continue  # a trial that `resume` would continue keeps what it needs
         for folder in checkpoints(folder):
-            weights = folder / CHECKPOINT_FILE
-            if weights.is_file():
-                removed[f"{row['trial_id']}/{folder.name}"] = weights
+            for weights in state_files(folder):
+                removed[f"{row['trial_id']}/{weights.parent.relative_to(folder.parent)}"] = weights
     return PrunePlan(metric, kept, removed, sum(p.stat().st_size for p in removed.values()))
 
 

@@ -16,6 +16,7 @@ from ray import tune
 
 from ..data import build_data
 from ..images import save_pictures
+from ..fused_training import Replicates
 from ..training import DivergenceError, Trainer
 from ..metrics import best_of, is_metric
 from .space import trial_run_config
@@ -50,7 +51,8 @@ def best_metrics(history: list[dict]) -> dict:
     return {name: best_of([epoch[name] for epoch in history if name in epoch], name) for name in names}
 
 
-def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = None) -> None:
+def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = None, replicates: int = 1) -> None:
+    """Trains one trial's config (under `replicates` seeds, fused, reporting their means)."""
     ctx = tune.get_context()
     need = ctx.get_trial_resources().required_resources
     cpus, gpus = need.get("CPU", 1.0), need.get("GPU", 0.0)
@@ -63,8 +65,11 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = Non
     if diverged.is_file():  # a retry would diverge again at the same epoch: fail at once
         raise DivergenceError(diverged.read_text())
 
-    data = build_data(run.data, run.model.seq_len, device, run.train.seed, sources=sources)
-    trainer = Trainer(run, data=data, device=device)
+    if replicates > 1:
+        trainer = Replicates(run, replicates, device, sources)
+    else:
+        trainer = Trainer(run, data=build_data(run.data, run.model.seq_len, device, run.train.seed, sources=sources),
+                          device=device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -80,7 +85,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = Non
         raise
 
 
-def report_epoch(trainer: Trainer, where: dict) -> None:
+def report_epoch(trainer: Trainer | Replicates, where: dict) -> None:
     """Reports the epoch's metrics with a checkpoint (and, after the last epoch, its pictures)."""
     with tempfile.TemporaryDirectory() as directory:
         trainer.save_checkpoint(directory)
