@@ -223,8 +223,8 @@ def test_shipped_paper_specs_have_a_cpu_and_a_full_profile():
         path = f"search_spaces/{name}.yaml"
         cpu, full = load_spec(path, profile="cpu"), load_spec(path, profile="full")
         assert num_trials(cpu) == num_trials(full) and len(cpu.space["train.seed"].values) >= 3
-        assert cpu.base_config().data.dataset == "mnist5k" or name == "paper_table2"
-        assert full.base_config().train.optimizer == "sgd" and full.base_config().train.lr == 1e-4
-        assert full.base_config().train.epochs == (250 if name == "paper_2d" else 100)
+        assert cpu.run.data.dataset == "mnist5k" or name == "paper_table2"
+        assert full.run.train.optimizer == "sgd" and full.run.train.lr == 1e-4
+        assert full.run.train.epochs == (250 if name == "paper_2d" else 100)
         assert full.resources.gpus_per_trial > 0 and cpu.resources.gpus_per_trial == 0
         assert full.name == f"{name}_full" and cpu.name == name

@@ -1,19 +1,16 @@
 """Training configuration: the `data`, `model` and `train` sections of a config file.
 
-Plain dataclasses with explicit validation, so the core imports with PyTorch, NumPy and PyYAML
-only. Every problem is a ConfigError whose message is one line naming the field to fix.
+Pydantic models, parsed once, with strict types: an integer field refuses 'four' and true, a number
+field takes integers. Every problem is a ConfigError whose message is one line naming the field.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -30,89 +27,35 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 SHAPE_KEYS = ("variant", "n_caps", "cap_dim", "image_shape", "torus_window", "seq_len")
 
 
-@dataclass
-class ModelConfig:
-    variant: str = "tvae"
-    n_caps: int = 18
-    cap_dim: int = 18
-    seq_len: int = 18
-    coherence_window: int = 13
-    n_off_diag: int = 1
-    shift: int = 1
-    mu_init: float = 30.0
-    image_shape: tuple[int, int, int] = (3, 28, 28)
-    torus_window: int = 5  # tvae2d: side of the square neighbourhood on the torus
-
-    def __post_init__(self) -> None:
-        self.image_shape = tuple(self.image_shape)
-        validate_model(self)
-
-    @property
-    def latent_dim(self) -> int:
-        return self.n_caps * self.cap_dim
+# ---------------------------------------------------------------- field types
 
 
-@dataclass
-class DataConfig:
-    dataset: str = "mnist5k"
-    transforms: list[str] = field(default_factory=lambda: ["rotation", "hue", "scale"])
-    test_transforms: list[str] | None = None
-    train_sequences: int = 1024
-    test_sequences: int = 128
-    test_fraction: float = 0.1
-    path: str | None = None
-    download: bool = False
-    grayscale: bool = False
-
-    def __post_init__(self) -> None:
-        validate_data(self)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        if self.dataset == "dsprites":
-            return (1, 64, 64)
-        return (1, 28, 28) if self.grayscale else (3, 28, 28)
+def _rule(ok, text: str, show=str) -> AfterValidator:
+    """A check of one value, refused as '<text>, got <value>'."""
+    def check(value):
+        if not ok(value):
+            raise ValueError(f"{text}, got {show(value)}")
+        return value
+    return AfterValidator(check)
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 8
-    lr: float = 1e-4
-    mu_lr: float | None = None  # the learning rate of the TVAE's mu (None: lr); mu is one scalar among millions
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    seed: int = 0
-    device: str = "auto"
-    eval_every: int = 1
-    eval_batch_size: int = 64
-    ll_samples: int = 10
-    num_threads: int | None = None
-    grad_clip: float | None = None
-    cuda_graph: bool = False  # replay each step as one CUDA graph (CUDA only; for small batches)
-
-    def __post_init__(self) -> None:
-        validate_train(self)
+def _one_of(options: tuple[str, ...]) -> AfterValidator:
+    return _rule(lambda v: v in options, f"must be one of {', '.join(options)}", repr)
 
 
-@dataclass
-class RunConfig:
-    """One training run: what `tvae-sweep train` reads and every sweep trial runs."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["model"]["image_shape"] = list(self.model.image_shape)
-        return out
+def _at_least(low: int) -> AfterValidator:
+    return _rule(lambda v: v >= low, f"must be >= {low}")
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-
-
-# ---------------------------------------------------------------- validation
+# 4.0 is the integer 4 (a table's column of integers with gaps holds floats); an integer is a number
+Int = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v), Strict()]
+Float = Annotated[float, BeforeValidator(lambda v: float(v) if type(v) is int else v), Strict()]
+Str = Annotated[str, Strict()]
+Bool = Annotated[bool, Strict()]
+Count = Annotated[Int, _at_least(1)]
+Positive = Annotated[Float, _rule(lambda v: v > 0, "must be > 0")]
+Shape = Annotated[tuple[Int, ...], _rule(lambda s: len(s) == 3 and all(n >= 1 for n in s),
+                                         "must be three positive sizes [C, H, W]", list)]
 
 
 def _check(ok: bool, name: str, message: str) -> None:
@@ -120,126 +63,169 @@ def _check(ok: bool, name: str, message: str) -> None:
         raise ConfigError(f"{name}: {message}")
 
 
-def validate_model(m: ModelConfig) -> None:
-    _check(m.variant in VARIANTS, "model.variant", f"must be one of {', '.join(VARIANTS)}, got {m.variant!r}")
-    for name in ("n_caps", "cap_dim", "seq_len", "coherence_window", "torus_window"):
-        _check(getattr(m, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(m, name)}")
-    _check(m.n_off_diag >= 0, "model.n_off_diag", f"must be >= 0, got {m.n_off_diag}")
-    _check(m.shift >= 0, "model.shift", f"must be >= 0, got {m.shift}")
-    _check(len(m.image_shape) == 3 and all(s >= 1 for s in m.image_shape), "model.image_shape",
-           f"must be three positive sizes [C, H, W], got {list(m.image_shape)}")
-    if m.variant == "tvae":
-        _check(m.coherence_window <= m.seq_len, "model.coherence_window",
-               f"must be between 1 and model.seq_len ({m.seq_len}), got {m.coherence_window}")
-        _check(2 * m.n_off_diag + 1 <= m.cap_dim, "model.n_off_diag",
-               f"the neighbourhood 2*n_off_diag+1 must fit in model.cap_dim ({m.cap_dim}), got {m.n_off_diag}")
-    if m.variant == "tvae2d":
-        side = round(m.cap_dim ** 0.5)
-        _check(side * side == m.cap_dim, "model.cap_dim",
-               f"tvae2d lays the capsule on a square torus: must be a square number, got {m.cap_dim}")
-        _check(m.torus_window <= side, "model.torus_window",
-               f"must be at most the torus side ({side}), got {m.torus_window}")
+# ---------------------------------------------------------------- errors as one line
+
+_TYPE_ERRORS = {"int_type": "must be an integer", "float_type": "must be a number", "bool_type": "must be true or false",
+                "string_type": "must be a string", "list_type": "must be a list", "tuple_type": "must be a list",
+                "model_type": "must be a mapping of keys to values"}
 
 
-def validate_data(d: DataConfig) -> None:
-    _check(d.dataset in DATASETS, "data.dataset", f"must be one of {', '.join(DATASETS)}, got {d.dataset!r}")
-    allowed = DSPRITES_FACTORS if d.dataset == "dsprites" else MNIST_TRANSFORMS
-    for name, value in (("transforms", d.transforms), ("test_transforms", d.test_transforms)):
-        if value is None:
-            continue
-        _check(isinstance(value, list), f"data.{name}", f"must be a list of {', '.join(allowed)}")
-        for t in value:
-            _check(t in allowed, f"data.{name}",
-                   f"{t!r} is not a {d.dataset} transform; allowed: {', '.join(allowed)}")
-    _check(d.train_sequences >= 1, "data.train_sequences", f"must be >= 1, got {d.train_sequences}")
-    _check(d.test_sequences >= 1, "data.test_sequences", f"must be >= 1, got {d.test_sequences}")
-    _check(0.0 < d.test_fraction < 1.0, "data.test_fraction", f"must be between 0 and 1, got {d.test_fraction}")
-    if d.dataset == "mnist":
-        _check(d.path is not None, "data.path", "dataset mnist needs the directory of the MNIST IDX files")
-    _check(not (d.grayscale and d.dataset == "dsprites"), "data.grayscale", "dsprites is already one channel")
-    if d.grayscale:
-        for t in (d.transforms or []) + (d.test_transforms or []):
-            _check("hue" not in t, "data.grayscale", f"transform {t!r} changes hue, which needs colour; set grayscale: false")
+def _message(err: ValidationError, cls: type[Section], keys: list[str]) -> str:
+    """The first problem as one line: wrong types and unknown keys first, in the order given; then the checks."""
+    def order(e: dict) -> tuple[bool, int]:
+        checked = e["type"] not in _TYPE_ERRORS and e["type"] != "extra_forbidden"
+        return checked, 0 if checked or e["loc"][0] not in keys else keys.index(e["loc"][0])
+
+    e = min(err.errors(), key=order)
+    if isinstance(e.get("ctx", {}).get("error"), ConfigError):  # a check that names its own fields
+        return str(e["ctx"]["error"])
+    name = cls.section + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
+    name = name.removeprefix(".")
+    if e["type"] == "extra_forbidden":
+        return f"{name}: unknown key; allowed: {', '.join(cls.model_fields)}"
+    if e["type"] in _TYPE_ERRORS:
+        return f"{name}: {_TYPE_ERRORS[e['type']]}, got {e['input']!r}"
+    return f"{name}: {e['msg'].removeprefix('Value error, ')}"
 
 
-def validate_train(t: TrainConfig) -> None:
-    for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "ll_samples"):
-        _check(getattr(t, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(t, name)}")
-    _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
-    _check(t.mu_lr is None or t.mu_lr > 0, "train.mu_lr", f"must be > 0, got {t.mu_lr}")
-    _check(t.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
-    _check(0.0 <= t.momentum < 1.0, "train.momentum", f"must be in [0, 1), got {t.momentum}")
-    _check(t.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}, got {t.device!r}")
-    _check(t.num_threads is None or t.num_threads >= 1, "train.num_threads", f"must be >= 1, got {t.num_threads}")
-    _check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", f"must be > 0, got {t.grad_clip}")
-    _check(not t.cuda_graph or t.device in ("auto", "cuda"), "train.cuda_graph",
-           f"CUDA graphs need train.device cuda (or auto on a GPU), got {t.device!r}")
+class Section(BaseModel):
+    """A config section: unknown keys refused, and any problem a one-line ConfigError."""
+
+    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = ""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise ConfigError(_message(e, type(self), list(values))) from None
 
 
-def validate_run(run: RunConfig) -> None:
-    """Checks that need two sections at once."""
-    m, d = run.model, run.data
-    _check(tuple(m.image_shape) == d.image_shape, "model.image_shape",
-           f"must match the data ({list(d.image_shape)} for data.dataset {d.dataset}), got {list(m.image_shape)}")
-    if d.transforms and m.seq_len < 2:
-        raise ConfigError("model.seq_len: transforming sequences need seq_len >= 2 (use data.transforms: [] for static images)")
+# ---------------------------------------------------------------- the sections
+
+
+class ModelConfig(Section):
+    section: ClassVar[str] = "model"
+
+    variant: Annotated[Str, _one_of(VARIANTS)] = "tvae"
+    n_caps: Count = 18
+    cap_dim: Count = 18
+    seq_len: Count = 18
+    coherence_window: Count = 13
+    n_off_diag: Annotated[Int, _at_least(0)] = 1
+    shift: Annotated[Int, _at_least(0)] = 1
+    mu_init: Float = 30.0
+    image_shape: Shape = (3, 28, 28)
+    torus_window: Count = 5  # tvae2d: side of the square neighbourhood on the torus
+
+    @property
+    def latent_dim(self) -> int:
+        return self.n_caps * self.cap_dim
+
+    @model_validator(mode="after")
+    def _fits(self) -> ModelConfig:
+        if self.variant == "tvae":
+            _check(self.coherence_window <= self.seq_len, "model.coherence_window",
+                   f"must be between 1 and model.seq_len ({self.seq_len}), got {self.coherence_window}")
+            _check(2 * self.n_off_diag + 1 <= self.cap_dim, "model.n_off_diag",
+                   f"the neighbourhood 2*n_off_diag+1 must fit in model.cap_dim ({self.cap_dim}), got {self.n_off_diag}")
+        if self.variant == "tvae2d":
+            side = round(self.cap_dim ** 0.5)
+            _check(side * side == self.cap_dim, "model.cap_dim",
+                   f"tvae2d lays the capsule on a square torus: must be a square number, got {self.cap_dim}")
+            _check(self.torus_window <= side, "model.torus_window",
+                   f"must be at most the torus side ({side}), got {self.torus_window}")
+        return self
+
+
+class DataConfig(Section):
+    section: ClassVar[str] = "data"
+
+    dataset: Annotated[Str, _one_of(DATASETS)] = "mnist5k"
+    transforms: list[Str] = Field(default_factory=lambda: ["rotation", "hue", "scale"])
+    test_transforms: list[Str] | None = None
+    train_sequences: Count = 1024
+    test_sequences: Count = 128
+    test_fraction: Annotated[Float, _rule(lambda v: 0 < v < 1, "must be between 0 and 1")] = 0.1
+    path: Str | None = None
+    download: Bool = False
+    grayscale: Bool = False
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        if self.dataset == "dsprites":
+            return (1, 64, 64)
+        return (1, 28, 28) if self.grayscale else (3, 28, 28)
+
+    @model_validator(mode="after")
+    def _fits(self) -> DataConfig:
+        allowed = DSPRITES_FACTORS if self.dataset == "dsprites" else MNIST_TRANSFORMS
+        for name in ("transforms", "test_transforms"):
+            for t in getattr(self, name) or []:
+                _check(t in allowed, f"data.{name}", f"{t!r} is not a {self.dataset} transform; allowed: {', '.join(allowed)}")
+        if self.dataset == "mnist":
+            _check(self.path is not None, "data.path", "dataset mnist needs the directory of the MNIST IDX files")
+        _check(not (self.grayscale and self.dataset == "dsprites"), "data.grayscale", "dsprites is already one channel")
+        if self.grayscale:
+            for t in self.transforms + (self.test_transforms or []):
+                _check("hue" not in t, "data.grayscale", f"transform {t!r} changes hue, which needs colour; set grayscale: false")
+        return self
+
+
+class TrainConfig(Section):
+    section: ClassVar[str] = "train"
+
+    epochs: Count = 5
+    batch_size: Count = 8
+    lr: Positive = 1e-4
+    mu_lr: Positive | None = None  # the learning rate of the TVAE's mu (None: lr); mu is one scalar among millions
+    optimizer: Annotated[Str, _one_of(OPTIMIZERS)] = "sgd"
+    momentum: Annotated[Float, _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")] = 0.9
+    seed: Int = 0
+    device: Annotated[Str, _one_of(DEVICES)] = "auto"
+    eval_every: Count = 1
+    eval_batch_size: Count = 64
+    ll_samples: Count = 10
+    num_threads: Count | None = None
+    grad_clip: Positive | None = None
+    cuda_graph: Bool = False  # replay each step as one CUDA graph (CUDA only; for small batches)
+
+    @model_validator(mode="after")
+    def _fits(self) -> TrainConfig:
+        _check(not self.cuda_graph or self.device in ("auto", "cuda"), "train.cuda_graph",
+               f"CUDA graphs need train.device cuda (or auto on a GPU), got {self.device!r}")
+        return self
+
+
+class RunConfig(Section):
+    """One training run: what `tvae-sweep train` reads and every sweep trial runs."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _fits(self) -> RunConfig:
+        """Checks that need two sections at once."""
+        m, d = self.model, self.data
+        if "image_shape" not in m.model_fields_set:  # the data decides unless the user says otherwise
+            self.model = m = m.model_copy(update={"image_shape": d.image_shape})
+        _check(m.image_shape == d.image_shape, "model.image_shape",
+               f"must match the data ({list(d.image_shape)} for data.dataset {d.dataset}), got {list(m.image_shape)}")
+        if d.transforms and m.seq_len < 2:
+            raise ConfigError("model.seq_len: transforming sequences need seq_len >= 2 (use data.transforms: [] for static images)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.model_dump()
+        out["model"]["image_shape"] = list(self.model.image_shape)
+        return out
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
 # ---------------------------------------------------------------- parsing
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Checks one value against its annotation; ints are accepted for floats."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner[0])
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: must be a list, got {value!r}")
-        item = args[0]
-        items = [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{name}: must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}: must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}: must be a string, got {value!r}")
-        return value
-    return value
-
-
-def section_from_dict(section: str, cls: type, raw: Any) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{section}: must be a mapping of keys to values, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise ConfigError(f"{section}.{key}: unknown key; allowed: {', '.join(known)}")
-        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # pragma: no cover - all fields have defaults
-        raise ConfigError(f"{section}: {e}") from None
 
 
 def run_config_from_dict(raw: Any) -> RunConfig:
@@ -248,15 +234,13 @@ def run_config_from_dict(raw: Any) -> RunConfig:
     for key in raw:
         if key not in SECTIONS:
             raise ConfigError(f"{key}: unknown section; allowed: {', '.join(SECTIONS)}")
-    data = section_from_dict("data", DataConfig, raw.get("data"))
-    model_raw = dict(raw.get("model") or {}) if isinstance(raw.get("model") or {}, dict) else raw.get("model")
-    if isinstance(model_raw, dict) and "image_shape" not in model_raw:
-        model_raw["image_shape"] = list(data.image_shape)  # the data decides unless the user says otherwise
-    model = section_from_dict("model", ModelConfig, model_raw)
-    train = section_from_dict("train", TrainConfig, raw.get("train"))
-    run = RunConfig(data=data, model=model, train=train)
-    validate_run(run)
-    return run
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = {} if raw.get(name) is None else raw[name]
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name}: must be a mapping of keys to values, got {values!r}")
+        sections[name] = cls(**{str(key): value for key, value in values.items()})
+    return RunConfig(**sections)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -67,7 +67,7 @@ def _trainable(spec: SweepSpec):
     from .trainable import train_trial
 
     base = spec.base_dict()
-    run = spec.base_config()
+    run = spec.run
     sources = load_sources(run.data)  # loaded once here, shared through the object store
     trainable = tune.with_parameters(train_trial, base=base, sources=sources)
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial,
@@ -101,7 +101,7 @@ def _scheduler(spec: SweepSpec):
 
         return pbt_scheduler(spec)
     if s.scheduler == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=spec.base_config().train.epochs,
+        return ASHAScheduler(time_attr="training_iteration", max_t=spec.run.train.epochs,
                              grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     return FIFOScheduler()
 
@@ -146,7 +146,7 @@ def preflight(spec: SweepSpec, sweep: SweepDir, address: str | None) -> None:
 
     check_results_folder(sweep.root.parent)
     check_reachable(*ray_address(address))
-    check_sources(spec.base_config().data)
+    check_sources(spec.run.data)
 
 
 def join(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog) -> None:

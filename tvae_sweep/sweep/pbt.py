@@ -63,7 +63,7 @@ class ClipToSpace:
 
     def __init__(self, spec: SweepSpec):
         self.space = {k: spec.space[k] for k in spec.search.mutate}
-        self.base = spec.base_config().to_dict()
+        self.base = spec.run.to_dict()
 
     def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
         for key, p in self.space.items():
@@ -98,7 +98,7 @@ def full_points(spec: SweepSpec) -> list[dict[str, Any]]:
     holds the base config's value, which is what that trial runs with."""
     points = initial_population(spec)
     keys = sorted({key for point in points for key in point})
-    base = spec.base_config().to_dict()
+    base = spec.run.to_dict()
     return [{key: point[key] if key in point else lookup(key, {}, base) for key in keys} for point in points]
 
 

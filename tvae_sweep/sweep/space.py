@@ -141,7 +141,7 @@ def num_trials(spec: SweepSpec) -> int:
 
 
 def define_by_run(spec: SweepSpec) -> DefineByRun:
-    return DefineByRun(spec.space, spec.base_config().to_dict())
+    return DefineByRun(spec.space, spec.run.to_dict())
 
 
 def check_space(spec: SweepSpec) -> list[RunConfig]:
@@ -156,7 +156,7 @@ def check_space(spec: SweepSpec) -> list[RunConfig]:
                 raise ConfigError(f"search.warm_start[{i}].{key}: not a searched key; searched: {', '.join(spec.space)}")
         runs.append(_check_config(base, {**point}, f"search.warm_start[{i}]"))
     if not spec.space:
-        return runs + [spec.base_config()]
+        return runs + [spec.run]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     candidates = [study.ask() for _ in range(DRY_RUN_SAMPLES)]
@@ -185,7 +185,7 @@ def _corners(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def _clip_to_max_from(spec: SweepSpec, corner: dict[str, Any]) -> dict[str, Any]:
     """FixedTrial ignores dynamic bounds: apply max_from the way the sampler would."""
-    base = spec.base_config().to_dict()
+    base = spec.run.to_dict()
     values: dict[str, Any] = {}
     for key in sampling_order(spec.space):
         p = spec.space[key]

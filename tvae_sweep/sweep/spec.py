@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..config import SECTIONS, ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict, set_path
 
@@ -165,11 +165,20 @@ class SweepSpec(Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    _run: RunConfig = PrivateAttr()
 
-    def base_config(self) -> RunConfig:
-        return run_config_from_dict({s: getattr(self, s) for s in RUN_SECTIONS})
+    @model_validator(mode="after")
+    def _parse_run(self) -> "SweepSpec":
+        self._run = run_config_from_dict(self.base_dict())
+        return self
+
+    @property
+    def run(self) -> RunConfig:
+        """The base config: data, model and train parsed once, defaults filled in."""
+        return self._run
 
     def base_dict(self) -> dict[str, Any]:
+        """data, model and train as the spec gives them, which a trial's sampled values overlay."""
         return {s: dict(getattr(self, s)) for s in RUN_SECTIONS}
 
 
@@ -178,6 +187,8 @@ class SweepSpec(Strict):
 
 def format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
+    if isinstance(first.get("ctx", {}).get("error"), ConfigError):  # data, model or train: one line already
+        return str(first["ctx"]["error"])
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

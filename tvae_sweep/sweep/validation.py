@@ -92,7 +92,7 @@ def spec_from_dict(raw: dict) -> SweepSpec:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
-    run = spec.base_config()
+    run = spec.run
     check_space_keys(spec, run)
     check_search(spec, run)
     check_objectives(spec, check_space(spec))

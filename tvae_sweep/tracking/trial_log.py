@@ -256,7 +256,7 @@ class TrialLog:
     def log_complete(self, trial: TrialView, frame: pd.DataFrame) -> None:
         child = self.child(trial)
         epochs = trial.last_result.get("training_iteration", 0)
-        if epochs < self.spec.base_config().train.epochs:
+        if epochs < self.spec.run.train.epochs:
             self.runs.set_tags(child.run_id, {"tvae_sweep.stopped_early": f"by the scheduler after {epochs} epochs"})
         self.runs.set_status(child.run_id, FINISHED)
         child.status = FINISHED
