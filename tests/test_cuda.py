@@ -85,3 +85,25 @@ def test_hue_turn_on_the_gpu_matches_the_cpu():
     angles = torch.arange(32.0) * 20
     torch.testing.assert_close(rotate_hue(images.cuda(), angles.cuda()).cpu(), rotate_hue(images, angles),
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_fused_members_train_on_cuda_alone_and_together(tiny_config, cuda_graph, precision):
+    from tvae_sweep.fused_training import FusedTrainer
+
+    train = {"device": "cuda", "epochs": 2, "cuda_graph": cuda_graph, "precision": precision}
+    cfgs = [tiny_config(train={**train, "seed": s}, data={"train_sequences": 48}) for s in (0, 1, 2)]
+    fused = FusedTrainer(cfgs)
+    list(fused.epochs())
+    assert fused.errors == [None] * 3
+    assert all(p.is_cuda for p in fused.model.parameters())
+    if cuda_graph:
+        assert fused.graphed.graph is not None
+    for m, cfg in enumerate(cfgs):
+        single = Trainer(cfg)
+        list(single.epochs())
+        history = fused.histories[m]
+        assert math.isfinite(history[-1]["log_likelihood"])
+        if not cuda_graph and precision == "fp32":  # the same noise, batches and start: the same run
+            assert history[-1]["log_likelihood"] == pytest.approx(single.history[-1]["log_likelihood"], rel=1e-3)

@@ -8,11 +8,14 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from helpers import tiny_raw
+from helpers import spec_raw, tiny_raw
 
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError, run_config_from_dict
-from tvae_sweep.fused_training import FusedTrainer, Replicates
+from tvae_sweep.fused_training import FusedTrainer, Replicates, check_members
+from tvae_sweep.sweep.fusion import fused_groups, ray_trials
+from tvae_sweep.sweep.space import num_trials, trial_run_config
+from tvae_sweep.sweep.validation import load_spec, spec_from_dict
 from tvae_sweep.training import DivergenceError, Trainer
 
 TIMES = ("train_time_s", "eval_time_s")
@@ -222,3 +225,57 @@ def test_replicates_fail_when_every_seed_has():
     replicated = Replicates(config({"mu_init": 1e38}), 2)
     with pytest.raises(DivergenceError, match="non-finite loss at epoch 1"):
         list(replicated.epochs())
+
+
+# ---------------------------------------------------------------- search.fuse: grouping a grid
+
+
+@pytest.mark.parametrize("profile", ["cpu", "full"])
+def test_the_table1_grid_fuses_into_the_vaes_and_the_tvae_family(profile):
+    spec = load_spec("search_spaces/paper_table1.yaml", ["search.fuse=true"], profile)
+    groups = fused_groups(spec)
+    assert ray_trials(spec) == 2 and num_trials(spec) == 18
+    presets = [sorted({p.params["paper_model"] for p in group}) for group in groups]
+    assert presets == [["vae"], ["bubble", "tvae_L0", "tvae_L13_36", "tvae_L1_2", "tvae_L5_36"]]
+    assert [len(g) for g in groups] == [3, 15]
+    for group in groups:  # every group trains as one fused model
+        check_members([trial_run_config(spec.base_dict(), p.config) for p in group])
+
+
+def test_points_of_other_shapes_or_settings_are_not_fused():
+    raw = spec_raw(search={"algorithm": "grid", "scheduler": "fifo", "fuse": True, "metric": "log_likelihood"})
+    raw["space"] = {"model.n_caps": {"type": "categorical", "values": [2, 3]},
+                    "model.shift": {"type": "categorical", "values": [0, 1]},
+                    "train.lr": {"type": "categorical", "values": [1e-3, 1e-2]}}
+    groups = fused_groups(spec_from_dict(raw))
+    assert [len(g) for g in groups] == [2, 2, 2, 2]  # n_caps x lr; the shifts of each fused
+    assert all({p.params["model.shift"] for p in g} == {0, 1} for g in groups)
+
+
+# ---------------------------------------------------------------- train.precision
+
+
+def test_bf16_changes_the_training_step_and_leaves_evaluation_in_fp32():
+    fp32, bf16 = Trainer(config()), Trainer(config(train={"precision": "bf16"}))
+    assert bf16.evaluate() == fp32.evaluate()  # the same weights: evaluation does not depend on it
+    a, b = list(fp32.epochs())[-1], list(bf16.epochs())[-1]
+    assert a["train_loss"] != b["train_loss"]  # the step ran in bfloat16
+    assert b["log_likelihood"] == pytest.approx(a["log_likelihood"], rel=0.02)
+
+
+def test_bf16_fused_members_follow_their_single_runs():
+    cfgs = [config(train={"precision": "bf16", "seed": s}) for s in (0, 1)]
+    fused = FusedTrainer(cfgs)
+    list(fused.epochs())
+    for cfg, history in zip(cfgs, fused.histories):
+        assert history[-1]["log_likelihood"] == pytest.approx(single_history(cfg)[-1]["log_likelihood"], rel=0.01)
+
+
+def test_tf32_is_refused_off_cuda():
+    with pytest.raises(ConfigError, match="train.precision: tf32 is a CUDA matrix-product mode: needs train.device cuda"):
+        config(train={"precision": "tf32", "device": "cpu"})
+    with pytest.raises(ConfigError, match="train.precision: must be one of fp32, tf32, bf16, got 'fp16'"):
+        config(train={"precision": "fp16"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="tf32 is a CUDA matrix-product mode, and this run is on cpu"):
+            FusedTrainer([config(train={"precision": "tf32", "device": "auto"})])

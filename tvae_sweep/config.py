@@ -20,6 +20,7 @@ MNIST_TRANSFORMS = ("rotation", "hue", "scale", "rotation_hue", "perspective_hue
 DSPRITES_FACTORS = ("x", "y", "orientation", "scale")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 # model keys that fix the network's parameter shapes (or the data they see): two runs that differ in
@@ -189,11 +190,14 @@ class TrainConfig(Section):
     num_threads: Count | None = None
     grad_clip: Positive | None = None
     cuda_graph: Bool = False  # replay each step as one CUDA graph (CUDA only; for small batches)
+    precision: Annotated[Str, _one_of(PRECISIONS)] = "fp32"  # the training step's; evaluation is fp32
 
     @model_validator(mode="after")
     def _fits(self) -> TrainConfig:
         _check(not self.cuda_graph or self.device in ("auto", "cuda"), "train.cuda_graph",
                f"CUDA graphs need train.device cuda (or auto on a GPU), got {self.device!r}")
+        _check(self.precision != "tf32" or self.device in ("auto", "cuda"), "train.precision",
+               f"tf32 is a CUDA matrix-product mode: needs train.device cuda (or auto on a GPU), got {self.device!r}")
         return self
 
 

@@ -24,8 +24,8 @@ from .graphed import GraphedStep
 from .metrics import init_metrics, learned, over_seeds
 from .model import TopographicVAE, build_model
 from .model.fused import FusedTVAE, check_fusable
-from .training import (CHECKPOINT_FILE, CheckpointError, DivergenceError, evaluate, group_lr, make_optimizer, read_checkpoint,
-                       resolve_device, steps_per_epoch)
+from .training import (CHECKPOINT_FILE, CheckpointError, DivergenceError, check_precision, evaluate, forward_precision,
+                       group_lr, make_optimizer, read_checkpoint, resolve_device, step_precision, steps_per_epoch)
 
 
 # optimiser state entries the members share (Adam's step count); every other entry of a parameter's
@@ -69,6 +69,7 @@ class FusedTrainer:
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = device or resolve_device(t.device)
+        check_precision(t, self.device)
         sources = sources or load_sources(cfgs[0].data)
         states, self.noise, self.data = [], [], []
         for cfg in cfgs:
@@ -126,11 +127,14 @@ class FusedTrainer:
 
         The summed loss gives each member the gradient of its own loss (the members share no weight);
         a failed member's loss is left out of it."""
-        losses = self.model(x, self.noise)
-        losses[self.alive].sum().backward()
-        if self.train_cfg.grad_clip:
-            clip_per_member(list(self.model.parameters()), self.train_cfg.grad_clip)
-        self.optimizer.step()
+        t = self.train_cfg
+        with step_precision(t):
+            with forward_precision(t, self.device):
+                losses = self.model(x, self.noise)
+            losses[self.alive].sum().backward()
+            if t.grad_clip:
+                clip_per_member(list(self.model.parameters()), t.grad_clip)
+            self.optimizer.step()
         return losses.detach()
 
     def epochs(self, on_step: Callable[[int, float], None] | None = None) -> Iterator[int]:
@@ -261,7 +265,26 @@ def clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
         g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
 
 
-REPLICATES_FILE = "replicates.json"  # in a replicated trial's checkpoint: its failed seeds, why, and their records
+FAILED_FILE = "failed.json"  # in a checkpoint of members: the failed ones, why, and their records
+
+
+def save_members(fused: FusedTrainer, directory: str | Path, folders: list[str]) -> None:
+    """Each living member's checkpoint into directory/folders[m]/, and the failed members' reasons
+    and records into failed.json (a failed member's weights are not kept)."""
+    directory = Path(directory)
+    fused.save_checkpoints([directory / f for f in folders])
+    failed = {f: {"error": e, "history": h} for f, e, h in zip(folders, fused.errors, fused.histories) if e}
+    (directory / FAILED_FILE).write_text(json.dumps(failed))
+
+
+def load_members(fused: FusedTrainer, directory: str | Path, folders: list[str]) -> None:
+    """Resumes what save_members wrote: failed members stay failed, with their records."""
+    directory = Path(directory)
+    failed = json.loads((directory / FAILED_FILE).read_text()) if (directory / FAILED_FILE).is_file() else {}
+    for m, folder in enumerate(folders):
+        if folder in failed:
+            fused.errors[m], fused.histories[m] = failed[folder]["error"], failed[folder]["history"]
+    fused.load_checkpoints([None if f in failed else directory / f for f in folders])
 
 
 class Replicates:
@@ -270,10 +293,11 @@ class Replicates:
     `<m>_std` and `<m>_seed<s>` beside it (metrics.over_seeds). It fails only when every seed has.
 
     The checkpoint is one folder per seed (seed_<s>/, a single run's checkpoint each) and
-    replicates.json; the pictures are those of the first seed."""
+    failed.json; the pictures are those of the first seed that has not failed."""
 
     def __init__(self, cfg: RunConfig, k: int, device: torch.device | None = None, sources=None):
         self.seeds = [cfg.train.seed + i for i in range(k)]
+        self.folders = [f"seed_{s}" for s in self.seeds]
         self.fused = FusedTrainer([with_seed(cfg, s) for s in self.seeds], device, sources)
         self.cfg = cfg
 
@@ -302,19 +326,10 @@ class Replicates:
             yield self.history[-1]
 
     def save_checkpoint(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        self.fused.save_checkpoints([directory / f"seed_{s}" for s in self.seeds])
-        failed = {s: {"error": e, "history": h} for s, e, h in zip(self.seeds, self.fused.errors, self.fused.histories) if e}
-        (directory / REPLICATES_FILE).write_text(json.dumps({"failed": failed}))
+        save_members(self.fused, directory, self.folders)
 
     def load_checkpoint(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        failed = json.loads((directory / REPLICATES_FILE).read_text())["failed"] if (directory / REPLICATES_FILE).is_file() else {}
-        for m, s in enumerate(self.seeds):
-            if str(s) in failed:
-                self.fused.errors[m] = failed[str(s)]["error"]
-                self.fused.histories[m] = failed[str(s)]["history"]
-        self.fused.load_checkpoints([None if str(s) in failed else directory / f"seed_{s}" for s in self.seeds])
+        load_members(self.fused, directory, self.folders)
 
 
 def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
@@ -324,6 +339,9 @@ def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
 
 
 def state_files(folder: str | Path) -> list[Path]:
-    """The training states in a checkpoint folder: a single run's, or each seed's of a replicated trial."""
+    """The training states in a checkpoint folder: a single run's, or each member's (seed_<s>/ of a
+    replicated trial, point_<i>/ of a fused one)."""
     folder = Path(folder)
-    return [folder / CHECKPOINT_FILE] if (folder / CHECKPOINT_FILE).is_file() else sorted(folder.glob(f"seed_*/{CHECKPOINT_FILE}"))
+    if (folder / CHECKPOINT_FILE).is_file():
+        return [folder / CHECKPOINT_FILE]
+    return sorted(p for p in folder.glob(f"*/{CHECKPOINT_FILE}"))

@@ -13,6 +13,7 @@ from typing import Callable
 import pandas as pd
 
 from .sweep.console import RayLog, TrialConsole
+from .sweep.fusion import ray_trials
 from .sweep.launch import check_new, create, fit, join, load_saved_spec, preflight, saved_trials
 from .sweep.layout import SweepDir, results_root, sweep_dir
 from .sweep.results import pareto_trials, ranked, trials_frame, write_table
@@ -68,9 +69,10 @@ def resume(name: str, results_dir: Path | None, address: str | None, tracking_ur
 
 def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, resumed: bool,
          tracking_uri: str | None, say: Say) -> Outcome:
-    total = num_trials(spec)
-    console = TrialConsole(list(spec.space), spec.search.metrics, total)
-    say(f"sweep {sweep.name}: {total} trials, results in {sweep.root}")
+    total, fused = num_trials(spec), ray_trials(spec)
+    console = TrialConsole(list(spec.space), spec.search.metrics, fused)
+    together = f" trained as {fused} fused trials" if spec.search.fuse else ""
+    say(f"sweep {sweep.name}: {total} trials{together}, results in {sweep.root}")
     tracking = None
     if spec.tracking.enabled:
         from .tracking.callback import MlflowTracking

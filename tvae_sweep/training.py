@@ -6,6 +6,7 @@ optimiser, epoch, RNG states, history), so a resumed run gives the numbers of an
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -62,6 +63,33 @@ def param_groups(model: torch.nn.Module, t: TrainConfig) -> list[dict]:
 
 def group_lr(group: dict, t: TrainConfig) -> float:
     return t.mu_lr if group.get("name") == "mu" else t.lr
+
+
+def forward_precision(t: TrainConfig, device: torch.device):
+    """The training step's forward pass: under bfloat16 autocast for train.precision bf16."""
+    if t.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def step_precision(t: TrainConfig):
+    """The training step's matrix products: TF32 on CUDA for train.precision tf32; evaluation keeps FP32."""
+    if t.precision != "tf32":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def check_precision(t: TrainConfig, device: torch.device) -> None:
+    if t.precision == "tf32" and device.type != "cuda":
+        raise ConfigError(f"train.precision: tf32 is a CUDA matrix-product mode, and this run is on {device}; "
+                          "use fp32 or bf16")
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -147,6 +175,7 @@ class Trainer:
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = device or resolve_device(t.device)
+        check_precision(t, self.device)
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model).to(self.device)
         self.optimizer = make_optimizer(self.model, t, self.device)
@@ -192,11 +221,14 @@ class Trainer:
 
     def _step(self, x: torch.Tensor) -> torch.Tensor:
         """Forward, backward and the optimiser step on zeroed gradients; returns the detached loss."""
-        loss = self.model(x).loss
-        loss.backward()
-        if self.cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.optimizer.step()
+        t = self.cfg.train
+        with step_precision(t):
+            with forward_precision(t, self.device):
+                loss = self.model(x).loss
+            loss.backward()
+            if t.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
         return loss.detach()
 
     def epochs(self, on_step: Callable[[int, float], None] | None = None) -> Iterator[dict]:

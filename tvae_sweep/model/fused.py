@@ -143,6 +143,5 @@ class FusedTVAE(nn.Module):
 
     @staticmethod
     def _sample(mean: torch.Tensor, logvar: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
-        noise = torch.stack([torch.randn(mean.shape[1:], generator=g, device=mean.device, dtype=mean.dtype)
-                             for g in generators])
+        noise = torch.stack([torch.randn(mean.shape[1:], generator=g, device=mean.device) for g in generators])
         return mean + noise * torch.exp(0.5 * logvar)

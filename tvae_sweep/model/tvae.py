@@ -54,7 +54,8 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def sample(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+    """A reparameterised draw; the noise is drawn in float32 whatever the autocast dtype of mean."""
+    return mean + torch.randn(mean.shape, device=mean.device) * torch.exp(0.5 * logvar)
 
 
 class TopographicVAE(nn.Module):

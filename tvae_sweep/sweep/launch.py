@@ -16,6 +16,7 @@ from .console import RayLog, ray_output_to
 from .layout import SweepDir, storage_location
 from .spec import SweepSpec
 from .validation import spec_from_dict
+from .fusion import ray_trials
 from .space import define_by_run, make_sampler, num_trials
 
 EXPERIMENT = "tune"  # Ray's experiment folder inside the storage path
@@ -69,7 +70,7 @@ def _trainable(spec: SweepSpec):
     base = spec.base_dict()
     run = spec.run
     sources = load_sources(run.data)  # loaded once here, shared through the object store
-    trainable = tune.with_parameters(train_trial, base=base, sources=sources)
+    trainable = tune.with_parameters(train_trial, base=base, sources=sources, replicates=spec.search.replicates)
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial,
                                            "gpu": spec.resources.gpus_per_trial})
 
@@ -84,6 +85,11 @@ def _searcher(spec: SweepSpec, sweep: SweepDir):
         from .pbt import pbt_searcher
 
         return pbt_searcher(spec)
+    if s.fuse:
+        from .fusion import fused_groups
+        from .searcher import FusedGridSearch
+
+        return FusedGridSearch(fused_groups(spec), s.metrics, s.modes, sweep.name, f"sqlite:///{sweep.optuna_db}")
     storage = optuna.storages.RDBStorage(f"sqlite:///{sweep.optuna_db}")
     metric = s.metrics if s.multi_objective else s.metrics[0]
     mode = s.modes if s.multi_objective else s.modes[0]
@@ -165,7 +171,8 @@ def create(spec: SweepSpec, sweep: SweepDir, raw_spec: dict, overwrite: bool) ->
     sweep.root.mkdir(parents=True, exist_ok=True)
     dump_yaml(without_passwords(raw_spec), sweep.spec)
     sweep.write_state(name=sweep.name, status="created", created=time.time(),
-                      experiment_path=experiment_path(spec, sweep), num_trials=num_trials(spec))
+                      experiment_path=experiment_path(spec, sweep), num_trials=num_trials(spec),
+                      ray_trials=ray_trials(spec))
 
 
 def without_passwords(raw_spec: dict) -> dict:
@@ -212,9 +219,11 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(spec, sweep), scheduler=_scheduler(spec),
-                num_samples=num_trials(spec), max_concurrent_trials=s.max_concurrent,
-                metric=s.metrics[0] if single else None, mode=s.modes[0] if single else None,
+                num_samples=ray_trials(spec), max_concurrent_trials=s.max_concurrent,
+                metric=s.metrics[0] if single and not s.fuse else None,
+                mode=s.modes[0] if single and not s.fuse else None,  # a fused trial reports per point
                 reuse_actors=spec.resources.reuse_actors,
+                trial_dirname_creator=fused_trial_folder if s.fuse else None,
             ),
             run_config=_run_config(spec, sweep, callbacks),
         )
@@ -225,11 +234,16 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     failed = sum(1 for r in grid if r.error is not None)
     trials = _trials(path)
     unfinished = sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
-    status = "finished" if len(grid) >= state["num_trials"] and not unfinished else "interrupted"
+    status = "finished" if len(grid) >= state.get("ray_trials", state["num_trials"]) and not unfinished else "interrupted"
     if status == "finished":  # an interrupted sweep's trials read as ended, but resume continues them
         prune_finished(trials)
     sweep.write_state(status=status, trials=len(grid), failed=failed)
     return status
+
+
+def fused_trial_folder(trial) -> str:
+    """A fused trial's folder: its id (Ray's default name lists every point's config)."""
+    return f"fused_{trial.trial_id}"
 
 
 def _trials(path: str) -> list:

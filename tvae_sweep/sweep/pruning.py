@@ -140,6 +140,15 @@ class PrunePlan:
                 f"({self.freed / 1e6:.1f} MB); keeps the best {len(self.kept)} by {self.metric}: {kept}")
 
 
+def trial_location(checkpoint: str) -> tuple[Path, str]:
+    """A row's checkpoint as (its Ray trial's folder, the point's folder inside each checkpoint:
+    '' for a trial of its own, point_<i> for a point of a fused trial)."""
+    path = Path(checkpoint)
+    if path.parent.name.startswith(CHECKPOINT_PREFIX):
+        return path.parent.parent, path.name
+    return path.parent, ""
+
+
 def plan_prune(frame: pd.DataFrame, metric: str, keep_best: int) -> PrunePlan:
     """The weights to remove: every finished trial's but those of the best `keep_best` by `metric`."""
     kept = list(ranked(frame, metric, keep_best)["trial_id"]) if keep_best else []
@@ -148,12 +157,12 @@ def plan_prune(frame: pd.DataFrame, metric: str, keep_best: int) -> PrunePlan:
         checkpoint = row.get("checkpoint")
         if row["trial_id"] in kept or not isinstance(checkpoint, str):
             continue
-        folder = Path(checkpoint).parent
-        if not finished_for_good(row["state"], folder):
+        trial, point = trial_location(checkpoint)
+        if not finished_for_good(row["state"], trial):
             continue  # a trial that `resume` would continue keeps what it needs
-        for folder in checkpoints(folder):
-            for weights in state_files(folder):
-                removed[f"{row['trial_id']}/{weights.parent.relative_to(folder.parent)}"] = weights
+        for folder in checkpoints(trial):
+            for weights in state_files(folder / point):
+                removed[f"{row['trial_id']}/{weights.parent.relative_to(trial)}"] = weights
     return PrunePlan(metric, kept, removed, sum(p.stat().st_size for p in removed.values()))
 
 
@@ -162,7 +171,7 @@ def apply_prune(plan: PrunePlan, frame: pd.DataFrame) -> int:
     from before pruning keeps them whole); returns the bytes freed."""
     freed = 0
     for checkpoint in frame.loc[frame["trial_id"].isin(plan.kept), "checkpoint"]:
-        freed += prune_trial(Path(checkpoint).parent)
+        freed += prune_trial(trial_location(checkpoint)[0])
     for path in plan.removed.values():
         if path.is_file():
             freed += path.stat().st_size

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..config import ConfigError, dump_yaml
 from ..metrics import is_metric, metric_mode, metric_order
+from .fusion import expand
 from .layout import SweepDir
 from .space import trial_run_config
 from .spec import SweepSpec
@@ -29,14 +30,15 @@ def trials_frame(path: str) -> pd.DataFrame:
 
 
 def frame_of(trials, finished_ids: set[str] = frozenset()) -> pd.DataFrame:
-    """One row per Ray trial: id, state, config, final and best metrics, epochs, run time, node,
-    error, checkpoint. Trials in `finished_ids` count as finished even if Ray has not marked them yet
-    (a callback's on_trial_complete runs before it does)."""
+    """One row per trial (per point of a fused trial): id, state, config, final and best metrics,
+    epochs, run time, node, error, checkpoint. Trials in `finished_ids` count as finished even if
+    Ray has not marked them yet (a callback's on_trial_complete runs before it does)."""
     rows = []
-    for trial in trials:
+    for trial in expand(trials):
         last = trial.last_result or {}
         best = last.get("best") or {}  # over the trial's whole history (see trainable.best_metrics)
-        state = "TERMINATED" if trial.trial_id in finished_ids else trial.status
+        finished = getattr(trial, "ray_id", trial.trial_id) in finished_ids and trial.status != "ERROR"
+        state = "TERMINATED" if finished else trial.status
         row: dict[str, Any] = {"trial_id": trial.trial_id, "state": state}
         row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
         for metric in sorted(filter(is_metric, last), key=metric_order):
@@ -76,6 +78,8 @@ def _error_text(trial) -> str | None:
     """The last line of the trial's error, if it failed."""
     if trial.status != "ERROR":
         return None
+    if getattr(trial, "error", None):  # a fused trial's point that failed alone
+        return last_line(trial.error)
     path = Path(trial.path) / "error.txt"
     return last_line(path.read_text() if path.is_file() else "")
 
@@ -126,6 +130,9 @@ def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out
         path = out / f"rank{rank}_{row['trial_id']}.yaml"
         header = (f"# trial {row['trial_id']} of the sweep, rank {rank} by {metric} = {row[f'final/{metric}']:.6g}\n"
                   f"# checkpoint: {row['checkpoint']}\n")
+        if spec.search.replicates > 1:  # the trial's value is the mean over its seeds
+            seeds = ",".join(str(run.train.seed + i) for i in range(spec.search.replicates))
+            header += f"# trained under {spec.search.replicates} seeds: tvae-sweep train {path.name} --output DIR --seeds {seeds}\n"
         dump_yaml(run.to_dict(), path)
         path.write_text(header + path.read_text())
         written.append(path)

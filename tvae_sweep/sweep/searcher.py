@@ -1,11 +1,18 @@
-"""Ray's OptunaSearch, made safe for a resumed sweep and told about failed trials."""
+"""Ray's OptunaSearch, made safe for a resumed sweep and told about failed trials; and the searcher
+of a fused grid."""
 from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch as RayOptunaSearch
 
 from ..compat import optuna_metrics, optuna_study, optuna_trials
+from .fusion import MEMBERS, Point, group_config
 
 
 class OptunaSearch(RayOptunaSearch):
@@ -40,3 +47,57 @@ class OptunaSearch(RayOptunaSearch):
             values = [t.values[i] for t in done]
             worst[metric] = min(values) if direction == optuna.study.StudyDirection.MAXIMIZE else max(values)
         return worst
+
+
+class FusedGridSearch(Searcher):
+    """search.fuse: each group of grid points one trial (sweep/fusion.py), and each point an Optuna
+    trial of the sweep's study once its trial ends, with its own objective values (failed: FAIL)."""
+
+    def __init__(self, groups: list[list[Point]], metrics: list[str], modes: list[str], study_name: str, storage: str):
+        super().__init__(metric=None, mode=None)
+        self.groups, self.metrics, self.modes = groups, metrics, modes
+        self.study_name, self.storage = study_name, storage
+        self.next = 0
+        self.live: dict[str, int] = {}  # Ray trial id -> its group
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the objectives are the spec's, per point
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.next >= len(self.groups):
+            return Searcher.FINISHED
+        self.live[trial_id] = self.next
+        self.next += 1
+        return group_config(self.groups[self.live[trial_id]])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        group = self.live.pop(trial_id, None)
+        if group is None:
+            return
+        reports = (result or {}).get(MEMBERS) or []
+        study = optuna.create_study(study_name=self.study_name, storage=self.storage, load_if_exists=True,
+                                    directions=["maximize" if m == "max" else "minimize" for m in self.modes])
+        for i, point in enumerate(self.groups[group]):
+            report = reports[i] if i < len(reports) else {}
+            values = [report.get(m) for m in self.metrics]
+            done = not report.get("error") and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+            study.add_trial(optuna.trial.create_trial(
+                params=point.params, distributions=self.distributions(),
+                values=values if done else None, state=TrialState.COMPLETE if done else TrialState.FAIL,
+                user_attrs={"ray_trial_id": f"{trial_id}_p{i}"}))
+
+    def distributions(self) -> dict:
+        choices: dict[str, list] = {}
+        for point in (p for group in self.groups for p in group):
+            for key, value in point.params.items():
+                choices.setdefault(key, [])
+                if value not in choices[key]:
+                    choices[key].append(value)
+        return {key: optuna.distributions.CategoricalDistribution(values) for key, values in choices.items()}
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"next": self.next, "live": self.live}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.next, self.live = state["next"], state["live"]

@@ -93,6 +93,22 @@ class SearchSpec(Strict):
     n_startup_trials: int = Field(4, ge=1)  # tpe, gp, cmaes: random trials before the model-based ones
     perturbation_interval: int = Field(2, ge=1)  # pbt: epochs between exploit-and-explore steps
     mutate: list[str] = Field(default_factory=list)  # pbt: the searched keys it may change
+    replicates: int = Field(1, ge=1)  # each trial's config trained under this many seeds, fused; reports their mean
+    fuse: bool = False  # grid: the points that share the network's shapes trained as one fused trial
+
+    @field_validator("fuse")
+    @classmethod
+    def _fusable(cls, fuse: bool, info) -> bool:
+        s = info.data
+        if fuse and s.get("algorithm") != "grid":
+            raise ValueError(f"needs search.algorithm grid (the points to fuse are known before the sweep), "
+                             f"got {s.get('algorithm')}")
+        if fuse and s.get("scheduler") != "fifo":
+            raise ValueError(f"fused points train to their end together: needs search.scheduler fifo, "
+                             f"got {s.get('scheduler')}")
+        if fuse and s.get("replicates", 1) > 1:
+            raise ValueError("fuses a grid's points, while replicates fuses a trial's seeds: use one of them")
+        return fuse
 
     @property
     def metrics(self) -> list[str]:

@@ -16,9 +16,10 @@ from ray import tune
 
 from ..data import build_data
 from ..images import save_pictures
-from ..fused_training import Replicates
+from ..fused_training import FusedTrainer, Replicates, load_members, save_members
 from ..training import DivergenceError, Trainer
 from ..metrics import best_of, is_metric
+from .fusion import MEMBERS, POINTS, point_folder
 from .space import trial_run_config
 
 DIVERGED_FILE = "diverged.txt"  # in the trial folder: why the trial failed, so a retry fails fast
@@ -52,24 +53,20 @@ def best_metrics(history: list[dict]) -> dict:
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = None, replicates: int = 1) -> None:
-    """Trains one trial's config (under `replicates` seeds, fused, reporting their means)."""
+    """Trains one trial: its config (under `replicates` seeds, fused, reporting their means), or the
+    points of a fused trial (sweep/fusion.py)."""
     ctx = tune.get_context()
     need = ctx.get_trial_resources().required_resources
     cpus, gpus = need.get("CPU", 1.0), need.get("GPU", 0.0)
-    run = trial_run_config(base, config)
-    run.train.num_threads = max(1, int(cpus))
-    torch.set_num_threads(run.train.num_threads)
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
     device = trial_device(gpus)
 
     diverged = Path(ctx.get_trial_dir()) / DIVERGED_FILE
     if diverged.is_file():  # a retry would diverge again at the same epoch: fail at once
         raise DivergenceError(diverged.read_text())
 
-    if replicates > 1:
-        trainer = Replicates(run, replicates, device, sources)
-    else:
-        trainer = Trainer(run, data=build_data(run.data, run.model.seq_len, device, run.train.seed, sources=sources),
-                          device=device)
+    trainer = make_trainer(config, base, sources, replicates, threads, device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -80,16 +77,67 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = Non
     try:
         for _ in trainer.epochs():
             report_epoch(trainer, where)
+        if isinstance(trainer, FusedPoints) and not trainer.fused.alive:
+            raise DivergenceError(f"every point failed: {trainer.fused.errors[0]}")
     except DivergenceError as e:
         diverged.write_text(str(e))
         raise
 
 
-def report_epoch(trainer: Trainer | Replicates, where: dict) -> None:
+def make_trainer(config: dict[str, Any], base: dict[str, Any], sources: Any, replicates: int, threads: int,
+                 device: torch.device):
+    def run_of(point: dict[str, Any]):
+        run = trial_run_config(base, point)
+        run.train.num_threads = threads
+        return run
+
+    if POINTS in config:
+        return FusedPoints(FusedTrainer([run_of(p) for p in config[POINTS]], device, sources))
+    run = run_of(config)
+    if replicates > 1:
+        return Replicates(run, replicates, device, sources)
+    return Trainer(run, data=build_data(run.data, run.model.seq_len, device, run.train.seed, sources=sources),
+                   device=device)
+
+
+class FusedPoints:
+    """A fused trial's points, trained as one: each point's checkpoint, pictures and report its own."""
+
+    def __init__(self, fused: FusedTrainer):
+        self.fused = fused
+        self.folders = [point_folder(i) for i in range(fused.k)]
+
+    def epochs(self):
+        return self.fused.epochs()
+
+    def save_checkpoint(self, directory: str) -> None:
+        save_members(self.fused, directory, self.folders)
+
+    def load_checkpoint(self, directory: str) -> None:
+        load_members(self.fused, directory, self.folders)
+
+    def report(self, directory: str) -> dict:
+        """Each point's report under MEMBERS (a failed point's with its error), its pictures after the last epoch."""
+        members = []
+        for m, (history, error) in enumerate(zip(self.fused.histories, self.fused.errors)):
+            if error is None and self.fused.finished:
+                save_pictures(self.fused.member_model(m), self.fused.data[m].test_set(), Path(directory) / self.folders[m])
+            members.append({**report_of(history), **({"error": error} if error else {})})
+        return {"epoch": self.fused.epoch, MEMBERS: members}
+
+
+def report_of(history: list[dict]) -> dict:
+    return {**carried_metrics(history), "best": best_metrics(history)}
+
+
+def report_epoch(trainer: Trainer | Replicates | FusedPoints, where: dict) -> None:
     """Reports the epoch's metrics with a checkpoint (and, after the last epoch, its pictures)."""
     with tempfile.TemporaryDirectory() as directory:
         trainer.save_checkpoint(directory)
-        if trainer.finished:
-            save_pictures(trainer.model, trainer.data.test_set(), directory)
-        report = {**carried_metrics(trainer.history), "best": best_metrics(trainer.history), **where}
-        tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
+        if isinstance(trainer, FusedPoints):
+            report = trainer.report(directory)
+        else:
+            if trainer.finished:
+                save_pictures(trainer.model, trainer.data.test_set(), directory)
+            report = report_of(trainer.history)
+        tune.report({**report, **where}, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -11,6 +11,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
+from ..sweep.fusion import expand, point_checkpoint
 from ..sweep.results import frame_of, last_line, trials_frame
 from .trial_log import TrialLog, TrialView
 
@@ -54,35 +55,55 @@ class MlflowTracking(Callback):
 
     @hook
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.log.later("on_trial_start", lambda view: self.log.mark_running(self.log.child(view)), TrialView.of(trial))
+        for view in views(trial):
+            self.log.later("on_trial_start", lambda v: self.log.mark_running(self.log.child(v)), view)
 
     @hook
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: v for k, v in result.items() if k not in NOT_METRICS and _number(v)}
-        self.log.later("on_trial_result", self.log.log_result, TrialView.of(trial), dict(result), metrics)
+        for point in expand([trial], result):
+            view = TrialView.of(point)
+            if getattr(point, "error", None):  # a fused trial's point that failed alone
+                self.log.later("on_trial_result", self.log.log_error, view, point.error)
+                continue
+            own = result if point is trial else point.last_result
+            metrics = {k: v for k, v in own.items() if k not in NOT_METRICS and _number(v)}
+            self.log.later("on_trial_result", self.log.log_result, view, dict(own), metrics)
 
     @hook
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        self.log.later("on_checkpoint", self.log.log_checkpoint, TrialView.of(trial), checkpoint)
+        for point in expand([trial]):
+            own = checkpoint if point is trial else point_checkpoint(checkpoint, point.index)
+            self.log.later("on_checkpoint", self.log.log_checkpoint, TrialView.of(point), own)
 
     @hook
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.log.finished.add(trial.trial_id)
-        self.log.later("on_trial_complete", self.log.log_complete, TrialView.of(trial),
-                       frame_of(trials, self.log.finished))
+        frame = frame_of(trials, self.log.finished)
+        for point in expand([trial]):
+            if getattr(point, "error", None):
+                self.log.later("on_trial_complete", self.log.log_error, TrialView.of(point), point.error)
+            else:
+                self.log.later("on_trial_complete", self.log.log_complete, TrialView.of(point), frame)
 
     @hook
     def on_trial_recover(self, iteration, trials, trial, **info):
         tags = {"tvae_sweep.retries": trial.num_failures,
                 "tvae_sweep.last_error": last_line(self.log.error_text(trial))}
-        self.log.later("on_trial_recover", lambda view: self.log.runs.set_tags(self.log.child(view).run_id, tags),
-                       TrialView.of(trial))
+        for view in views(trial):
+            self.log.later("on_trial_recover", lambda v: self.log.runs.set_tags(self.log.child(v).run_id, tags), view)
 
     @hook
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.log.later("on_trial_error", self.log.log_error, TrialView.of(trial), self.log.error_text(trial))
+        text = self.log.error_text(trial)
+        for view in views(trial):
+            self.log.later("on_trial_error", self.log.log_error, view, text)
 
     @hook
     def on_experiment_end(self, trials, **info):
-        states = {trial.trial_id: trial.status for trial in trials}
+        states = {point.trial_id: point.status for point in expand(trials)}
         self.log.later("on_experiment_end", self.log.log_killed, states)
+
+
+def views(trial) -> list[TrialView]:
+    """The trial as the tracking sees it: itself, or each point of a fused trial."""
+    return [TrialView.of(point) for point in expand([trial])]

@@ -263,8 +263,10 @@ class TrialLog:
         self.publish(frame, final=False)
 
     def log_error(self, trial: TrialView, text: str) -> None:
-        """The failed trial's run: its error's last line as a tag, the whole error as error.txt."""
+        """The failed trial's run: its error's last line as a tag, the whole error as error.txt (once)."""
         child = self.child(trial)
+        if child.status == FAILED:
+            return
         self.runs.set_tags(child.run_id, {ERROR: last_line(text)})
         if text:
             self.runs.client.log_text(child.run_id, text, "error.txt")

@@ -1,0 +1,161 @@
+"""Fused sweeps on a real local Ray with a real MLflow store: a fused grid (search.fuse) and a
+replicated search (search.replicates)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from helpers import tiny_raw
+from sweeps import run_cli
+
+pytestmark = pytest.mark.slow
+
+PRESETS = {
+    "vae": {"model.variant": "vae"},
+    "tvae": {"model.coherence_window": 3, "model.shift": 1},
+    "bubble": {"model.coherence_window": 3, "model.shift": 0},
+    "blowup": {"model.mu_init": 1.0e38},  # t overflows at the first step: this point diverges
+}
+SEEDS = [0, 1]
+
+
+@pytest.fixture(scope="module")
+def ray_temp():
+    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def launch(folder: Path, name: str, space: dict, search: dict, ray_temp: str) -> Path:
+    raw = tiny_raw()
+    raw.update(name=name, space=space, resources={"cpus_per_trial": 1},
+               search={"algorithm": "grid", "metric": "log_likelihood", "mode": "max", "seed": 0,
+                       "scheduler": "fifo", "max_concurrent": 2, **search})
+    spec = folder / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    results = folder / "results"
+    proc = run_cli("launch", spec, "--results-dir", results, RAY_TMPDIR=ray_temp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return results
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory, ray_temp):
+    space = {"preset": {"type": "preset", "values": PRESETS}, "train.seed": {"type": "categorical", "values": SEEDS}}
+    results = launch(tmp_path_factory.mktemp("fused"), "fused", space, {"fuse": True}, ray_temp)
+    return results, pd.read_parquet(results / "fused" / "trials.parquet")
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory, ray_temp):
+    space = {"model.shift": {"type": "categorical", "values": [0, 1]}}
+    results = launch(tmp_path_factory.mktemp("replicated"), "replicated", space, {"replicates": 3}, ray_temp)
+    return results, pd.read_parquet(results / "replicated" / "trials.parquet")
+
+
+def child_runs(results: Path, experiment: str) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return {r.data.tags["tvae_sweep.trial_id"]: r for r in runs if "tvae_sweep.trial_id" in r.data.tags}
+
+
+def point_of(row: pd.Series) -> tuple[str, int]:
+    """(preset, seed) of a fused sweep's row, from its config columns."""
+    config = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/") and v == v}
+    preset = next(name for name, values in PRESETS.items()
+                  if all(config.get(k) == v for k, v in values.items()))
+    return preset, int(config["train.seed"])
+
+
+def test_a_fused_grid_trains_its_shapes_together_and_keeps_a_row_a_run_and_an_optuna_trial_per_point(fused):
+    results, frame = fused
+    folders = sorted(p.name for p in (results / "fused" / "tune").iterdir() if p.is_dir())
+    assert len(folders) == 2 and all(f.startswith("fused_") for f in folders)  # the VAEs, the TVAE family
+    assert len(frame) == len(PRESETS) * len(SEEDS) and frame["trial_id"].is_unique
+    assert sorted(map(point_of, (row for _, row in frame.iterrows()))) == sorted(
+        (p, s) for p in PRESETS for s in SEEDS)
+    by_ray_trial = frame.groupby(frame["trial_id"].str.rsplit("_p", n=1).str[0])
+    assert sorted(len(g) for _, g in by_ray_trial) == [2, 6]
+
+    runs = child_runs(results, "fused")
+    assert set(runs) == set(frame["trial_id"])
+    study = optuna.load_study(study_name="fused", storage=f"sqlite:///{results / 'fused' / 'optuna.db'}")
+    recorded = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert set(recorded) == set(frame["trial_id"])
+    for _, row in frame.iterrows():
+        trial = recorded[row["trial_id"]]
+        assert (trial.params["preset"], trial.params["train.seed"]) == point_of(row)
+        if row["state"] == "TERMINATED":
+            assert trial.values == [pytest.approx(row["final/log_likelihood"])]
+            assert runs[row["trial_id"]].info.status == "FINISHED"
+            assert runs[row["trial_id"]].data.metrics["log_likelihood"] == pytest.approx(row["final/log_likelihood"])
+            assert Path(row["checkpoint"], "traversal.png").is_file()
+
+
+def test_a_diverging_point_fails_alone_with_the_single_runs_reason(fused):
+    results, frame = fused
+    runs = child_runs(results, "fused")
+    for _, row in frame.iterrows():
+        preset, _ = point_of(row)
+        if preset == "blowup":
+            assert row["state"] == "ERROR" and row["error"] == "non-finite loss at epoch 1"
+            assert runs[row["trial_id"]].info.status == "FAILED"
+            assert runs[row["trial_id"]].data.tags["tvae_sweep.error"] == "non-finite loss at epoch 1"
+        else:
+            assert row["state"] == "TERMINATED" and math.isfinite(row["final/log_likelihood"])
+
+
+def test_a_point_is_the_run_of_its_config_alone(fused, tmp_path):
+    results, frame = fused
+    row = next(row for _, row in frame.iterrows() if point_of(row) == ("bubble", 1))
+    out = tmp_path / "best"
+    proc = run_cli("export-best", "fused", "--results-dir", results, "--out", out, "--top", "6")
+    assert proc.returncode == 0, proc.stderr
+    config = next(p for p in out.glob("*.yaml") if row["trial_id"] in p.name)
+    proc = run_cli("train", config, "--output", tmp_path / "alone")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    alone = json.loads((tmp_path / "alone" / "metrics.json").read_text())["final"]
+    for metric in ("log_likelihood", "equivariance_ratio", "kl_z"):
+        assert alone[metric] == pytest.approx(row[f"final/{metric}"], rel=1e-4, abs=2e-3), metric
+
+
+def test_prune_keeps_the_best_points_weights(fused):
+    results, frame = fused
+    proc = run_cli("prune", "fused", "--keep-best", "1", "--yes", "--results-dir", results)
+    assert proc.returncode == 0, proc.stderr
+    best = frame.sort_values("final/log_likelihood", ascending=False).iloc[0]
+    for _, row in frame[frame["state"] == "TERMINATED"].iterrows():
+        assert Path(row["checkpoint"], "state.pt").is_file() == (row["trial_id"] == best["trial_id"])
+
+
+def test_a_replicated_trial_reports_its_seeds_mean_spread_and_each_value(replicated, tmp_path):
+    results, frame = replicated
+    assert len(frame) == 2
+    runs = child_runs(results, "replicated")
+    for _, row in frame.iterrows():
+        seeds = [row[f"final/log_likelihood_seed{s}"] for s in (0, 1, 2)]
+        assert row["final/log_likelihood"] == pytest.approx(sum(seeds) / 3)
+        assert row["final/log_likelihood_std"] == pytest.approx(pd.Series(seeds).std())
+        assert row["final/log_likelihood_std"] > 0
+        metrics = runs[row["trial_id"]].data.metrics
+        assert {"log_likelihood", "log_likelihood_std", "log_likelihood_seed2", "equivariance_ratio_learned_std"} <= set(metrics)
+
+    out = tmp_path / "best"
+    assert run_cli("export-best", "replicated", "--results-dir", results, "--out", out).returncode == 0
+    config = next(out.glob("rank1_*.yaml"))
+    assert "--seeds 0,1,2" in config.read_text()
+    proc = run_cli("train", config, "--output", tmp_path / "again", "--seeds", "0,1,2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    best = frame.sort_values("final/log_likelihood", ascending=False).iloc[0]
+    for s in (0, 1, 2):
+        final = json.loads((tmp_path / "again" / f"seed_{s}" / "metrics.json").read_text())["final"]
+        assert final["log_likelihood"] == pytest.approx(best[f"final/log_likelihood_seed{s}"], rel=1e-4, abs=2e-3)

@@ -1,0 +1,133 @@
+"""search.fuse: the points of a grid that share the network's shapes, trained as one Ray trial.
+
+The grid's points are grouped before the sweep starts (`fused_groups`): points whose data and
+training settings are the same (the seed apart) and whose networks have one shape. Each group is
+one Ray trial, whose config lists its points; it trains them as one fused model
+(fused_training.FusedTrainer), reports each point's metrics under MEMBERS and keeps each point's
+checkpoint and pictures in point_<i>/. Downstream a point is a trial of its own (`PointTrial`):
+its row in the trials table, its MLflow child run and its Optuna trial.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from ..config import SHAPE_KEYS, RunConfig
+from .space import DefineByRun, grid_points, num_trials, trial_run_config
+from .spec import SweepSpec
+
+POINTS = "fused_points"  # a fused trial's config: its points' configs (dotted keys), in order
+PARAMS = "fused_params"  # and each point's grid values, as Optuna records them
+MEMBERS = "members"  # a fused trial's report: each point's report, in order
+
+
+@dataclass(frozen=True)
+class Point:
+    params: dict[str, Any]  # the grid's values (a preset's name for a preset key)
+    config: dict[str, Any]  # the config keys they set
+
+
+def grid(spec: SweepSpec) -> list[Point]:
+    """Every point of the spec's grid, in the grid's product order."""
+    axes = grid_points(spec.space)
+    define = DefineByRun(spec.space, spec.run.to_dict())
+    points = []
+    for values in itertools.product(*axes.values()):
+        params = dict(zip(axes, values))
+        points.append(Point(params, define(optuna.trial.FixedTrial(params))))
+    return points
+
+
+def shape_key(run: RunConfig) -> str:
+    """What fused members must share: the data, the training settings but the seed, the shapes."""
+    d = run.to_dict()
+    shared = {"data": d["data"], "train": {k: v for k, v in d["train"].items() if k != "seed"},
+              "model": {k: d["model"][k] for k in SHAPE_KEYS}}
+    return json.dumps(shared, sort_keys=True)
+
+
+def fused_groups(spec: SweepSpec) -> list[list[Point]]:
+    """The grid's points grouped by shape_key, groups in the order of their first point."""
+    base = spec.base_dict()
+    groups: dict[str, list[Point]] = {}
+    for point in grid(spec):
+        groups.setdefault(shape_key(trial_run_config(base, point.config)), []).append(point)
+    return list(groups.values())
+
+
+def ray_trials(spec: SweepSpec) -> int:
+    """How many Ray trials the sweep runs: a fused grid's groups, else its trials."""
+    return len(fused_groups(spec)) if spec.search.fuse else num_trials(spec)
+
+
+def group_config(points: list[Point]) -> dict[str, Any]:
+    return {POINTS: [p.config for p in points], PARAMS: [p.params for p in points]}
+
+
+# ---------------------------------------------------------------- points as trials
+
+
+@dataclass(frozen=True)
+class SubCheckpoint:
+    """A folder inside a Ray checkpoint, on the checkpoint's filesystem."""
+
+    path: str
+    filesystem: Any
+
+
+class PointTrial:
+    """One point of a fused Ray trial, shown as the trial attributes the results table and the
+    tracking read: id <trial>_p<i>, the point's config, its report, its folder of the checkpoint."""
+
+    def __init__(self, trial, index: int, result: dict | None = None):
+        self.trial, self.index = trial, index
+        self.ray_id = trial.trial_id
+        self.trial_id = f"{trial.trial_id}_p{index}"
+        self.config = dict(trial.config[POINTS][index])
+        whole = result if result is not None else (trial.last_result or {})
+        reports = whole.get(MEMBERS) or []
+        own = reports[index] if index < len(reports) else {}
+        self.last_result = {**{k: v for k, v in whole.items() if k != MEMBERS}, **own}
+        self.error = own.get("error")
+        self.path = trial.path
+
+    @property
+    def status(self) -> str:
+        return "ERROR" if self.error else self.trial.status
+
+    @property
+    def checkpoint(self) -> SubCheckpoint | None:
+        return point_checkpoint(self.trial.checkpoint, self.index)
+
+    def get_error(self) -> str | None:
+        return self.error or self.trial.get_error()
+
+    def __str__(self) -> str:
+        return f"{self.trial}_p{self.index}"
+
+
+def point_folder(index: int) -> str:
+    return f"point_{index}"
+
+
+def point_checkpoint(checkpoint, index: int) -> SubCheckpoint | None:
+    """A point's folder of a fused trial's checkpoint."""
+    if checkpoint is None:
+        return None
+    return SubCheckpoint(f"{checkpoint.path.rstrip('/')}/{point_folder(index)}", checkpoint.filesystem)
+
+
+def expand(trials, result: dict | None = None) -> list:
+    """The trials with each fused trial replaced by its points (`result`: a report newer than the
+    trials' last, for a single trial)."""
+    out = []
+    for trial in trials:
+        if POINTS in (trial.config or {}):
+            out += [PointTrial(trial, i, result) for i in range(len(trial.config[POINTS]))]
+        else:
+            out.append(trial)
+    return out
