@@ -1,6 +1,8 @@
 """GPU benchmark, for one short call on a machine with one NVIDIA GPU.
 
     python -m benchmarks.bench_gpu --out gpu.json      (prints a markdown table too)
+    python -m benchmarks.bench_gpu --fused             (fused members; PyTorch only, no Ray or MLflow)
+    python -m benchmarks.bench_gpu --fused --device cpu --quick --out /tmp/f.json   (tiny, a smoke check)
 
 Measures, on the GPU it finds:
 - the GPU's matrix-product ceiling (8192^3 products in FP32, TF32 and BF16);
@@ -11,6 +13,13 @@ Measures, on the GPU it finds:
   their summed throughput;
 - the time of one full-MNIST epoch of the paper's model (60,000 sequences of 8 per step, then the
   10-sample log-likelihood and equivariance metrics on 10,000 test sequences), from measured rates.
+
+With --fused, instead: K = 1, 3, 6, 15 members of the paper's Table 1 TVAE (ModelConfig(), 8
+sequences per member) as one FusedTVAE step, eager and CUDA-graphed, FP32 and TF32, in summed
+sequences/s and as a fraction of the matrix-product ceiling of the same precision measured in the
+same run; then, for each K in its fastest mode, FusedTrainer's epochs (the members' batch generation
+included); and the GPU-hours of the full Table 1 (18 members x 100 epochs x 60,000 sequences) at the
+best rate of each. Writes benchmarks/records/fused_<gpu>.json (or --out) and prints a table.
 """
 from __future__ import annotations
 
@@ -18,40 +27,49 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import re
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from tvae_sweep import ModelConfig
 from tvae_sweep.config import DataConfig, RunConfig, TrainConfig
+from tvae_sweep.fused_training import FusedTrainer
 from tvae_sweep.training import Trainer
 
+from .bench_core import step_flops as all_products_flops
+from .bench_fused import fused_step
+
 FULL_MNIST_TRAIN, FULL_MNIST_TEST = 60_000, 10_000
+TABLE1_SEQUENCES = 18 * 100 * FULL_MNIST_TRAIN  # Table 1: 18 members, 100 epochs of 60,000 sequences
+FUSED_KS = (1, 3, 6, 15)
+RECORDS = Path(__file__).with_name("records")
 
 
-def sync_time(fn, repeats: int) -> float:
+def sync_time(fn, repeats: int, device: str = "cuda") -> float:
     """Median seconds of fn() over `repeats` runs, each synchronised."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     times = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def gemm_ceiling() -> dict:
-    n = 8192
+def gemm_ceiling(n: int = 8192, device: str = "cuda", kinds: tuple[str, ...] = ("fp32", "tf32", "bf16")) -> dict:
     out = {}
-    for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
-                              ("bf16", torch.bfloat16, False)):
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        a = torch.randn(n, n, device="cuda", dtype=dtype)
-        b = torch.randn(n, n, device="cuda", dtype=dtype)
-        sync_time(lambda: a @ b, 3)
-        out[f"gemm_{name}_tflops"] = 2 * n**3 / sync_time(lambda: a @ b, 10) / 1e12
+    for name in kinds:
+        dtype = torch.bfloat16 if name == "bf16" else torch.float32
+        torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        sync_time(lambda: a @ b, 3, device)
+        out[f"gemm_{name}_tflops"] = 2 * n**3 / sync_time(lambda: a @ b, 10, device) / 1e12
     torch.backends.cuda.matmul.allow_tf32 = False
     return out
 
@@ -123,11 +141,106 @@ def shared_gpu(n_trials: int, seconds: float, cuda_graph: bool = False) -> float
     return sum(rates)
 
 
+# ---------------------------------------------------------------- fused members (--fused)
+
+TINY = ModelConfig(n_caps=3, cap_dim=6, seq_len=6, coherence_window=3, n_off_diag=1, shift=1)
+
+
+def set_tf32(on: bool) -> None:
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    torch.backends.cuda.matmul.allow_tf32 = on
+
+
+def fused_step_rate(cfg: ModelConfig, k: int, batch: int, device: str, graph: bool, steps: int) -> float:
+    """Summed sequences/s of K fused members' training steps on one fixed batch of random images."""
+    step = fused_step(cfg, k, device, graph)
+    x = (torch.rand(k, batch, cfg.seq_len, *cfg.image_shape, device=device) < 0.3).float()
+    for _ in range(5):  # graphed: three eager warm-up steps, the capture, a replay
+        step(x)
+    return k * batch * steps / sync_time(lambda: [step(x) for _ in range(steps)], 3, device)
+
+
+def fused_trainer_rate(cfg: ModelConfig, k: int, batch: int, device: str, graph: bool, steps: int) -> float:
+    """Summed sequences/s of FusedTrainer's epochs of `steps` steps: the members' batches drawn too."""
+    data = DataConfig(train_sequences=batch * steps, test_sequences=batch)
+    train = dict(batch_size=batch, device=torch.device(device).type, optimizer="sgd", cuda_graph=graph)
+    trainer = FusedTrainer([RunConfig(data=data, model=cfg, train=TrainConfig(seed=m, **train)) for m in range(k)])
+    trainer.train_epoch()  # warm-up (and the graph's capture)
+    return k * batch * steps / sync_time(trainer.train_epoch, 3, device)
+
+
+def attempt(res: dict, key: str, rate) -> float:
+    """rate() into res[key]; an error goes under key + "_error" instead (0.0), so that one failing
+    mode leaves the others' numbers."""
+    try:
+        res[key] = rate()
+    except Exception as e:  # noqa: BLE001
+        res[key], res[f"{key}_error"] = 0.0, f"{type(e).__name__}: {e}"
+        print(f"{key}: {res[key + '_error']}")
+    return res[key]
+
+
+def fused_mode(device: str, quick: bool) -> tuple[dict, list[str]]:
+    cfg, batch, ks, steps, n = (TINY, 4, (1, 3), 4, 512) if quick else (ModelConfig(), 8, FUSED_KS, 50, 8192)
+    cuda = torch.device(device).type == "cuda"
+    res = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
+           "model": cfg.model_dump(mode="json"), "batch": batch, "steps_per_timing": steps}
+    res.update(gemm_ceiling(n, device, ("fp32", "tf32")))
+    flops = all_products_flops(cfg, batch * cfg.seq_len)  # every product of the step, W's included
+    rows = ["| K | precision | mode | sequences/s (all members) | TFLOP/s | of the ceiling |",
+            "| ---: | --- | --- | ---: | ---: | ---: |"]
+    best: dict[int, tuple[float, str, bool]] = {}
+    for precision in ("fp32", "tf32"):
+        set_tf32(precision == "tf32")
+        for graph in (False, True) if cuda else (False,):
+            mode = "graph" if graph else "eager"
+            for k in ks:
+                key = f"fused_k{k}_{precision}_{mode}_sequences_per_s"
+                rate = attempt(res, key, lambda: fused_step_rate(cfg, k, batch, device, graph, steps))
+                tflops = rate / batch * flops / 1e12
+                share = tflops / res[f"gemm_{precision}_tflops"]
+                res[f"fused_k{k}_{precision}_{mode}_ceiling_fraction"] = share
+                rows.append(f"| {k} | {precision} | {mode} | {rate:,.0f} | {tflops:.2f} | {share:.1%} |")
+                if rate > best.get(k, (0.0,))[0]:
+                    best[k] = (rate, precision, graph)
+    for k, (_, precision, graph) in best.items():
+        set_tf32(precision == "tf32")
+        rate = attempt(res, f"fused_k{k}_trainer_sequences_per_s",
+                       lambda: fused_trainer_rate(cfg, k, batch, device, graph, steps))
+        rows.append(f"| {k} | {precision} | {'graph' if graph else 'eager'}, FusedTrainer epochs "
+                    f"(batch generation included) | {rate:,.0f} | | |")
+    set_tf32(False)
+    steps_key = max((key for key in res if re.fullmatch(r"fused_k\d+_\w+_(eager|graph)_sequences_per_s", key)),
+                    key=res.get)
+    trainer_key = max((key for key in res if key.endswith("_trainer_sequences_per_s")), key=res.get)
+    rows.append("")
+    for name, key in (("step", steps_key), ("trainer", trainer_key)):
+        hours = res[f"table1_gpu_hours_{name}"] = TABLE1_SEQUENCES / res[key] / 3600
+        rows.append(f"Table 1 (18 members x 100 epochs x 60,000 sequences, training only) at the best "
+                    f"{name} rate ({key}, {res[key]:,.0f} sequences/s): {hours:.2f} GPU-hours")
+    return res, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="gpu.json")
+    parser.add_argument("--out", default=None,
+                        help="JSON record (default gpu.json; with --fused benchmarks/records/fused_<device>.json)")
     parser.add_argument("--share-seconds", type=float, default=15.0)
+    parser.add_argument("--fused", action="store_true", help="fused members only (see above)")
+    parser.add_argument("--device", default="cuda", help="with --fused: cuda (default) or cpu")
+    parser.add_argument("--quick", action="store_true", help="with --fused: a tiny model, K = 1 and 3")
     args = parser.parse_args()
+    if args.fused:
+        if args.device == "cuda":
+            assert torch.cuda.is_available(), "this benchmark needs a CUDA device (or --device cpu)"
+        res, rows = fused_mode(args.device, args.quick)
+        out = args.out or RECORDS / f"fused_{re.sub('[^a-z0-9]+', '_', res['device'].lower()).strip('_')}.json"
+        with open(out, "w") as f:
+            json.dump(res, f, indent=1)
+        print("\n".join(rows))
+        print(f"written to {out}")
+        return
+    args.out = args.out or "gpu.json"
     assert torch.cuda.is_available(), "this benchmark needs a CUDA device"
     res = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
     res.update(gemm_ceiling())
