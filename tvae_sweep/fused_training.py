@@ -90,6 +90,7 @@ class FusedTrainer:
         self.histories: list[list[dict]] = [[] for _ in cfgs]
         self.init_metrics: list[dict | None] = [None] * len(cfgs)
         self.errors: list[str | None] = [None] * len(cfgs)  # why a member failed
+        self.living = torch.ones(len(cfgs), device=self.device)  # 0 for a failed member
 
     @property
     def k(self) -> int:
@@ -126,12 +127,12 @@ class FusedTrainer:
         """Forward, backward and the optimiser step of every member; returns the members' losses.
 
         The summed loss gives each member the gradient of its own loss (the members share no weight);
-        a failed member's loss is left out of it."""
+        a failed member's loss is weighted 0 (a mask on the device, which a captured step reads too)."""
         t = self.train_cfg
         with step_precision(t):
             with forward_precision(t, self.device):
                 losses = self.model(x, self.noise)
-            losses[self.alive].sum().backward()
+            (losses * self.living).sum().backward()
             if t.grad_clip:
                 clip_per_member(list(self.model.parameters()), t.grad_clip)
             self.optimizer.step()
@@ -146,9 +147,7 @@ class FusedTrainer:
             losses = self.train_epoch(on_step)
             for m in self.alive:
                 if not math.isfinite(losses[m]):
-                    self.errors[m] = f"non-finite loss at epoch {self.epoch + 1}"
-                    if self.graphed is not None:
-                        self.graphed.reset()  # its captured loss still sums the failed member
+                    self.fail(m, f"non-finite loss at epoch {self.epoch + 1}")
             self.epoch += 1
             elapsed = time.perf_counter() - started  # the fused epoch's time, shared by the members
             due = self.epoch % self.train_cfg.eval_every == 0 or self.epoch >= self.train_cfg.epochs
@@ -162,6 +161,10 @@ class FusedTrainer:
                     metrics["eval_time_s"] = time.perf_counter() - evaluated
                 self.histories[m].append({"epoch": self.epoch, **metrics})
             yield self.epoch
+
+    def fail(self, m: int, reason: str) -> None:
+        self.errors[m] = reason
+        self.living[m] = 0.0
 
     def member_model(self, m: int) -> TopographicVAE:
         return self.model.member_model(m)
@@ -283,7 +286,8 @@ def load_members(fused: FusedTrainer, directory: str | Path, folders: list[str])
     failed = json.loads((directory / FAILED_FILE).read_text()) if (directory / FAILED_FILE).is_file() else {}
     for m, folder in enumerate(folders):
         if folder in failed:
-            fused.errors[m], fused.histories[m] = failed[folder]["error"], failed[folder]["history"]
+            fused.fail(m, failed[folder]["error"])
+            fused.histories[m] = failed[folder]["history"]
     fused.load_checkpoints([None if f in failed else directory / f for f in folders])
 
 
