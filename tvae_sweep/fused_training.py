@@ -23,7 +23,7 @@ from .data.sequences import load_sources
 from .graphed import GraphedStep
 from .metrics import init_metrics, learned, over_seeds
 from .model import TopographicVAE, build_model
-from .model.fused import FusedTVAE, check_fusable
+from .model.fused import FusedTVAE, check_fusable, from_members, to_member
 from .training import (CHECKPOINT_FILE, CheckpointError, DivergenceError, check_precision, evaluate, forward_precision,
                        group_lr, make_optimizer, read_checkpoint, resolve_device, step_precision, steps_per_epoch)
 
@@ -182,6 +182,7 @@ class FusedTrainer:
 
     def member_state_dict(self, m: int) -> dict:
         opt = self.optimizer.state_dict()
+        names = [name for name, _ in self.model.named_parameters()]  # the optimiser's parameter order
         noise = self.noise[m]
         rng = {"data": self.batches[m].get_state()}
         if self.device.type == "cuda":
@@ -191,7 +192,7 @@ class FusedTrainer:
             rng["torch"] = noise.get_state() if noise is not None else torch.get_rng_state()
         return {
             "model": self.model.member_state(m),
-            "optimizer": {"state": {i: {k: v if k in SHARED_STATE else v[m].clone() for k, v in slot.items()}
+            "optimizer": {"state": {i: {k: v if k in SHARED_STATE else to_member(names[i], v[m]) for k, v in slot.items()}
                                     for i, slot in opt["state"].items()},
                           "param_groups": opt["param_groups"]},
             "epoch": self.epoch,
@@ -247,7 +248,8 @@ class FusedTrainer:
             self.histories[m], self.init_metrics[m] = histories[m], {}
 
     def _load_optimizer(self, states: list[dict]) -> None:
-        stacked = {i: {k: v if k in SHARED_STATE else torch.stack([s["state"][i][k] for s in states])
+        names = [name for name, _ in self.model.named_parameters()]
+        stacked = {i: {k: v if k in SHARED_STATE else from_members(names[i], [s["state"][i][k] for s in states])
                        for k, v in slot.items()}
                    for i, slot in states[0]["state"].items()}
         self.optimizer.load_state_dict({"state": stacked, "param_groups": states[0]["param_groups"]})
