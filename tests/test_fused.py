@@ -146,7 +146,7 @@ def test_train_seeds_reports_each_diverged_seed_and_exits_1(tmp_path):
     result = CliRunner().invoke(main, ["train", str(path), "-o", str(tmp_path / "out"), "--seeds", "0,1"])
     assert result.exit_code == 1
     for seed in (0, 1):
-        assert f"tvae-sweep: error: seed {seed}: non-finite loss at epoch 1" in result.stderr
+        assert f"tvae-sweep: error: seed_{seed}: non-finite loss at epoch 1" in result.stderr
         record = json.loads((tmp_path / "out" / f"seed_{seed}" / "metrics.json").read_text())
         assert record["error"] == "non-finite loss at epoch 1" and record["epochs"] == []
     # run again, a failed seed stays failed (its record says why) instead of training again
@@ -279,3 +279,32 @@ def test_tf32_is_refused_off_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="tf32 is a CUDA matrix-product mode, and this run is on cpu"):
             FusedTrainer([config(train={"precision": "tf32", "device": "auto"})])
+
+
+def test_configs_of_one_shape_train_fused_each_into_its_folder(tmp_path):
+    paths = []
+    for name, model in (("tvae", {}), ("bubble", {"shift": 0}), ("short", {"coherence_window": 1, "mu_init": 3.0})):
+        paths.append(tmp_path / f"{name}.yaml")
+        paths[-1].write_text(yaml.safe_dump(tiny_raw(model=model)))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["train", *map(str, paths), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    for path in paths:
+        final = json.loads((out / path.stem / "metrics.json").read_text())["final"]
+        alone = single_history(run_config_from_dict(yaml.safe_load(path.read_text())))[-1]
+        assert_same_history([alone], [final])
+
+
+@pytest.mark.parametrize("second, args, expected", [
+    ({"model": {"n_caps": 4}}, [], "model.n_caps: fused members must share the network's shapes, got 3, 4"),
+    ({"train": {"lr": 0.5}}, [], "train.lr: fused members share it, got 0.001, 0.5"),
+    ({}, ["--seeds", "0,1"], "--seeds: trains one config under several seeds, got 2 configs"),
+])
+def test_configs_that_cannot_be_fused_are_one_line_and_write_nothing(tmp_path, second, args, expected):
+    first, other = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(yaml.safe_dump(tiny_raw()))
+    other.write_text(yaml.safe_dump(tiny_raw(**second)))
+    result = CliRunner().invoke(main, ["train", str(first), str(other), "-o", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [f"tvae-sweep: error: {expected}"]
+    assert not (tmp_path / "out").exists()

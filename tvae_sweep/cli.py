@@ -57,7 +57,7 @@ def entry_point() -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("configs", metavar="CONFIG...", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for config.yaml, metrics.json, checkpoint/ and traversal.png.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -65,13 +65,17 @@ def entry_point() -> None:
 @click.option("--overwrite", is_flag=True, help="Start afresh even if OUTPUT holds a checkpoint.")
 @click.option("--seeds", default=None, metavar="S,S,...",
               help="Train the config under each seed as one fused model, into OUTPUT/seed_<s>/.")
-def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: bool, seeds: str | None) -> None:
+def train(configs: tuple[Path, ...], output: Path, overrides: tuple[str, ...], overwrite: bool,
+          seeds: str | None) -> None:
     """Train one configuration (sections data, model, train) into OUTPUT.
 
-    Running the same config into the same OUTPUT again resumes from its checkpoint.
+    Several CONFIGs of one network shape (or --seeds) train as one fused model, each into
+    OUTPUT/<its name>/. Running the same command into the same OUTPUT again resumes from the
+    checkpoints.
     """
-    if seeds is not None:
-        return train_seeds(config, output, overrides, overwrite, seeds)
+    if seeds is not None or len(configs) > 1:
+        return train_fused(configs, output, overrides, overwrite, seeds)
+    config = configs[0]
     from tqdm import tqdm
 
     from .config import load_run_config
@@ -116,30 +120,29 @@ def train(config: Path, output: Path, overrides: tuple[str, ...], overwrite: boo
             click.echo(f"  {key:28s} {final[key]:.6g}")
 
 
-def train_seeds(config: Path, output: Path, overrides: tuple[str, ...], overwrite: bool, seeds_text: str) -> None:
-    from .config import load_run_config
+def train_fused(configs: tuple[Path, ...], output: Path, overrides: tuple[str, ...], overwrite: bool,
+                seeds: str | None) -> None:
     from .data import check_sources
-    from .train_folder import parse_seeds, seed_summary, train_seeds_to_directory
+    from .train_folder import fused_members, member_summary, train_members_to_directory
     from .training import CheckpointError
 
-    seeds = parse_seeds(seeds_text)
-    cfg = load_run_config(config, overrides)
-    check_sources(cfg.data)
+    members = fused_members(configs, overrides, seeds)
+    check_sources(next(iter(members.values())).data)
 
-    def on_epoch(by_seed: dict[int, dict]) -> None:
-        click.echo(f"epoch {next(iter(by_seed.values()))['epoch']}: " + "  ".join(
-            f"seed {s} loss {m['train_loss']:.4g}" for s, m in by_seed.items()), err=True)
+    def on_epoch(by_member: dict[str, dict]) -> None:
+        click.echo(f"epoch {next(iter(by_member.values()))['epoch']}: " + "  ".join(
+            f"{name} loss {m['train_loss']:.4g}" for name, m in by_member.items()), err=True)
 
     try:
-        outcome = train_seeds_to_directory(cfg, output, seeds, overwrite=overwrite, on_epoch=on_epoch)
+        outcome = train_members_to_directory(members, output, overwrite=overwrite, on_epoch=on_epoch)
     except CheckpointError as e:
         raise ConfigError(f"{e}; delete it, or pass --overwrite to start afresh") from None
-    lines, failed = seed_summary(outcome)
-    click.echo(f"done: {output}/seed_<s>/ for seeds {', '.join(map(str, seeds))}")
+    lines, failed = member_summary(outcome)
+    click.echo(f"done: {', '.join(f'{output}/{name}/' for name in members)}")
     for line in lines:
         click.echo(line)
-    for seed in failed:
-        click.echo(f"tvae-sweep: error: seed {seed}: {outcome[seed]}; lower train.lr or set train.grad_clip", err=True)
+    for name in failed:
+        click.echo(f"tvae-sweep: error: {name}: {outcome[name]}; lower train.lr or set train.grad_clip", err=True)
     if failed:
         sys.exit(1)
 

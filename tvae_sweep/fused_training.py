@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .config import ConfigError, RunConfig, run_config_from_dict
+from .config import SHAPE_KEYS, ConfigError, RunConfig, run_config_from_dict
 from .data import build_data
 from .data.sequences import load_sources
 from .graphed import GraphedStep
@@ -33,17 +33,23 @@ from .training import (CHECKPOINT_FILE, CheckpointError, DivergenceError, check_
 SHARED_STATE = ("step",)
 
 
+def shared_settings(cfg: RunConfig) -> dict:
+    """What fused members must share: the data, the training settings but the seed, the network's shapes."""
+    d = cfg.to_dict()
+    return {"data": d["data"], "train": {k: v for k, v in d["train"].items() if k != "seed"},
+            "model": {k: d["model"][k] for k in SHAPE_KEYS}}
+
+
 def check_members(cfgs: list[RunConfig]) -> None:
-    """Refuses runs that cannot share a fused model: their data and training settings (the seed
-    apart) must be the same, and their networks of one shape."""
+    """Refuses runs that cannot share a fused model, naming the first setting they differ in."""
     if not cfgs:
         raise ConfigError("fused members: none given")
     check_fusable([c.model for c in cfgs])
-    dicts = [c.to_dict() for c in cfgs]
+    settings = [shared_settings(c) for c in cfgs]
     for section in ("data", "train"):
-        for key, value in dicts[0][section].items():
-            values = [d[section][key] for d in dicts]
-            if key != "seed" and any(v != value for v in values):
+        for key, value in settings[0][section].items():
+            values = [s[section][key] for s in settings]
+            if any(v != value for v in values):
                 raise ConfigError(f"{section}.{key}: fused members share it, got "
                                   f"{', '.join(dict.fromkeys(map(str, values)))}")
 

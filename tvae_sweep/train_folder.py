@@ -1,4 +1,4 @@
-"""One training run into a directory: what `tvae-sweep train` does (`--seeds`: one per seed, fused).
+"""One training run into a directory: what `tvae-sweep train` does (several, fused: one folder each).
 
 DIR/config.yaml (fully resolved), DIR/metrics.json ({"epochs": [...], "final": {...}}),
 DIR/checkpoint/ (resumed when the same config is run into the same directory again),
@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import torch
 import yaml
 
-from .config import ConfigError, RunConfig, dump_yaml
-from .fused_training import FusedTrainer, with_seed
+from .config import ConfigError, RunConfig, dump_yaml, load_run_config
+from .fused_training import FusedTrainer, check_members, with_seed
 from .images import save_pictures
+from .metrics import STD, over_seeds
 from .training import CHECKPOINT_FILE, Trainer
 
 
@@ -87,72 +87,80 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def seed_directory(output: str | Path, seed: int) -> Path:
-    return Path(output) / f"seed_{seed}"
-
-
-def train_seeds_to_directory(cfg: RunConfig, output: str | Path, seeds: list[int], overwrite: bool = False,
-                             on_epoch: Callable[[dict[int, dict]], None] | None = None,
-                             on_step: Callable[[int, float], None] | None = None) -> dict[int, dict | str]:
-    """Trains `cfg` under each seed as one fused model into output/seed_<s>/, each folder holding
-    what train_to_directory writes; returns each seed's final metrics, or why it failed.
+def train_members_to_directory(members: dict[str, RunConfig], output: str | Path, overwrite: bool = False,
+                               on_epoch: Callable[[dict[str, dict]], None] | None = None,
+                               on_step: Callable[[int, float], None] | None = None) -> dict[str, dict | str]:
+    """Trains the configs of `members` ({folder name: config}) as one fused model into
+    output/<name>/, each folder holding what train_to_directory writes; returns each member's final
+    metrics, or why it failed. Members that cannot be fused are refused before anything is written.
 
     Running it again resumes the members from their checkpoints; a member recorded as failed
     stays failed (its folder's metrics.json says why) until --overwrite."""
-    cfgs = [with_seed(cfg, s) for s in seeds]
-    dirs = [seed_directory(output, s) for s in seeds]
-    resume = [prepare_directory(c, d, overwrite) for c, d in zip(cfgs, dirs)]
-    outcome: dict[int, dict | str] = {}
-    for seed, d, resumed in zip(seeds, dirs, resume):
-        earlier = json.loads((d / "metrics.json").read_text()) if resumed and (d / "metrics.json").is_file() else {}
+    check_members(list(members.values()))
+    dirs = {name: Path(output) / name for name in members}
+    resume = {name: prepare_directory(cfg, dirs[name], overwrite) for name, cfg in members.items()}
+    outcome: dict[str, dict | str] = {}
+    for name in members:
+        earlier = json.loads((dirs[name] / "metrics.json").read_text()) \
+            if resume[name] and (dirs[name] / "metrics.json").is_file() else {}
         if "error" in earlier:
-            outcome[seed] = earlier["error"]
-    training = [i for i, s in enumerate(seeds) if s not in outcome]
+            outcome[name] = earlier["error"]
+    training = [name for name in members if name not in outcome]
     if not training:
         return outcome
-    if len({resume[i] for i in training}) > 1:
-        has = ", ".join(dirs[i].name for i in training if resume[i])
-        raise ConfigError(f"{output}: {has} holds a checkpoint and the other seeds none; "
+    if len({resume[n] for n in training}) > 1:
+        has = ", ".join(n for n in training if resume[n])
+        raise ConfigError(f"{output}: {has} holds a checkpoint and the other members none; "
                           "pass --overwrite to start all afresh")
-    trainer = FusedTrainer([cfgs[i] for i in training])
-    dirs = [dirs[i] for i in training]
+    trainer = FusedTrainer([members[n] for n in training])
+    folders = [dirs[n] for n in training]
     if resume[training[0]]:
-        trainer.load_checkpoints([d / "checkpoint" for d in dirs])
+        trainer.load_checkpoints([d / "checkpoint" for d in folders])
 
     def record(error: str | None = None) -> None:
-        for m, d in enumerate(dirs):
+        for m, d in enumerate(folders):
             write_metrics(d / "metrics.json", trainer.histories[m], error=trainer.errors[m] or error)
 
     try:
         for _ in trainer.epochs(on_step=on_step):
-            trainer.save_checkpoints([d / "checkpoint" for d in dirs])
+            trainer.save_checkpoints([d / "checkpoint" for d in folders])
             record()
             if on_epoch is not None and trainer.alive:
-                on_epoch({seeds[training[m]]: trainer.histories[m][-1] for m in trainer.alive})
+                on_epoch({training[m]: trainer.histories[m][-1] for m in trainer.alive})
     except Exception as e:
         record(error=str(e))
         raise
-    for m, d in enumerate(dirs):
-        seed = seeds[training[m]]
+    for m, (name, d) in enumerate(zip(training, folders)):
         if trainer.errors[m] is not None:
-            outcome[seed] = trainer.errors[m]
+            outcome[name] = trainer.errors[m]
             continue
         save_pictures(trainer.member_model(m), trainer.data[m].test_set(), d)
-        outcome[seed] = final_metrics(trainer.histories[m])
+        outcome[name] = final_metrics(trainer.histories[m])
     record()
-    return {s: outcome[s] for s in seeds}
+    return {name: outcome[name] for name in members}
 
 
-def seed_summary(outcome: dict[int, dict | str]) -> tuple[list[str], list[int]]:
-    """Lines of every final metric's mean and standard deviation over the seeds that finished, and
-    the seeds that failed."""
-    finished = [m for m in outcome.values() if isinstance(m, dict)]
-    failed = [s for s, m in outcome.items() if not isinstance(m, dict)]
-    lines = []
-    for key in sorted(finished[0]) if finished else []:
-        if key == "epoch":
-            continue
-        values = torch.tensor([float(m[key]) for m in finished if key in m], dtype=torch.float64)
-        std = float(values.std()) if len(values) > 1 else 0.0
-        lines.append(f"  {key:28s} {float(values.mean()):.6g} ± {std:.3g}")
+def fused_members(configs: list[Path], overrides: list[str], seeds: str | None) -> dict[str, RunConfig]:
+    """What `train` fuses, {folder name: config}: one config under each of --seeds (seed_<s>), or
+    several configs, each in the folder of its file's name."""
+    if seeds is not None:
+        if len(configs) > 1:
+            raise ConfigError(f"--seeds: trains one config under several seeds, got {len(configs)} configs")
+        cfg = load_run_config(configs[0], overrides)
+        return {f"seed_{s}": with_seed(cfg, s) for s in parse_seeds(seeds)}
+    names = [Path(c).stem for c in configs]
+    clash = next((n for n in names if names.count(n) > 1), None)
+    if clash:
+        raise ConfigError(f"{clash}: two configs of that name would share the folder OUTPUT/{clash}; rename one")
+    return {name: load_run_config(c, overrides) for name, c in zip(names, configs)}
+
+
+def member_summary(outcome: dict[str, dict | str]) -> tuple[list[str], list[str]]:
+    """Lines of every final metric's mean and standard deviation over the members that finished,
+    and the members that failed."""
+    finished = {s: m for s, m in outcome.items() if isinstance(m, dict)}
+    failed = [s for s in outcome if s not in finished]
+    summary = over_seeds(finished) if finished else {}
+    lines = [f"  {key:28s} {summary[key]:.6g} ± {summary[key + STD]:.3g}"
+             for key in sorted(summary) if key + STD in summary]
     return lines, failed

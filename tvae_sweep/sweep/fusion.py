@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from ..config import SHAPE_KEYS, RunConfig
+from ..fused_training import shared_settings
 from .space import DefineByRun, grid_points, num_trials, trial_run_config
 from .spec import SweepSpec
 
@@ -42,20 +42,14 @@ def grid(spec: SweepSpec) -> list[Point]:
     return points
 
 
-def shape_key(run: RunConfig) -> str:
-    """What fused members must share: the data, the training settings but the seed, the shapes."""
-    d = run.to_dict()
-    shared = {"data": d["data"], "train": {k: v for k, v in d["train"].items() if k != "seed"},
-              "model": {k: d["model"][k] for k in SHAPE_KEYS}}
-    return json.dumps(shared, sort_keys=True)
-
-
 def fused_groups(spec: SweepSpec) -> list[list[Point]]:
-    """The grid's points grouped by shape_key, groups in the order of their first point."""
+    """The grid's points grouped by the settings fused members share, groups in the order of their
+    first point."""
     base = spec.base_dict()
     groups: dict[str, list[Point]] = {}
     for point in grid(spec):
-        groups.setdefault(shape_key(trial_run_config(base, point.config)), []).append(point)
+        shared = shared_settings(trial_run_config(base, point.config))
+        groups.setdefault(json.dumps(shared, sort_keys=True), []).append(point)
     return list(groups.values())
 
 
