@@ -146,6 +146,14 @@ BROKEN_SPECS = [
     ("no space to search", lambda r: r.pop("space"), "space: the spec searches nothing; give the keys to search, "
                                                      "or run one config with `tvae-sweep train CONFIG --output DIR`"),
     ("an empty space", _set("space", {}), "space: the spec searches nothing"),
+    ("no replicates", _set("search.replicates", 0), "search.replicates: Input should be greater than or equal to 1"),
+    ("fusing a search that is no grid", _set("search.fuse", True),
+     "search.fuse: needs search.algorithm grid (the points to fuse are known before the sweep), got random"),
+    ("fusing a grid that asha stops early",
+     lambda r: r["search"].update(fuse=True, algorithm="grid", scheduler="asha"),
+     "search.fuse: fused points train to their end together: needs search.scheduler fifo, got asha"),
+    ("an unknown training precision", _set("train.precision", "fp16"),
+     "train.precision: must be one of fp32, tf32, bf16, got 'fp16'"),
 ]
 
 

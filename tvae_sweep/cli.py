@@ -170,14 +170,18 @@ profile_option = click.option(
 @profile_option
 def validate(spec_path: Path, overrides: tuple[str, ...], profile: str | None) -> None:
     """Check a sweep spec without launching anything."""
+    from .sweep.fusion import ray_trials
     from .sweep.space import num_trials
     from .sweep.validation import load_spec
 
     spec = load_spec(spec_path, overrides, profile)
     s = spec.search
     shown = f" (profile {spec.profile})" if spec.profile else ""
-    click.echo(f"{spec_path}{shown}: valid; {num_trials(spec)} trials of {', '.join(spec.space) or 'the base config'} "
-               f"by {s.algorithm} with {s.scheduler}, optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes))}")
+    together = f" (trained as {ray_trials(spec)} fused trials)" if s.fuse else ""
+    seeds = f", each under {s.replicates} seeds" if s.replicates > 1 else ""
+    click.echo(f"{spec_path}{shown}: valid; {num_trials(spec)} trials{together}{seeds} of "
+               f"{', '.join(spec.space) or 'the base config'} by {s.algorithm} with {s.scheduler}, "
+               f"optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes))}")
 
 
 @main.command()
