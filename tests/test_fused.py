@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import statistics
 
+import optuna
 import pytest
 import torch
 import yaml
@@ -308,3 +309,28 @@ def test_configs_that_cannot_be_fused_are_one_line_and_write_nothing(tmp_path, s
     assert result.exit_code == 2
     assert [line for line in result.stderr.splitlines() if line.strip()] == [f"tvae-sweep: error: {expected}"]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_fused_grid_searcher_suggests_each_group_once_and_records_each_point(tmp_path):
+    from optuna.trial import TrialState
+    from ray.tune.search import Searcher
+
+    from tvae_sweep.sweep.fusion import MEMBERS, POINTS
+    from tvae_sweep.sweep.searcher import FusedGridSearch
+
+    spec = load_spec("search_spaces/paper_table1.yaml", ["search.fuse=true"])
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = FusedGridSearch(fused_groups(spec), ["log_likelihood"], ["max"], "t1", storage)
+    first = searcher.suggest("a")
+    searcher.save(tmp_path / "searcher.json")  # what Tune keeps with the experiment
+    again = FusedGridSearch(fused_groups(spec), ["log_likelihood"], ["max"], "t1", storage)
+    again.restore(tmp_path / "searcher.json")
+    second = again.suggest("b")
+    assert again.suggest("c") == Searcher.FINISHED
+    assert [len(first[POINTS]), len(second[POINTS])] == [3, 15]
+    reports = [{"log_likelihood": -100.0 - i} for i in range(14)] + [{"error": "non-finite loss at epoch 1"}]
+    again.on_trial_complete("b", {MEMBERS: reports})
+    trials = optuna.load_study(study_name="t1", storage=storage).trials
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == [f"b_p{i}" for i in range(15)]
+    assert [t.values[0] for t in trials[:14]] == [-100.0 - i for i in range(14)]
+    assert trials[14].state == TrialState.FAIL
