@@ -334,3 +334,19 @@ def test_the_fused_grid_searcher_suggests_each_group_once_and_records_each_point
     assert [t.user_attrs["ray_trial_id"] for t in trials] == [f"b_p{i}" for i in range(15)]
     assert [t.values[0] for t in trials[:14]] == [-100.0 - i for i in range(14)]
     assert trials[14].state == TrialState.FAIL
+
+
+@pytest.mark.parametrize("seq_len, cap_dim", [(6, 6), (40, 30)], ids=["one matrix", "rolls (S*D > DENSE_LIMIT)"])
+def test_the_fused_energy_is_each_members_own_w(seq_len, cap_dim):
+    from tvae_sweep import ModelConfig
+    from tvae_sweep.model import topographic_energy
+    from tvae_sweep.model.fused import FusedTVAE
+
+    shape = {"n_caps": 2, "cap_dim": cap_dim, "seq_len": seq_len, "image_shape": (1, 4, 4)}
+    members = [ModelConfig(coherence_window=3, n_off_diag=1, shift=1, **shape),
+               ModelConfig(coherence_window=5, n_off_diag=0, shift=0, **shape)]
+    u_sq = torch.rand(2, 3, seq_len, 2, cap_dim, dtype=torch.float64)
+    fused = FusedTVAE(members).double().energy(u_sq)
+    for m, cfg in enumerate(members):
+        alone = topographic_energy(u_sq[m], cfg.coherence_window, cfg.n_off_diag, cfg.shift)
+        torch.testing.assert_close(fused[m], alone)
