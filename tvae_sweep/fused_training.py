@@ -20,12 +20,11 @@ import torch
 from .config import SHAPE_KEYS, ConfigError, RunConfig, run_config_from_dict
 from .data import build_data
 from .data.sequences import load_sources
-from .graphed import GraphedStep
 from .metrics import init_metrics, learned, over_seeds
 from .model import TopographicVAE, build_model
 from .model.fused import FusedTVAE, check_fusable, from_members, to_member
 from .training import (CHECKPOINT_FILE, CheckpointError, DivergenceError, check_precision, evaluate, forward_precision,
-                       group_lr, make_optimizer, read_checkpoint, resolve_device, step_precision, steps_per_epoch)
+                       graphed_step, group_lr, make_optimizer, read_checkpoint, resolve_device, step_precision, steps_per_epoch)
 
 
 # optimiser state entries the members share (Adam's step count); every other entry of a parameter's
@@ -87,11 +86,7 @@ class FusedTrainer:
         self.model.load_member_states(states)
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.batches = [torch.Generator(self.device).manual_seed(c.train.seed + 1) for c in cfgs]
-        self.graphed = None
-        if t.cuda_graph:
-            if self.device.type != "cuda":
-                raise ConfigError(f"train.cuda_graph: needs a CUDA device, and this run is on {self.device}")
-            self.graphed = GraphedStep(self._step, lambda: self.optimizer.zero_grad(set_to_none=True))
+        self.graphed = graphed_step(t, self.device, self._step, self.optimizer)
         self.epoch = 0
         self.histories: list[list[dict]] = [[] for _ in cfgs]
         self.init_metrics: list[dict | None] = [None] * len(cfgs)

@@ -92,6 +92,16 @@ def check_precision(t: TrainConfig, device: torch.device) -> None:
                           "use fp32 or bf16")
 
 
+def graphed_step(t: TrainConfig, device: torch.device, step: Callable[[torch.Tensor], torch.Tensor],
+                 optimizer: torch.optim.Optimizer) -> GraphedStep | None:
+    """The training step captured as a CUDA graph when train.cuda_graph asks for it (refused off CUDA)."""
+    if not t.cuda_graph:
+        return None
+    if device.type != "cuda":
+        raise ConfigError(f"train.cuda_graph: needs a CUDA device, and this run is on {device}")
+    return GraphedStep(step, lambda: optimizer.zero_grad(set_to_none=True))
+
+
 def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     fused = device.type in ("cpu", "cuda")  # one kernel for all parameters: ~10% of a CPU step
     groups = param_groups(model, t)
@@ -181,11 +191,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.data = data or build_data(cfg.data, cfg.model.seq_len, self.device, t.seed)
         self.generator = torch.Generator(self.device).manual_seed(t.seed + 1)
-        self.graphed = None
-        if t.cuda_graph:
-            if self.device.type != "cuda":
-                raise ConfigError(f"train.cuda_graph: needs a CUDA device, and this run is on {self.device}")
-            self.graphed = GraphedStep(self._step, lambda: self.optimizer.zero_grad(set_to_none=True))
+        self.graphed = graphed_step(t, self.device, self._step, self.optimizer)
         self.epoch = 0
         self.history: list[dict] = []
         self.init_metrics: dict[str, float] | None = None  # see measure_init
