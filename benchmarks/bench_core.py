@@ -23,7 +23,7 @@ from tvae_sweep.model import topographic_energy
 from tvae_sweep.model.topographic import energy_by_rolls
 from tvae_sweep.training import make_optimizer
 
-from .common import QUIET, Timings, interleaved, machine_line, write_section
+from .common import QUIET, Timings, interleaved, machine_line, publish
 
 LR, MOMENTUM = 1e-4, 0.9
 SPEEDUP_GOAL = 2.0       # dense step at least this many times faster than the conv step
@@ -468,10 +468,7 @@ def main(argv: list[str] | None = None) -> None:
     before = load_average()
     result = run(rounds, max_seconds, batches=(8, 32))
     text = report(result, (before, load_average()))
-    print(text)
-    if not args.no_write:
-        write_section("bench_core", text)
-        print("written to benchmarks/RESULTS.md")
+    publish("bench_core", text, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from tvae_sweep.model.fused import FusedTVAE
 from tvae_sweep.training import make_optimizer
 
 from .bench_core import LR, MNIST, MOMENTUM, Product, gemm_floor, load_average, load_data, products, train_step, yes
-from .common import QUIET, Timings, interleaved, machine_line, write_section
+from .common import QUIET, Timings, interleaved, machine_line, publish
 
 BATCH = 8                # sequences per member per step, the paper's batch
 FLOOR_GOAL = 1.25        # fused step, per member, at most this many times its floor
@@ -262,10 +262,7 @@ def main(argv: list[str] | None = None) -> None:
           f"until {rounds} quiet rounds or {max_seconds / 60:g} minutes")
     before = load_average()
     text = report(run(ks, rounds, max_seconds), (before, load_average()))
-    print(text)
-    if not args.no_write:
-        write_section("bench_fused", text)
-        print("written to benchmarks/RESULTS.md")
+    publish("bench_fused", text, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 from tvae_sweep.config import run_config_from_dict
 from tvae_sweep.fused_training import FusedTrainer, with_seed
 
-from .common import machine_line, write_section
+from .common import machine_line, publish
 
 SEEDS = (0, 1, 2)
 METRICS = ("log_likelihood", "train_loss", "kl_z", "equivariance_ratio_learned")
@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *table(results),
     ])
-    print(body)
-    if not args.no_write:
-        write_section(f"bench_precision_{args.device}", body)
+    publish(f"bench_precision_{args.device}", body, not args.no_write)
 
 
 if __name__ == "__main__":

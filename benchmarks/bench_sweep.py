@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from .common import machine_line, write_section
+from .common import machine_line, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "tvae_sweep"]
@@ -328,9 +328,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"Machine: {raw['machine']}. Load average (1, 5, 15 min) before: "
                 f"{' '.join(f'{v:.2f}' for v in load_before)}; after: {' '.join(f'{v:.2f}' for v in load_after)}.\n\n"
                 + render(raw[part]))
-        print(text, flush=True)
-        if not args.no_write and not args.quick:
-            write_section(f"bench_sweep_{part}", text)
+        publish(f"bench_sweep_{part}", text, not args.no_write and not args.quick)
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1))
 

@@ -148,3 +148,11 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def publish(name: str, text: str, write: bool) -> None:
+    """Prints a benchmark's report and, if asked, writes it as section `name` of RESULTS.md."""
+    print(text, flush=True)
+    if write:
+        write_section(name, text)
+        print(f"written to {RESULTS.relative_to(RESULTS.parent.parent)}")

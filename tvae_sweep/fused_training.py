@@ -20,11 +20,12 @@ import torch
 from .config import SHAPE_KEYS, ConfigError, RunConfig, run_config_from_dict
 from .data import build_data
 from .data.sequences import load_sources
-from .metrics import init_metrics, learned, over_seeds
+from .metrics import init_metrics, over_seeds
 from .model import TopographicVAE, build_model
 from .model.fused import FusedTVAE, check_fusable, from_members, to_member
-from .training import (CHECKPOINT_FILE, CheckpointError, DivergenceError, check_precision, evaluate, forward_precision,
-                       graphed_step, group_lr, make_optimizer, read_checkpoint, resolve_device, step_precision, steps_per_epoch)
+from .training import (CHECKPOINT_FILE, CheckpointError, DivergenceError, check_precision, evaluate, evaluated,
+                       evaluation_due, forward_precision, graphed_step, make_optimizer, read_checkpoint, resolve_device,
+                       restore_optimizer, step_precision, steps_per_epoch, write_checkpoint)
 
 
 # optimiser state entries the members share (Adam's step count); every other entry of a parameter's
@@ -151,15 +152,11 @@ class FusedTrainer:
                     self.fail(m, f"non-finite loss at epoch {self.epoch + 1}")
             self.epoch += 1
             elapsed = time.perf_counter() - started  # the fused epoch's time, shared by the members
-            due = self.epoch % self.train_cfg.eval_every == 0 or self.epoch >= self.train_cfg.epochs
+            due = evaluation_due(self.epoch, self.train_cfg)
             for m in self.alive:
                 metrics = {"train_loss": losses[m], "train_time_s": elapsed}
                 if due:
-                    evaluated = time.perf_counter()
-                    measured = self.evaluate(m)
-                    metrics.update(measured)
-                    metrics.update(learned(measured, self.init_metrics[m]))
-                    metrics["eval_time_s"] = time.perf_counter() - evaluated
+                    metrics.update(evaluated(lambda: self.evaluate(m), self.init_metrics[m]))
                 self.histories[m].append({"epoch": self.epoch, **metrics})
             yield self.epoch
 
@@ -206,11 +203,7 @@ class FusedTrainer:
     def save_checkpoints(self, directories: list[str | Path]) -> None:
         """Member m's checkpoint into directories[m], each written atomically; failed members are not saved."""
         for m in self.alive:
-            directory = Path(directories[m])
-            directory.mkdir(parents=True, exist_ok=True)
-            tmp = directory / (CHECKPOINT_FILE + ".tmp")
-            torch.save(self.member_state_dict(m), tmp)
-            tmp.replace(directory / CHECKPOINT_FILE)
+            write_checkpoint(self.member_state_dict(m), directories[m])
 
     def load_checkpoints(self, directories: list[str | Path | None]) -> None:
         """Resumes every member from its single-run checkpoint; they must be at one epoch. A member
@@ -253,13 +246,8 @@ class FusedTrainer:
         stacked = {i: {k: v if k in SHARED_STATE else from_members(names[i], [s["state"][i][k] for s in states])
                        for k, v in slot.items()}
                    for i, slot in states[0]["state"].items()}
-        self.optimizer.load_state_dict({"state": stacked, "param_groups": states[0]["param_groups"]})
-        if self.graphed is not None:
-            self.graphed.reset()
-        for group in self.optimizer.param_groups:
-            group["lr"] = group_lr(group, self.train_cfg)
-            if "momentum" in group:
-                group["momentum"] = self.train_cfg.momentum
+        restore_optimizer(self.optimizer, {"state": stacked, "param_groups": states[0]["param_groups"]},
+                          self.train_cfg, self.graphed)
 
 
 def clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:

@@ -102,6 +102,18 @@ def graphed_step(t: TrainConfig, device: torch.device, step: Callable[[torch.Ten
     return GraphedStep(step, lambda: optimizer.zero_grad(set_to_none=True))
 
 
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, t: TrainConfig, graphed: GraphedStep | None) -> None:
+    """Loads an optimiser state with the config's hyperparameters (a PBT trial may carry a new lr).
+    New state tensors: a captured step is captured again."""
+    optimizer.load_state_dict(state)
+    if graphed is not None:
+        graphed.reset()
+    for group in optimizer.param_groups:
+        group["lr"] = group_lr(group, t)
+        if "momentum" in group:
+            group["momentum"] = t.momentum
+
+
 def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     fused = device.type in ("cpu", "cuda")  # one kernel for all parameters: ~10% of a CPU step
     groups = param_groups(model, t)
@@ -178,6 +190,18 @@ def evaluate(model: TopographicVAE, data: SequenceData, cfg: RunConfig, device: 
     return out
 
 
+def evaluation_due(epoch: int, t: TrainConfig) -> bool:
+    """Whether the epoch just trained is evaluated: every eval_every epochs, and the last."""
+    return epoch % t.eval_every == 0 or epoch >= t.epochs
+
+
+def evaluated(evaluate_model: Callable[[], dict], init: dict) -> dict:
+    """An evaluation's metrics, with what training added to the ones at initialisation and its time."""
+    started = time.perf_counter()
+    measured = evaluate_model()
+    return {**measured, **learned(measured, init), "eval_time_s": time.perf_counter() - started}
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, data: SequenceData | None = None, device: torch.device | None = None):
         self.cfg = cfg
@@ -245,12 +269,8 @@ class Trainer:
             metrics = self.train_epoch(on_step)
             self.epoch += 1
             metrics["train_time_s"] = time.perf_counter() - started
-            if self.epoch % self.cfg.train.eval_every == 0 or self.finished:
-                evaluated = time.perf_counter()
-                measured = self.evaluate()
-                metrics.update(measured)
-                metrics.update(learned(measured, self.init_metrics))
-                metrics["eval_time_s"] = time.perf_counter() - evaluated
+            if evaluation_due(self.epoch, self.cfg.train):
+                metrics.update(evaluated(self.evaluate, self.init_metrics))
             metrics = {"epoch": self.epoch, **metrics}
             self.history.append(metrics)
             yield metrics
@@ -293,13 +313,7 @@ class Trainer:
             self.init_metrics = json.loads(state.get("init_metrics", "{}")) or {}
             return
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])  # new state tensors: capture the step again
-        if self.graphed is not None:
-            self.graphed.reset()
-        for group in self.optimizer.param_groups:
-            group["lr"] = group_lr(group, self.cfg.train)
-            if "momentum" in group:
-                group["momentum"] = self.cfg.train.momentum
+        restore_optimizer(self.optimizer, state["optimizer"], self.cfg.train, self.graphed)
         self.epoch = int(state["epoch"])
         self.history = json.loads(state["history"])
         self.init_metrics = json.loads(state.get("init_metrics", "{}")) or {}  # {}: a run older than them
@@ -309,13 +323,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
     def save_checkpoint(self, directory: str | Path) -> Path:
-        """Writes the state atomically (a temporary file renamed into place)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (CHECKPOINT_FILE + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(directory / CHECKPOINT_FILE)
-        return directory
+        return write_checkpoint(self.state_dict(), directory)
 
     def load_checkpoint(self, directory: str | Path) -> None:
         state = read_checkpoint(directory, self.device, self.cfg.train.epochs)
@@ -324,6 +332,16 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"{Path(directory) / CHECKPOINT_FILE}: holds no training state of this config "
                                   f"({type(e).__name__})") from None
+
+
+def write_checkpoint(state: dict, directory: str | Path) -> Path:
+    """Writes a training state atomically (a temporary file renamed into place)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(directory / CHECKPOINT_FILE)
+    return directory
 
 
 def read_checkpoint(directory: str | Path, device: torch.device, epochs: int) -> dict:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import SHAPE_KEYS, ConfigError, ModelConfig
 from .topographic import DENSE_LIMIT, coherence_matrix_t, energy_by_rolls, torus_matrix_t
-from .tvae import EPS, TopographicVAE, gaussian_kl
+from .tvae import EPS, TopographicVAE, gaussian_kl, sample
 
 
 class FusedLinear(nn.Module):
@@ -159,5 +159,4 @@ class FusedTVAE(nn.Module):
 
     @staticmethod
     def _sample(mean: torch.Tensor, logvar: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
-        noise = torch.stack([torch.randn(mean.shape[1:], generator=g, device=mean.device) for g in generators])
-        return mean + noise * torch.exp(0.5 * logvar)
+        return torch.stack([sample(m, lv, g) for m, lv, g in zip(mean, logvar, generators)])

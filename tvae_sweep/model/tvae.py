@@ -53,9 +53,10 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar)
 
 
-def sample(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """A reparameterised draw; the noise is drawn in float32 whatever the autocast dtype of mean."""
-    return mean + torch.randn(mean.shape, device=mean.device) * torch.exp(0.5 * logvar)
+def sample(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A reparameterised draw; the noise is drawn in float32 whatever the autocast dtype of mean,
+    from `generator` (None: the global RNG)."""
+    return mean + torch.randn(mean.shape, generator=generator, device=mean.device) * torch.exp(0.5 * logvar)
 
 
 class TopographicVAE(nn.Module):
