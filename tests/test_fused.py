@@ -350,3 +350,55 @@ def test_the_fused_energy_is_each_members_own_w(seq_len, cap_dim):
     for m, cfg in enumerate(members):
         alone = topographic_energy(u_sq[m], cfg.coherence_window, cfg.n_off_diag, cfg.shift)
         torch.testing.assert_close(fused[m], alone)
+
+
+def affine_grads(layer, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of a FusedLinear through `layer.forward`; returns (input gradient, weight.grad)."""
+    x = x.detach().requires_grad_()
+    layer(x).backward(grad)
+    return x.grad, layer.weight.grad
+
+
+def test_a_fused_linears_weight_gradient_is_autograds_made_in_its_own_buffer():
+    from tvae_sweep.model.fused import FusedLinear
+
+    torch.manual_seed(0)
+    layer = FusedLinear(3, 5, 4)
+    torch.nn.init.normal_(layer.weight)
+    torch.nn.init.normal_(layer.bias)
+    x, grad = torch.randn(3, 7, 5, dtype=torch.float32), torch.randn(3, 7, 4)
+    reference = x.detach().requires_grad_()
+    torch.baddbmm(layer.bias.unsqueeze(1), reference, layer.weight).backward(grad)  # autograd's own
+    expected_w, expected_b = layer.weight.grad.clone(), layer.bias.grad.clone()
+    layer.zero_grad(set_to_none=True)
+
+    grad_x, grad_w = affine_grads(layer, x, grad)
+    torch.testing.assert_close(grad_x, reference.grad)
+    torch.testing.assert_close(grad_w, expected_w)
+    torch.testing.assert_close(layer.bias.grad, expected_b)
+    buffer = grad_w.data_ptr()
+    # without zero_grad a second backward accumulates, as autograd does
+    _, grad_w = affine_grads(layer, x, grad)
+    torch.testing.assert_close(grad_w, 2 * expected_w)
+    # after zero_grad(set_to_none=True) the next gradient goes into the same memory, newly written
+    layer.zero_grad(set_to_none=True)
+    _, grad_w = affine_grads(layer, x, 2 * grad)
+    assert grad_w.data_ptr() == buffer
+    torch.testing.assert_close(grad_w, 2 * expected_w)
+    # zeroed in place, it accumulates onto the zeros
+    layer.zero_grad(set_to_none=False)
+    _, grad_w = affine_grads(layer, x, grad)
+    torch.testing.assert_close(grad_w, expected_w)
+
+
+def test_under_autocast_a_fused_linear_leaves_the_weight_gradient_to_autograd():
+    from tvae_sweep.model.fused import FusedLinear
+
+    layer = FusedLinear(2, 4, 3)
+    torch.nn.init.normal_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(torch.randn(2, 5, 4))
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert layer.grad_buffer is None and layer.weight.grad.dtype == torch.float32

@@ -24,21 +24,61 @@ from .topographic import DENSE_LIMIT, coherence_matrix_t, energy_by_rolls, torus
 from .tvae import EPS, TopographicVAE, gaussian_kl, sample
 
 
+class _BatchedAffine(torch.autograd.Function):
+    """baddbmm(bias, x, weight) with the weight's gradient made in place: x^T @ grad is written
+    into the layer's own gradient buffer (or added to weight.grad where one is held), not into a
+    new tensor. Autograd's new (K, in, out) gradient each step costs a fresh allocation that
+    glibc hands out as new pages beyond 32 MB (the largest layers from K = 4 members on): tens of
+    thousands of page faults a step, a tenth of a CPU step at K = 4 (benchmarks/RESULTS.md)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, layer: "FusedLinear") -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.layer = layer
+        return torch.baddbmm(bias.unsqueeze(1), x, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.sum(1) if ctx.needs_input_grad[2] else None
+        if ctx.needs_input_grad[1]:
+            ctx.layer.add_weight_grad(x, grad)
+        return grad_x, None, grad_bias, None
+
+
 class FusedLinear(nn.Module):
     """K independent Linear layers: (K, N, in) -> (K, N, out), one batched product.
 
     The weight is kept as (K, in, out), each member's nn.Linear weight transposed, so that the
     product and its weight gradient x^T @ grad are both in the weight's own layout: stored as
     (K, out, in), the gradient would come out transposed and be copied back at every step (a quarter
-    of a CPU step at K = 2)."""
+    of a CPU step at K = 2). In training the gradient is made in place (_BatchedAffine): after
+    `zero_grad(set_to_none=True)` the next backward hands weight.grad the layer's buffer again, so
+    a gradient kept from an earlier step is overwritten (the trainers keep none)."""
 
     def __init__(self, k: int, in_features: int, out_features: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(k, in_features, out_features))
         self.bias = nn.Parameter(torch.empty(k, out_features))
+        self.grad_buffer: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+        if torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
+            return _BatchedAffine.apply(x, self.weight, self.bias, self)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)  # autocast: autograd's own gradient
+
+    @torch.no_grad()
+    def add_weight_grad(self, x: torch.Tensor, grad: torch.Tensor) -> None:
+        """weight.grad += x^T @ grad, as autograd accumulates it."""
+        w, x_t = self.weight, x.transpose(1, 2)
+        if w.grad is not None:
+            w.grad.baddbmm_(x_t, grad)
+            return
+        if self.grad_buffer is None or self.grad_buffer.shape != w.shape or self.grad_buffer.device != w.device:
+            self.grad_buffer = torch.empty_like(w)
+        w.grad = torch.bmm(x_t, grad, out=self.grad_buffer)
 
 
 def fused_mlp(k: int, sizes: list[int]) -> nn.Sequential:
