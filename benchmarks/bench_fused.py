@@ -35,10 +35,11 @@ MEMORY_STEPS = 3         # steps a memory child takes before reading its peak
 
 
 def fused_step(cfg: ModelConfig, k: int, device: torch.device | str = "cpu",
-               graph: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+               graph: bool = False, update: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """x (K, B, S, C, H, W) -> the K members' losses, after forward, backward and the trainer's
     optimiser, as FusedTrainer._step; each member starts from a single model's initialisation and
-    draws its noise from its own generator (graphed: the default one, as FusedTrainer's)."""
+    draws its noise from its own generator (graphed: the default one, as FusedTrainer's).
+    update=False leaves out the optimiser's step (forward and backward only)."""
     device = torch.device(device)
     torch.manual_seed(0)
     model = FusedTVAE([cfg] * k).to(device)
@@ -49,7 +50,8 @@ def fused_step(cfg: ModelConfig, k: int, device: torch.device | str = "cpu",
     def step(x: torch.Tensor) -> torch.Tensor:
         losses = model(x, generators)
         losses.sum().backward()
-        optimizer.step()
+        if update:
+            optimizer.step()
         return losses.detach()
 
     def zero_grad() -> None:
@@ -178,6 +180,7 @@ def run(ks: tuple[int, ...], quiet_rounds: int, max_seconds: float) -> dict:
     for k in ks:
         step, x = fused_step(MNIST, k), xs[:k].contiguous()
         fns[f"fused|{k}"] = lambda step=step, x=x: step(x)
+        fns[f"backprop|{k}"] = lambda step=fused_step(MNIST, k, update=False), x=x: step(x)
         fns[f"singles|{k}"] = lambda k=k: [s() for s in singles[:k]]
         fns[f"vmap|{k}"] = lambda step=vmap_step(MNIST, k), x=x: step(x)
         fns[f"floor|{k}"] = fused_floor(MNIST, n_images, k)
@@ -189,8 +192,9 @@ def table(result: dict) -> tuple[list[str], list[bool]]:
     mem = result["memory"]
     lines = ["| K members | fused ms/step | K singles ms | vmap ms | fused seq/s (all members) | singles seq/s "
              "| fused/singles throughput | fused floor ms | K x single floor ms | fused/floor "
-             "| peak MB fused | peak MB K singles | quiet rounds |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| forward+backward/floor | SGD update ms | peak MB fused | peak MB K singles | quiet rounds |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
     met = []
     for k in result["ks"]:
         fused, singles, floor = f"fused|{k}", f"singles|{k}", f"floor|{k}"
@@ -202,7 +206,8 @@ def table(result: dict) -> tuple[list[str], list[bool]]:
             f"| {k} | {ms[fused]} | {ms[singles]} | {ms[vmapped]} | {k * BATCH / t.median(fused):.0f} "
             f"| {k * BATCH / t.median(singles):.0f} | {t.ratio(singles, fused):.2f}x "
             f"| {ms[floor]} | {k * t.median('single_floor') * 1e3:.0f} "
-            f"| {ratio:.2f} ({yes(ratio <= FLOOR_GOAL)}) | {mem[fused]:.0f} | {mem[singles]:.0f} "
+            f"| {ratio:.2f} ({yes(ratio <= FLOOR_GOAL)}) | {t.ratio(f'backprop|{k}', floor):.2f} "
+            f"| {(t.median(fused) - t.median(f'backprop|{k}')) * 1e3:.1f} | {mem[fused]:.0f} | {mem[singles]:.0f} "
             f"| {t.n_quiet(fused, singles, floor)}/{len(t.times[fused])} |")
     return lines, met
 
@@ -232,6 +237,8 @@ def report(result: dict, loads: tuple[str, str]) -> str:
         "products (`bench_core.products`) as one `torch.bmm` over the K members' own weights, on "
         "preallocated tensors. **K x single floor**: K times the single step's floor "
         "(`bench_core.gemm_floor`), for reference.",
+        "- **forward+backward**: the fused step without the optimiser's step; **SGD update**: the "
+        "fused step's median less its own, the time the update of the K members' weights takes.",
         f"- **peak MB**: `ru_maxrss` of a fresh child process that builds the case and takes "
         f"{MEMORY_STEPS} steps on random images; a child that only imports torch and makes the "
         f"images peaks at {result['memory']['none']:.0f} MB. K single trials as K processes would "
