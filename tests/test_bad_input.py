@@ -152,6 +152,13 @@ BROKEN_SPECS = [
     ("fusing a grid that asha stops early",
      lambda r: r["search"].update(fuse=True, algorithm="grid", scheduler="asha"),
      "search.fuse: fused points train to their end together: needs search.scheduler fifo, got asha"),
+    ("replicated trials whose seed is searched too",
+     lambda r: r["search"].update(replicates=2) or r["space"].update({"train.seed": {"type": "int", "low": 0, "high": 9}}),
+     "space.train.seed: search.replicates trains each trial under train.seed, train.seed + 1"),
+    ("replicated trials whose presets set the seed",
+     lambda r: r["search"].update(replicates=3) or r["space"].update(
+         {"model.preset": {"type": "preset", "values": {"a": {"train.seed": 0}, "b": {"train.seed": 5}}}}),
+     "space.train.seed: search.replicates"),
     ("an unknown training precision", _set("train.precision", "fp16"),
      "train.precision: must be one of fp32, tf32, bf16, got 'fp16'"),
 ]

@@ -51,6 +51,9 @@ def check_search(spec: SweepSpec, run: RunConfig) -> None:
         raise ConfigError(f"search.scheduler: {s.scheduler} stops trials on one metric; with several objectives use fifo")
     if s.multi_objective and s.algorithm == "cmaes":
         raise ConfigError("search.algorithm: cmaes has one objective; use tpe, gp or random for a Pareto front")
+    if s.replicates > 1 and "train.seed" in searched_keys(spec):
+        raise ConfigError("space.train.seed: search.replicates trains each trial under train.seed, train.seed + 1, "
+                          "...: searching the seed too gives trials each other's seeds; remove one of them")
     if s.algorithm == "grid":
         for key, p in spec.space.items():
             if p.type in ("float",) and p.step is None:
@@ -59,6 +62,12 @@ def check_search(spec: SweepSpec, run: RunConfig) -> None:
                 raise ConfigError(f"space.{key}.when: conditions are not supported in a grid; use a preset")
             if p.log:
                 raise ConfigError(f"space.{key}.log: a grid needs finite values: use categorical")
+
+
+def searched_keys(spec: SweepSpec) -> set[str]:
+    """The config keys the space sets: its keys and those its presets bundle."""
+    bundled = {k for p in spec.space.values() if p.type == "preset" for bundle in p.values.values() for k in bundle}
+    return set(spec.space) | bundled
 
 
 def check_space_keys(spec: SweepSpec, run: RunConfig) -> None:
