@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup sweep smoke test test-fast benchmark clean
+.PHONY: setup sweep smoke test test-fast benchmark gpu-kit clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ test-fast: setup
 benchmark: setup
 	$(BIN)/python -m benchmarks.bench_core
 	$(BIN)/python -m benchmarks.bench_sweep
+
+# what a lent GPU machine needs for benchmarks/gpu_session.sh, into .gpu/ (benchmarks/README.md)
+gpu-kit: setup
+	$(BIN)/python -m benchmarks.gpu_kit prepare
 
 clean:
 	rm -rf $(VENV) .pytest_cache

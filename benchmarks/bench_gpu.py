@@ -215,7 +215,7 @@ def fused_mode(device: str, quick: bool) -> tuple[dict, list[str]]:
     trainer_key = max((key for key in res if key.endswith("_trainer_sequences_per_s")), key=res.get)
     rows.append("")
     for name, key in (("step", steps_key), ("trainer", trainer_key)):
-        hours = res[f"table1_gpu_hours_{name}"] = TABLE1_SEQUENCES / res[key] / 3600
+        hours = res[f"table1_gpu_hours_{name}"] = TABLE1_SEQUENCES / res[key] / 3600 if res[key] else math.nan
         rows.append(f"Table 1 (18 members x 100 epochs x 60,000 sequences, training only) at the best "
                     f"{name} rate ({key}, {res[key]:,.0f} sequences/s): {hours:.2f} GPU-hours")
     return res, rows
