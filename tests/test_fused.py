@@ -389,6 +389,11 @@ def test_a_fused_linears_weight_gradient_is_autograds_made_in_its_own_buffer():
     layer.zero_grad(set_to_none=False)
     _, grad_w = affine_grads(layer, x, grad)
     torch.testing.assert_close(grad_w, expected_w)
+    # cast, the layer makes a buffer of its new dtype
+    layer.double().zero_grad(set_to_none=True)
+    _, grad_w = affine_grads(layer, x.double(), grad.double())
+    assert grad_w.dtype == torch.float64
+    torch.testing.assert_close(grad_w.float(), expected_w)
 
 
 def test_under_autocast_a_fused_linear_leaves_the_weight_gradient_to_autograd():

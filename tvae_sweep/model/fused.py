@@ -76,9 +76,10 @@ class FusedLinear(nn.Module):
         if w.grad is not None:
             w.grad.baddbmm_(x_t, grad)
             return
-        if self.grad_buffer is None or self.grad_buffer.shape != w.shape or self.grad_buffer.device != w.device:
-            self.grad_buffer = torch.empty_like(w)
-        w.grad = torch.bmm(x_t, grad, out=self.grad_buffer)
+        buffer = self.grad_buffer
+        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (w.shape, w.dtype, w.device):
+            buffer = self.grad_buffer = torch.empty_like(w)  # first use, or the layer was moved or cast
+        w.grad = torch.bmm(x_t, grad, out=buffer)
 
 
 def fused_mlp(k: int, sizes: list[int]) -> nn.Sequential:
