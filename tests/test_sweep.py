@@ -275,3 +275,28 @@ def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
     assert "\x1b[" in out  # drawn in place with cursor movements, not appended
     assert "trial t0 finished" not in out  # event lines are for logs, not terminals
     assert "-101" in out and "TERMINATED" in out
+
+
+def test_the_console_shows_each_point_of_a_fused_trial():
+    import io
+    import types
+
+    from tvae_sweep.sweep.console import TrialConsole
+    from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
+
+    log = io.StringIO()
+    console = TrialConsole(["train.seed"], ["log_likelihood"], total=3, stream=log)
+    fused = types.SimpleNamespace(
+        trial_id="f", status="TERMINATED", path="/nowhere",
+        config={POINTS: [{"train.seed": s} for s in (0, 1, 2)], PARAMS: [{"train.seed": s} for s in (0, 1, 2)]},
+        last_result={"training_iteration": 2, MEMBERS: [{"log_likelihood": -100.0}, {"log_likelihood": -101.0},
+                                                         {"error": "non-finite loss at epoch 2"}]})
+    console.on_trial_complete(0, [fused], fused)
+    console.on_experiment_end([fused])
+    lines = log.getvalue().splitlines()
+    assert [line.split("  ", 1)[1].split(" after")[0] for line in lines[:3]] == \
+        ["trial f_p0 finished", "trial f_p1 finished", "trial f_p2 failed"]
+    assert "log_likelihood -101" in lines[1]
+    assert lines[-1].startswith("3/3 trials done, 0 running, 0 pending")
+    rows = console.rows([fused])
+    assert [row[:3] for row in rows] == [["f_p0", "TERMINATED", "0"], ["f_p1", "TERMINATED", "1"], ["f_p2", "ERROR", "2"]]

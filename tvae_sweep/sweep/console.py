@@ -1,8 +1,9 @@
 """What a sweep shows while it runs, and where Ray's own output goes.
 
 On a terminal: one live table of the trials, redrawn in place under a progress line (done, running,
-pending, elapsed, ETA). Elsewhere (a log file, CI): one line per trial event. Ray's banner, hints and
-warnings go to results/<name>/ray.log instead of the console.
+pending, elapsed, ETA). Elsewhere (a log file, CI): one line per trial event. A fused Ray trial is
+shown as its points, each with its own state and metrics. Ray's banner, hints and warnings go to
+results/<name>/ray.log instead of the console.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TextIO
 
 from ray.tune import Callback
+
+from .fusion import expand
 
 RAY_LOG = "ray.log"
 FINISHED = ("TERMINATED", "ERROR")
@@ -76,6 +79,7 @@ class TrialConsole(Callback):
     """The sweep's console: a live table on a terminal, one line per trial event elsewhere."""
 
     def __init__(self, params: list[str], metrics: list[str], total: int, stream: TextIO | None = None):
+        """total: the sweep's trials, a fused trial's points counted one by one."""
         self.params, self.metrics, self.total = params, metrics, total
         self.stream = stream or sys.stdout  # the console as it is now, before Ray's output is redirected
         self.started = time.monotonic()
@@ -90,6 +94,7 @@ class TrialConsole(Callback):
     # ------------------------------------------------------------ what is shown
 
     def progress_line(self, trials) -> str:
+        trials = expand(trials)
         done = sum(t.status in FINISHED for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
         elapsed = time.monotonic() - self.started
@@ -101,7 +106,7 @@ class TrialConsole(Callback):
 
     def rows(self, trials) -> list[list[str]]:
         rows = []
-        for trial in trials:
+        for trial in expand(trials):
             result = trial.last_result or {}
             rows.append([trial.trial_id, trial.status, *(format_value(trial.config.get(p, "-")) for p in self.params),
                          format_value(result.get("training_iteration", 0)),
@@ -119,11 +124,14 @@ class TrialConsole(Callback):
         return table
 
     def event(self, trial, what: str) -> None:
-        result = trial.last_result or {}
-        values = "  ".join(f"{m} {format_value(result[m])}" for m in self.metrics if m in result)
-        print(f"{time.strftime('%H:%M:%S')}  trial {trial.trial_id} {what}"
-              + (f" after {result.get('training_iteration', 0)} epochs  {values}" if what != "started" else ""),
-              file=self.stream, flush=True)
+        """A line for the trial (for each point of a fused trial; a point that failed alone says so)."""
+        for point in expand([trial]):
+            result = point.last_result or {}
+            values = "  ".join(f"{m} {format_value(result[m])}" for m in self.metrics if m in result)
+            said = "failed" if what == "finished" and point.status == "ERROR" else what
+            print(f"{time.strftime('%H:%M:%S')}  trial {point.trial_id} {said}"
+                  + (f" after {result.get('training_iteration', 0)} epochs  {values}" if what != "started" else ""),
+                  file=self.stream, flush=True)
 
     def draw(self, trials, force: bool = False) -> None:
         if not self.interactive or (not force and time.monotonic() - self.drawn < REFRESH_S):
