@@ -29,7 +29,7 @@ class _BatchedAffine(torch.autograd.Function):
     into the layer's own gradient buffer (or added to weight.grad where one is held), not into a
     new tensor. Autograd's new (K, in, out) gradient each step costs a fresh allocation that
     glibc hands out as new pages beyond 32 MB (the largest layers from K = 4 members on): tens of
-    thousands of page faults a step, a tenth of a CPU step at K = 4 (benchmarks/RESULTS.md)."""
+    thousands of page faults a step, about 15% of a CPU step at K = 4 (benchmarks/RESULTS.md)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, layer: "FusedLinear") -> torch.Tensor:
