@@ -103,7 +103,8 @@ def collect(runs: Path, out: Path, raw_spec: dict) -> Path:
     out/trials.parquet, out/report.md, out/aggregates/ and out/spec.yaml."""
     spec = spec_from_dict(raw_spec)
     points = numbered_points(spec)
-    trials = [FolderTrial(f"g{g}_p{i}", point.config, runs / group_folder(g) / point_name(i), spec.run.train.epochs)
+    trials = [FolderTrial(f"g{g}_p{i}", {**point.params, **point.config}, runs / group_folder(g) / point_name(i),
+                          spec.run.train.epochs)
               for i, (g, point) in enumerate(points)]
     sweep = SweepDir(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,8 @@ def test_a_sessions_folders_become_a_sweeps_trials_table_and_report(tmp_path):
     first = json.loads((runs / "group_0" / "point_0" / "metrics.json").read_text())
     row = frame.iloc[0]
     assert row["final/log_likelihood"] == first["final"]["log_likelihood"]
-    assert (row["config/model.variant"], row["config/train.seed"], row["epochs"]) == ("vae", 0, 2)
+    assert (row["config/paper_model"], row["config/model.variant"], row["config/train.seed"], row["epochs"]) == \
+        ("vae", "vae", 0, 2)
     assert frame.set_index("trial_id").loc["g1_p5", "epochs"] == 1
     text = report.read_text()
     assert "- 18 trials: 1 error, 1 running, 16 terminated" in text

@@ -285,10 +285,11 @@ def test_the_console_shows_each_point_of_a_fused_trial():
     from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
 
     log = io.StringIO()
-    console = TrialConsole(["train.seed"], ["log_likelihood"], total=3, stream=log)
+    console = TrialConsole(["model", "train.seed"], ["log_likelihood"], total=3, stream=log)
     fused = types.SimpleNamespace(
         trial_id="f", status="TERMINATED", path="/nowhere",
-        config={POINTS: [{"train.seed": s} for s in (0, 1, 2)], PARAMS: [{"train.seed": s} for s in (0, 1, 2)]},
+        config={POINTS: [{"model.shift": 1, "train.seed": s} for s in (0, 1, 2)],
+                PARAMS: [{"model": "shifting", "train.seed": s} for s in (0, 1, 2)]},
         last_result={"training_iteration": 2, MEMBERS: [{"log_likelihood": -100.0}, {"log_likelihood": -101.0},
                                                          {"error": "non-finite loss at epoch 2"}]})
     console.on_trial_complete(0, [fused], fused)
@@ -299,4 +300,5 @@ def test_the_console_shows_each_point_of_a_fused_trial():
     assert "log_likelihood -101" in lines[1]
     assert lines[-1].startswith("3/3 trials done, 0 running, 0 pending")
     rows = console.rows([fused])
-    assert [row[:3] for row in rows] == [["f_p0", "TERMINATED", "0"], ["f_p1", "TERMINATED", "1"], ["f_p2", "ERROR", "2"]]
+    assert [row[:4] for row in rows] == [["f_p0", "TERMINATED", "shifting", "0"], ["f_p1", "TERMINATED", "shifting", "1"],
+                                         ["f_p2", "ERROR", "shifting", "2"]]

@@ -81,7 +81,8 @@ class PointTrial:
         self.trial, self.index = trial, index
         self.ray_id = trial.trial_id
         self.trial_id = f"{trial.trial_id}_p{index}"
-        self.config = dict(trial.config[POINTS][index])
+        params = trial.config[PARAMS][index] if PARAMS in trial.config else {}
+        self.config = {**params, **trial.config[POINTS][index]}  # as a single trial's: the grid's values too
         whole = result if result is not None else (trial.last_result or {})
         reports = whole.get(MEMBERS) or []
         own = reports[index] if index < len(reports) else {}
