@@ -201,9 +201,8 @@ class Gemm:
             torch.mm(self.grad_y.t(), self.x, out=self.grad_w)
 
 
-def gemm_floor(cfg: ModelConfig, n_images: int) -> Callable[[], None]:
-    """The step's matrix products alone, forward then backward in reverse: the floor."""
-    gemms = [Gemm.make(p) for p in products(cfg, n_images)]
+def products_step(gemms: list) -> Callable[[], None]:
+    """Each product's forward in order, then each one's backward in reverse: a step's products alone."""
 
     def step() -> None:
         for g in gemms:
@@ -212,6 +211,11 @@ def gemm_floor(cfg: ModelConfig, n_images: int) -> Callable[[], None]:
             g.backward()
 
     return step
+
+
+def gemm_floor(cfg: ModelConfig, n_images: int) -> Callable[[], None]:
+    """The step's matrix products alone, forward then backward in reverse: the floor."""
+    return products_step([Gemm.make(p) for p in products(cfg, n_images)])
 
 
 def forward_backward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:

@@ -26,7 +26,8 @@ from tvae_sweep.graphed import GraphedStep
 from tvae_sweep.model.fused import FusedTVAE
 from tvae_sweep.training import make_optimizer
 
-from .bench_core import LR, MNIST, MOMENTUM, Product, gemm_floor, load_average, load_data, products, train_step, yes
+from .bench_core import (LR, MNIST, MOMENTUM, Product, gemm_floor, load_average, load_data, products, products_step,
+                         train_step, yes)
 from .common import QUIET, Timings, interleaved, machine_line, publish
 
 BATCH = 8                # sequences per member per step, the paper's batch
@@ -125,15 +126,7 @@ class BatchedGemm:
 def fused_floor(cfg: ModelConfig, n_images: int, k: int) -> Callable[[], None]:
     """The fused step's matrix products alone: each of the single step's products (bench_core's
     `products` at n_images per member) as one batched product over the K members."""
-    gemms = [BatchedGemm.make(p, k) for p in products(cfg, n_images)]
-
-    def step() -> None:
-        for g in gemms:
-            g.forward()
-        for g in reversed(gemms):
-            g.backward()
-
-    return step
+    return products_step([BatchedGemm.make(p, k) for p in products(cfg, n_images)])
 
 
 # ---------------------------------------------------------------- peak memory, one child per case
