@@ -21,7 +21,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from tvae_sweep.config import dump_yaml
-from tvae_sweep.sweep.fusion import Point, fused_groups
+from tvae_sweep.sweep.fusion import Point, SubCheckpoint, fused_groups
 from tvae_sweep.sweep.layout import SweepDir
 from tvae_sweep.sweep.results import frame_of, write_table
 from tvae_sweep.sweep.space import trial_run_config
@@ -95,7 +95,8 @@ class FolderTrial:
                        else "RUNNING" if history else "PENDING")
         seconds = sum(e.get("train_time_s", 0.0) + e.get("eval_time_s", 0.0) for e in history)
         self.last_result = {**report_of(history), "training_iteration": len(history), "time_total_s": seconds}
-        self.checkpoint = self if self.status == "TERMINATED" else None  # its pictures are in the folder
+        # a finished point's pictures are in its folder, where a sweep's are in the checkpoint
+        self.checkpoint = SubCheckpoint(self.path, None) if self.status == "TERMINATED" else None
 
 
 def collect(runs: Path, out: Path, raw_spec: dict) -> Path:
@@ -103,7 +104,7 @@ def collect(runs: Path, out: Path, raw_spec: dict) -> Path:
     out/trials.parquet, out/report.md, out/aggregates/ and out/spec.yaml."""
     spec = spec_from_dict(raw_spec)
     points = numbered_points(spec)
-    trials = [FolderTrial(f"g{g}_p{i}", {**point.params, **point.config}, runs / group_folder(g) / point_name(i),
+    trials = [FolderTrial(f"g{g}_p{i}", point.trial_config, runs / group_folder(g) / point_name(i),
                           spec.run.train.epochs)
               for i, (g, point) in enumerate(points)]
     sweep = SweepDir(out)
@@ -112,7 +113,7 @@ def collect(runs: Path, out: Path, raw_spec: dict) -> Path:
     write_table(frame, sweep.trials)
     dump_yaml(raw_spec, sweep.spec)
     result = publish.compute(frame, spec, sweep)
-    how = (f"trained without Ray by `tvae-sweep train`, {len(points)} points in {points[-1][0] + 1} fused groups "
+    how = (f"trained without Ray by `tvae-sweep train`, {len(points)} points in {len({g for g, _ in points})} fused groups "
            "(benchmarks/gpu_session.sh), collected by benchmarks/gpu_kit.py")
     _, markdown = reports.render(out.name, frame, spec, result, how)
     return reports.write(sweep, markdown)

@@ -30,6 +30,11 @@ class Point:
     params: dict[str, Any]  # the grid's values (a preset's name for a preset key)
     config: dict[str, Any]  # the config keys they set
 
+    @property
+    def trial_config(self) -> dict[str, Any]:
+        """The point's config as a single trial's: the grid's values and the keys they set."""
+        return {**self.params, **self.config}
+
 
 def grid(spec: SweepSpec) -> list[Point]:
     """Every point of the spec's grid, in the grid's product order."""
@@ -82,7 +87,7 @@ class PointTrial:
         self.ray_id = trial.trial_id
         self.trial_id = f"{trial.trial_id}_p{index}"
         params = trial.config[PARAMS][index] if PARAMS in trial.config else {}
-        self.config = {**params, **trial.config[POINTS][index]}  # as a single trial's: the grid's values too
+        self.config = Point(params, trial.config[POINTS][index]).trial_config
         whole = result if result is not None else (trial.last_result or {})
         reports = whole.get(MEMBERS) or []
         own = reports[index] if index < len(reports) else {}
