@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -185,7 +185,7 @@ class Gemm:
     grad_w: torch.Tensor | None  # (out, in)
 
     @classmethod
-    def make(cls, p: Product) -> "Gemm":
+    def make(cls, p: Product) -> Gemm:
         r = torch.rand
         return cls(r(p.rows, p.d_in), r(p.d_out, p.d_in), torch.empty(p.rows, p.d_out), r(p.rows, p.d_out),
                    torch.empty(p.rows, p.d_in) if p.grad_input else None,

@@ -15,8 +15,8 @@ import argparse
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -26,8 +26,19 @@ from tvae_sweep.graphed import GraphedStep
 from tvae_sweep.model.fused import FusedTVAE
 from tvae_sweep.training import make_optimizer
 
-from .bench_core import (LR, MNIST, MOMENTUM, Product, gemm_floor, load_average, load_data, products, products_step,
-                         train_step, yes)
+from .bench_core import (
+    LR,
+    MNIST,
+    MOMENTUM,
+    Product,
+    gemm_floor,
+    load_average,
+    load_data,
+    products,
+    products_step,
+    train_step,
+    yes,
+)
 from .common import QUIET, Timings, interleaved, machine_line, publish
 
 BATCH = 8                # sequences per member per step, the paper's batch
@@ -107,7 +118,7 @@ class BatchedGemm:
     grad_w: torch.Tensor | None
 
     @classmethod
-    def make(cls, p: Product, k: int) -> "BatchedGemm":
+    def make(cls, p: Product, k: int) -> BatchedGemm:
         r = torch.rand
         return cls(r(k, p.rows, p.d_in), r(k, p.d_out, p.d_in), torch.empty(k, p.rows, p.d_out),
                    r(k, p.rows, p.d_out), torch.empty(k, p.rows, p.d_in) if p.grad_input else None,

@@ -14,10 +14,10 @@ import threading
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 import yaml
 from click.testing import CliRunner
-import helpers
 from helpers import tiny_raw
 from sweeps import CLI, cli_env
 

@@ -10,11 +10,18 @@ import pytest
 import torch
 
 from tvae_sweep.config import ConfigError, DataConfig
-from tvae_sweep.data import DSPRITES_FACTORS, MNIST_TRANSFORMS, Batch, SequenceData, build_data
-from tvae_sweep.data import dsprites, mnist
+from tvae_sweep.data import DSPRITES_FACTORS, MNIST_TRANSFORMS, Batch, SequenceData, build_data, dsprites, mnist
 from tvae_sweep.data.sequences import MNIST_SCALES, TEST_SEED_OFFSET
-from tvae_sweep.data.transforms import (affine_grid, affine_matrix, affine_warp, homogeneous, homography_warp,
-                                        rgb_to_hsv, rotate_hue, tilt_matrix)
+from tvae_sweep.data.transforms import (
+    affine_grid,
+    affine_matrix,
+    affine_warp,
+    homogeneous,
+    homography_warp,
+    rgb_to_hsv,
+    rotate_hue,
+    tilt_matrix,
+)
 
 
 def data_cfg(dataset="mnist5k", transforms=("rotation", "hue", "scale"), test_transforms=None, **kw):

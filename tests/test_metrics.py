@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tvae_sweep.config import RunConfig
 from tvae_sweep.metrics import (
     active_units,
     base_metric,

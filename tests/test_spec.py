@@ -12,6 +12,7 @@ from tvae_sweep.sweep.space import define_by_run, grid_points, make_sampler, num
 from tvae_sweep.sweep.spec import select_profile
 from tvae_sweep.sweep.validation import load_spec, spec_from_dict
 
+
 def sample(spec, n, seed=0):
     study = optuna.create_study(sampler=make_sampler(spec), direction="maximize")
     dbr = define_by_run(spec)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
 from helpers import ctrl_c_as_from_a_terminal, tiny_raw
+from PIL import Image
 
 from tvae_sweep.config import ConfigError
 from tvae_sweep.metrics import is_metric, metric_mode
@@ -257,8 +257,8 @@ def test_unreachable_tracking_server_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_aggregate_tables_with_bins_presets_and_unsampled_keys():
-    from tvae_sweep.sweep.spec import ParamSpec
     from tvae_sweep.sweep.results import ranked
+    from tvae_sweep.sweep.spec import ParamSpec
     from tvae_sweep.tracking.aggregate import axis_table, pareto_front
 
     rng = list(range(12))
@@ -524,9 +524,9 @@ def test_hooks_hand_their_mlflow_writes_to_the_tracking_thread_in_order(tmp_path
     from tvae_sweep.sweep.layout import sweep_dir
     from tvae_sweep.sweep.validation import spec_from_dict
     from tvae_sweep.tracking.callback import MlflowTracking
-    from tvae_sweep.tracking.trial_log import TrialLog
     from tvae_sweep.tracking.runs import RUNNING, Child
     from tvae_sweep.tracking.store import Store
+    from tvae_sweep.tracking.trial_log import TrialLog
 
     release, written = threading.Event(), []
 
@@ -552,13 +552,14 @@ def test_hooks_hand_their_mlflow_writes_to_the_tracking_thread_in_order(tmp_path
 
 
 def test_tracking_warnings_reach_the_console_while_ray_output_goes_to_its_log(tmp_path, capsys):
+    from helpers import spec_raw
+
     from tvae_sweep.sweep.console import RayLog, ray_output_to
     from tvae_sweep.sweep.layout import sweep_dir
     from tvae_sweep.sweep.validation import spec_from_dict
     from tvae_sweep.tracking.callback import MlflowTracking
-    from tvae_sweep.tracking.trial_log import TrialLog
     from tvae_sweep.tracking.store import Store
-    from helpers import spec_raw
+    from tvae_sweep.tracking.trial_log import TrialLog
 
     tracking = MlflowTracking(TrialLog(Store("sqlite:///unused.db", "test", None), "e", spec_from_dict(spec_raw()),
                                        sweep_dir(tmp_path, "s")))

@@ -4,14 +4,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from helpers import tiny_raw
 
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError
 from tvae_sweep.images import forecast_rows
 from tvae_sweep.seeding import fixed_rng
 from tvae_sweep.training import DivergenceError, Trainer
-
-from helpers import tiny_raw
 
 
 def test_loss_falls_on_the_embedded_digits(tiny_config):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -23,10 +23,24 @@ from .data.sequences import load_sources
 from .metrics import init_metrics, over_seeds
 from .model import TopographicVAE, build_model
 from .model.fused import FusedTVAE, check_fusable, from_members, to_member
-from .training import (CHECKPOINT_FILE, CheckpointError, DivergenceError, check_precision, evaluate, evaluated,
-                       evaluation_due, forward_precision, graphed_step, make_optimizer, read_checkpoint, resolve_device,
-                       restore_optimizer, step_precision, steps_per_epoch, write_checkpoint)
-
+from .training import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    DivergenceError,
+    check_precision,
+    evaluate,
+    evaluated,
+    evaluation_due,
+    forward_precision,
+    graphed_step,
+    make_optimizer,
+    read_checkpoint,
+    resolve_device,
+    restore_optimizer,
+    step_precision,
+    steps_per_epoch,
+    write_checkpoint,
+)
 
 # optimiser state entries the members share (Adam's step count); every other entry of a parameter's
 # state is a buffer of its shape, the member axis first

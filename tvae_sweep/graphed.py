@@ -11,7 +11,7 @@ The graph holds the optimiser's state tensors: `reset()` must follow anything th
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -5,10 +5,10 @@ the CLI parses arguments, calls one of these, and prints.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -20,7 +20,9 @@ from .sweep.results import pareto_trials, ranked, trials_frame, write_table
 from .sweep.space import num_trials
 from .sweep.spec import SweepSpec, read_spec
 from .sweep.validation import spec_from_dict
-from .tracking import publish, report as reports, store as stores
+from .tracking import publish
+from .tracking import report as reports
+from .tracking import store as stores
 from .tracking.runs import locate
 
 Say = Callable[..., None]

@@ -8,8 +8,8 @@ with a square latent grid (the 2-D model).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 

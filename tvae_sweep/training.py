@@ -10,17 +10,28 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
 from .config import ConfigError, RunConfig, TrainConfig
 from .data import SequenceData, build_data
 from .graphed import GraphedStep
-from .metrics import (active_units, capsule_correlation, equivariance_error, equivariance_ratio, init_metrics,
-                      learned, mean_image_nll, preferred_classes, roll_gain, roll_prediction, scopes,
-                      topographic_agreement)
+from .metrics import (
+    active_units,
+    capsule_correlation,
+    equivariance_error,
+    equivariance_ratio,
+    init_metrics,
+    learned,
+    mean_image_nll,
+    preferred_classes,
+    roll_gain,
+    roll_prediction,
+    scopes,
+    topographic_agreement,
+)
 from .model import TopographicVAE, build_model
 from .model.tvae import gaussian_kl
 from .seeding import fixed_rng

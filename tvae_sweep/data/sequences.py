@@ -25,18 +25,17 @@ start 0, and factor_names is empty.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from . import dsprites, mnist
 from ..config import DATASETS, DSPRITES_FACTORS, MNIST_TRANSFORMS  # noqa: F401 (re-exported)
 from ..errors import ConfigError
+from . import dsprites, mnist
 from .transforms import affine_matrix, affine_warp, homogeneous, homography_warp, rotate_hue, tilt_matrix
-
 
 MNIST_STEPS = 18
 MNIST_ANGLES = tuple(20.0 * k for k in range(MNIST_STEPS))  # rotation and hue, degrees
@@ -77,7 +76,7 @@ class Plan:
     def __len__(self) -> int:
         return self.image.shape[0]
 
-    def __getitem__(self, rows: slice) -> "Plan":
+    def __getitem__(self, rows: slice) -> Plan:
         return replace(self, image=self.image[rows], label=self.label[rows], factor=self.factor[rows],
                        start=self.start[rows], index=self.index[rows])
 

@@ -10,8 +10,6 @@ Angles are in degrees. A positive rotation turns the picture counter-clockwise a
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 

@@ -32,7 +32,7 @@ class _BatchedAffine(torch.autograd.Function):
     thousands of page faults a step, about 15% of a CPU step at K = 4 (benchmarks/RESULTS.md)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, layer: "FusedLinear") -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, layer: FusedLinear) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.layer = layer
         return torch.baddbmm(bias.unsqueeze(1), x, weight)

@@ -31,7 +31,7 @@ class ModelOutput:
     kl: torch.Tensor         # scalar: KL(q(z)||p(z)) + KL(q(u)||p(u)) per image
     t: torch.Tensor          # (B, S, n_caps, cap_dim)
     logits: torch.Tensor     # (B, S, C, H, W)
-    posterior: "Posterior"
+    posterior: Posterior
 
 
 @dataclass

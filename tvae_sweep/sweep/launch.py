@@ -13,11 +13,11 @@ from ..config import ConfigError, dump_yaml
 from ..errors import redact
 from .cluster import check_reachable, check_storage, join_error
 from .console import RayLog, ray_output_to
+from .fusion import ray_trials
 from .layout import SweepDir, storage_location
+from .space import define_by_run, make_sampler, num_trials
 from .spec import SweepSpec
 from .validation import spec_from_dict
-from .fusion import ray_trials
-from .space import define_by_run, make_sampler, num_trials
 
 EXPERIMENT = "tune"  # Ray's experiment folder inside the storage path
 MAX_FAILURES = 2

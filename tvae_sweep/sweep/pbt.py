@@ -17,7 +17,6 @@ from .space import define_by_run, grid_points, lookup
 from .spec import ParamSpec, SweepSpec
 
 
-
 def check_pbt(spec: SweepSpec) -> None:
     s = spec.search
     if s.algorithm != "random":

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
 from ..config import ConfigError, dump_yaml
 from ..metrics import is_metric, metric_mode, metric_order
 from .fusion import expand
-from .layout import SweepDir
 from .space import trial_run_config
 from .spec import SweepSpec
+
 
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

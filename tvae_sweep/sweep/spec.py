@@ -39,7 +39,7 @@ class ParamSpec(Strict):
     same_as: str | None = None
 
     @model_validator(mode="after")
-    def _shape(self) -> "ParamSpec":
+    def _shape(self) -> ParamSpec:
         if self.same_as is not None:
             if self.type is not None or self.values is not None or self.low is not None:
                 raise ValueError("same_as copies another key: give it alone")
@@ -184,7 +184,7 @@ class SweepSpec(Strict):
     _run: RunConfig = PrivateAttr()
 
     @model_validator(mode="after")
-    def _parse_run(self) -> "SweepSpec":
+    def _parse_run(self) -> SweepSpec:
         self._run = run_config_from_dict(self.base_dict())
         return self
 

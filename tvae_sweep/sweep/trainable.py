@@ -15,10 +15,10 @@ import torch
 from ray import tune
 
 from ..data import build_data
-from ..images import save_pictures
 from ..fused_training import FusedTrainer, Replicates, load_members, save_members
-from ..training import DivergenceError, Trainer
+from ..images import save_pictures
 from ..metrics import best_of, is_metric
+from ..training import DivergenceError, Trainer
 from .fusion import MEMBERS, POINTS, point_folder
 from .space import trial_run_config
 

@@ -14,7 +14,7 @@ from ..config import ConfigError, RunConfig
 from ..metrics import reported_metrics
 from .pbt import check_pbt
 from .space import check_space
-from .spec import SweepSpec, format_validation_error, check_unknown_keys, read_spec
+from .spec import SweepSpec, check_unknown_keys, format_validation_error, read_spec
 
 
 def config_keys(run: RunConfig) -> set[str]:

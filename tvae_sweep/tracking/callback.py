@@ -44,7 +44,7 @@ class MlflowTracking(Callback):
         self.log = log
 
     @classmethod
-    def start(cls, spec, sweep, uri_option: str | None = None) -> "MlflowTracking":
+    def start(cls, spec, sweep, uri_option: str | None = None) -> MlflowTracking:
         return cls(TrialLog.start(spec, sweep, uri_option, saved_trials=lambda: saved_trial_ids(sweep)))
 
     # Ray pickles the run config (with its callbacks) into the experiment: the settings only

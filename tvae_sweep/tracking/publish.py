@@ -17,8 +17,8 @@ import pandas as pd
 
 from ..images import FORECAST_FILE, MAP_FILE, TRAVERSAL_FILE
 from ..sweep.layout import SweepDir
-from ..sweep.spec import SweepSpec
 from ..sweep.results import ranked
+from ..sweep.spec import SweepSpec
 from .aggregate import axis_tables, axis_values, finished, wide_table
 from .figures import axes_figure, pareto_figure, save, traversals_figure
 

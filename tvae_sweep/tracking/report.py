@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..metrics import DERIVED
 from ..sweep.layout import SweepDir
 from ..sweep.spec import SweepSpec
-from ..metrics import DERIVED
 from .aggregate import STATS
 from .publish import FOLDER, Aggregates, objective
 

@@ -7,7 +7,6 @@ results/mlartifacts). MLflow 3 refuses the old ./mlruns file store, so plain fol
 from __future__ import annotations
 
 import os
-import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path

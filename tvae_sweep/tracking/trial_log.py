@@ -15,10 +15,10 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import pandas as pd
 
@@ -28,7 +28,8 @@ from ..sweep.layout import SweepDir
 from ..sweep.results import last_line, trials_frame
 from ..sweep.space import num_trials, trial_run_config
 from ..sweep.spec import SweepSpec
-from . import publish, store as stores
+from . import publish
+from . import store as stores
 from .aggregate import TERMINATED as RAY_FINISHED
 from .runs import ERROR, FAILED, FINISHED, KILLED, NOTE, RUNNING, Child, SweepRuns, flatten, launch_id
 
@@ -67,7 +68,7 @@ class TrialView:
     last_result: dict
 
     @classmethod
-    def of(cls, trial) -> "TrialView":
+    def of(cls, trial) -> TrialView:
         return cls(trial.trial_id, str(trial), str(trial.path), dict(trial.config), dict(trial.last_result or {}))
 
 
@@ -108,7 +109,7 @@ class TrialLog:
         self.pending: ThreadPoolExecutor | None = None  # the tracking thread
         self.console = sys.stderr  # as it is now: while Tune runs, sys.stderr is Ray's log
 
-    def settings(self) -> "TrialLog":
+    def settings(self) -> TrialLog:
         """A copy with its settings only, and no password: what Ray may pickle into its experiment
         (a resumed sweep is given this driver's callbacks, never the pickled ones)."""
         import dataclasses
@@ -123,7 +124,7 @@ class TrialLog:
 
     @classmethod
     def start(cls, spec: SweepSpec, sweep: SweepDir, uri_option: str | None,
-              saved_trials: Callable[[], set[str]]) -> "TrialLog":
+              saved_trials: Callable[[], set[str]]) -> TrialLog:
         """Resolves the store (option > $MLFLOW_TRACKING_URI > spec > default), then opens the
         sweep's parent run, finding it again if the sweep ran before; `saved_trials` gives the ids
         of the trials Ray saved, for a sweep that is resumed."""
