@@ -540,14 +540,15 @@ def test_hooks_hand_their_mlflow_writes_to_the_tracking_thread_in_order(tmp_path
 
     tracking = MlflowTracking(TrialLog(Store("sqlite:///unused.db", "test", None), "e", spec_from_dict(spec_raw()),
                                        sweep_dir(tmp_path, "s")))
-    tracking.log.runs = SlowRuns()
-    trial = SimpleNamespace(trial_id="t1", config={"train.lr": 1e-3}, path=str(tmp_path), last_result={})
+    tracking.log.children.runs = SlowRuns()
+    trial = SimpleNamespace(trial_id="t1", status="RUNNING", config={"train.lr": 1e-3}, path=str(tmp_path),
+                            last_result={}, checkpoint=None)
     started = time.monotonic()
     for epoch in (1, 2, 3):
         tracking.on_trial_result(epoch, [trial], trial, {"epoch": epoch, "log_likelihood": -float(epoch)})
     assert time.monotonic() - started < 5 and written == []  # the hooks returned; nothing written yet
     release.set()
-    tracking.log.pending.shutdown(wait=True)
+    tracking.log.writer.drain()
     assert written == [("run-t1", 1, -1.0), ("run-t1", 2, -2.0), ("run-t1", 3, -3.0)]
 
 
@@ -566,7 +567,7 @@ def test_tracking_warnings_reach_the_console_while_ray_output_goes_to_its_log(tm
     log = RayLog()
     with ray_output_to(log):  # as while Tune runs
         print("a line of Ray's", file=sys.stderr)
-        tracking.log.warn("on_trial_result", RuntimeError("the store went away"))
+        tracking.log.writer.warn("on_trial_result", RuntimeError("the store went away"))
     err = capsys.readouterr().err
     assert "tvae-sweep: tracking: on_trial_result failed: RuntimeError: the store went away" in err
     assert "a line of Ray's" not in err

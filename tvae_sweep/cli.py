@@ -378,3 +378,26 @@ def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> Non
     text, path = sweep_report(name, tracking_uri, results_dir)
     click.echo(text, nl=False)
     click.echo(f"report: {path}")
+
+
+@main.command()
+@click.argument("runs", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--spec", "spec_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The spec whose grid DIR's runs trained.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec value (repeatable).")
+@profile_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the results [default: <results-dir>/<the spec's name>].")
+@results_dir_option
+def collect(runs: Path, spec_path: Path, overrides: tuple[str, ...], profile: str | None, out: Path | None,
+            results_dir: Path | None) -> None:
+    """Collect a grid trained outside a sweep into a sweep's results: DIR/group_<g>/point_<i>/, the
+    folders `tvae-sweep train` wrote for each point of SPEC's grid (its fused groups one after
+    another, as `search.fuse` makes them), become trials.parquet, report.md and its figures."""
+    from .collect import Grid
+    from .collect import collect as collect_runs
+    from .sweep.layout import sweep_dir
+
+    grid = Grid.load(spec_path, overrides, profile)
+    folder = out or sweep_dir(results_dir, grid.name or spec_path.stem).root
+    click.echo(f"report: {collect_runs(grid, runs, folder)}")

@@ -16,7 +16,7 @@ from .sweep.console import RayLog, TrialConsole
 from .sweep.fusion import ray_trials
 from .sweep.launch import check_new, create, fit, join, load_saved_spec, preflight, saved_trials
 from .sweep.layout import SweepDir, results_root, sweep_dir
-from .sweep.results import pareto_trials, ranked, trials_frame, write_table
+from .sweep.results import frame_of, pareto_trials, ranked, write_table
 from .sweep.space import num_trials
 from .sweep.spec import SweepSpec, read_spec
 from .sweep.validation import spec_from_dict
@@ -85,12 +85,12 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
     elif tracking_uri:
         say("tvae-sweep: tracking is off in the spec (tracking.enabled: false); --tracking-uri is ignored", err=True)
     try:
-        status = fit(spec, sweep, address, resumed, [console] + ([tracking] if tracking else []), log)
+        status, records = fit(spec, sweep, address, resumed, [console] + ([tracking] if tracking else []), log)
     except BaseException as e:  # Ctrl-C twice, a lost cluster: no run is left RUNNING
         if tracking is not None:
             tracking.log.close("interrupted", error=e)
         raise
-    frame = trials_frame(sweep.read_state()["experiment_path"])
+    frame = frame_of(records)
     write_table(frame, sweep.trials)
     if tracking is not None:
         _close_beside_ray_shutdown(tracking.log, status, frame)

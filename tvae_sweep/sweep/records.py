@@ -59,7 +59,7 @@ class TrialRecord:
     name: str = ""  # Ray's name of the trial
     path: str = ""  # the Ray trial's folder
     retries: int = 0  # failures Ray recovered from
-    traceback: str | None = None  # the whole error text
+    traceback: str | None = None  # the whole text of its error (or of the last one Ray recovered from)
 
     @property
     def finished(self) -> bool:
@@ -84,22 +84,29 @@ def records_of(trials: Iterable, result: dict | None = None, checkpoint=None,
         saved = checkpoint if checkpoint is not None else trial.checkpoint
         ref = CheckpointRef(saved.path, saved.filesystem) if saved is not None else None
         ray_state = TERMINATED if trial.trial_id in finished and trial.status != ERROR else trial.status
-        text = _error_text(trial) if ray_state == ERROR else None
-        common = dict(ray_id=trial.trial_id, ray_state=ray_state, path=str(trial.path),
-                      retries=getattr(trial, "num_failures", 0))
-        if POINTS not in (trial.config or {}):
+        retries = getattr(trial, "num_failures", 0)
+        text = _error_text(trial) if ray_state == ERROR or retries else None
+        common = dict(ray_id=trial.trial_id, ray_state=ray_state, path=str(trial.path), retries=retries)
+        if POINTS in (trial.config or {}):
+            out += _points(trial, report, ref, text, common)
+        else:
             out.append(_record(trial.trial_id, ray_state, dict(trial.config), report, ref, text,
                                name=str(trial), **common))
-            continue
-        members = report.get(MEMBERS) or []
-        whole = {k: v for k, v in report.items() if k != MEMBERS}
-        for i, point_config in enumerate(trial.config[POINTS]):
-            params = trial.config[PARAMS][i] if PARAMS in trial.config else {}
-            own = members[i] if i < len(members) else {}
-            alone = own.get("error")  # a point that failed while the others went on
-            out.append(_record(f"{trial.trial_id}_p{i}", ERROR if alone else ray_state,
-                               Point(params, point_config).trial_config, {**whole, **own},
-                               ref and ref.folder(point_folder(i)), alone or text, name=f"{trial}_p{i}", **common))
+    return out
+
+
+def _points(trial, report: dict, ref: CheckpointRef | None, text: str | None, common: dict) -> list[TrialRecord]:
+    """A fused trial's points: each with its config, its own report, its folder of the checkpoint."""
+    members = report.get(MEMBERS) or []
+    whole = {k: v for k, v in report.items() if k != MEMBERS}
+    params = trial.config.get(PARAMS) or [{} for _ in trial.config[POINTS]]
+    out = []
+    for i, (point_params, point_config) in enumerate(zip(params, trial.config[POINTS], strict=True)):
+        own = members[i] if i < len(members) else {}
+        alone = own.get("error")  # a point that failed while the others went on
+        out.append(_record(f"{trial.trial_id}_p{i}", ERROR if alone else common["ray_state"],
+                           Point(point_params, point_config).trial_config, {**whole, **own},
+                           ref and ref.folder(point_folder(i)), alone or text, name=f"{trial}_p{i}", **common))
     return out
 
 
@@ -110,7 +117,7 @@ def _record(trial_id: str, state: str, config: dict, report: dict, checkpoint: C
                        best=dict(last.get("best") or {}),  # over the trial's history (trainable.best_metrics)
                        epochs=last.get("training_iteration", 0), time_s=last.get("time_total_s", float("nan")),
                        node_id=last.get("node_id"), error=last_line(error or "") if state == ERROR else None,
-                       checkpoint=checkpoint, traceback=error if state == ERROR else None, **common)
+                       checkpoint=checkpoint, traceback=error or None, **common)
 
 
 def _error_text(trial) -> str:
