@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import dump_yaml
+from .config import ConfigError, dump_yaml
 from .sweep.fusion import Point, fused_groups
 from .sweep.layout import SweepDir
 from .sweep.records import ERROR, PENDING, RUNNING, TERMINATED, CheckpointRef, TrialRecord, last_line
@@ -91,9 +91,13 @@ def collect(grid: Grid, runs: Path, out: Path, source: str | None = None) -> Pat
     out/report.md, out/aggregates/ and out/spec.yaml; returns the report's path. `source`: how the
     runs were trained, for the report."""
     points = grid.points()
-    records = [run_record(f"g{g}_p{i}", point.trial_config, runs / group_folder(g) / point_name(i),
-                          grid.spec.run.train.epochs)
-               for i, (g, point) in enumerate(points)]
+    folders = [runs / group_folder(g) / point_name(i) for i, (g, _) in enumerate(points)]
+    if not any(folder.is_dir() for folder in folders):
+        raise ConfigError(f"{runs}: holds none of the {len(points)} points of {grid.name or 'the spec'}'s grid "
+                          f"({group_folder(0)}/{point_name(0)}/ ...); pass the folder their `tvae-sweep train` "
+                          "runs were written into")
+    records = [run_record(f"g{g}_p{i}", point.trial_config, folder, grid.spec.run.train.epochs)
+               for i, ((g, point), folder) in enumerate(zip(points, folders, strict=True))]
     sweep = SweepDir(out)
     out.mkdir(parents=True, exist_ok=True)
     frame = frame_of(records)
