@@ -6,10 +6,13 @@ results/mlartifacts). MLflow 3 refuses the old ./mlruns file store, so plain fol
 """
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import requests
 
 from ..errors import HIDDEN, ConfigError, hidden_password, redact  # noqa: F401 (re-exported)
 
@@ -102,8 +105,6 @@ def check(store: Store) -> None:
         if not os.access(db.parent, os.W_OK):
             raise ConfigError(f"{store.source} {store.shown}: {db.parent} is not writable")
     elif store.is_server:
-        import requests
-
         try:
             answer = requests.get(store.uri.rstrip("/") + "/health", timeout=10)
             answer.raise_for_status()
@@ -143,9 +144,7 @@ def settle() -> None:
 
 
 def _new_client(store: Store):
-    import logging
-
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # noqa: PLC0415 imported on prepare()'s thread, while Ray starts
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
 
@@ -158,15 +157,13 @@ def _new_client(store: Store):
 
 def experiment_id(mlflow_client, name: str, artifact_root: str | None, create: bool = True) -> str | None:
     """The id of experiment `name`, created (with an explicit artifact location) or restored if need be."""
-    from mlflow.exceptions import MlflowException
-
     found = mlflow_client.get_experiment_by_name(name)
     if found is None:
         if not create:
             return None
         try:
             return mlflow_client.create_experiment(name, artifact_location=artifact_root, tags=EXPERIMENT_TAGS)
-        except MlflowException:  # created meanwhile by another driver
+        except Exception:  # created meanwhile by another driver (MLflow's error), else raised again below
             found = mlflow_client.get_experiment_by_name(name)
             if found is None:
                 raise
