@@ -382,8 +382,8 @@ def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> Non
 
 @main.command()
 @click.argument("runs", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--spec", "spec_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The spec whose grid DIR's runs trained.")
+@click.option("--spec", "spec_path", required=True, metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path),
+              help="The spec whose grid the runs in DIR trained.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec value (repeatable).")
 @profile_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -393,7 +393,8 @@ def collect(runs: Path, spec_path: Path, overrides: tuple[str, ...], profile: st
             results_dir: Path | None) -> None:
     """Collect a grid trained outside a sweep into a sweep's results: DIR/group_<g>/point_<i>/, the
     folders `tvae-sweep train` wrote for each point of SPEC's grid (its fused groups one after
-    another, as `search.fuse` makes them), become trials.parquet, report.md and its figures."""
+    another, as `search.fuse` makes them; tvae_sweep.collect.Grid.write_configs writes their
+    configs), become trials.parquet, report.md and its figures."""
     from .collect import Grid
     from .collect import collect as collect_runs
     from .sweep.layout import sweep_dir

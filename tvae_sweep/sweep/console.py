@@ -144,9 +144,10 @@ class TrialConsole(Callback):
         self.draw(trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if not self.interactive and trial.trial_id not in self.seen:
-            self.event(records_of([trial]), "started")
-        self.seen.add(trial.trial_id)
+        records = records_of([trial])
+        if not self.interactive:
+            self.event([r for r in records if r.trial_id not in self.seen], "started")
+        self.seen.update(r.trial_id for r in records)
         self.draw(trials, force=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
