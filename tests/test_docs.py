@@ -118,7 +118,6 @@ def test_the_readme_spec_example_validates(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tvae_sweep", "validate", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "valid" in proc.stdout
 
 
 def test_the_notebook_example_runs():
