@@ -28,6 +28,7 @@ from tvae_sweep.config import dump_yaml, load_run_config
 from tvae_sweep.sweep.launch import create
 from tvae_sweep.sweep.layout import sweep_dir
 from tvae_sweep.sweep.validation import spec_from_dict
+from tvae_sweep.tracking import store as stores
 from tvae_sweep.training import CHECKPOINT_FILE, Trainer
 
 PREFIX = "tvae-sweep: error:"
@@ -217,6 +218,14 @@ def test_an_empty_spec_starts_nothing(tmp_path, text):
 def test_a_spec_that_is_not_a_mapping(tmp_path):
     spec = write_spec(tmp_path, "- data\n- model\n")
     refused(f"{spec}: must be a YAML mapping", "validate", spec)
+
+
+def test_a_refused_command_settles_the_store_it_started_opening(tmp_path):
+    """Whatever way a command ends, no thread opening a tracking store outlives it."""
+    stores.prepare(stores.resolve(None, None, tmp_path))  # what launch does before Ray starts
+    refused("no such file", "validate", tmp_path / "nope.yaml")
+    assert not [t for t in threading.enumerate() if t.name.startswith("mlflow-open")]
+    assert (tmp_path / "mlflow.db").stat().st_size > 0  # opened to its end, not abandoned half-way
 
 
 def test_a_missing_spec_file(tmp_path):
