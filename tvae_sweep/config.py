@@ -2,6 +2,8 @@
 
 Pydantic models, parsed once, with strict types: an integer field refuses 'four' and true, a number
 field takes integers. Every problem is a ConfigError whose message is one line naming the field.
+Their base (Schema) and types are the sweep spec's too; Setting declares the order in which an
+option, the environment and a file give a setting.
 """
 from __future__ import annotations
 
