@@ -77,8 +77,7 @@ def entry_point() -> None:
 
 
 @main.command()
-@click.argument("configs", metavar="CONFIG...", nargs=-1, required=True,
-                type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("configs", metavar="CONFIG...", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for config.yaml, metrics.json, checkpoint/ and traversal.png.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
