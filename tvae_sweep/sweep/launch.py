@@ -11,7 +11,7 @@ from typing import Any
 from ..compat import set_callbacks_of_restored
 from ..config import ConfigError, dump_yaml
 from ..errors import redact
-from .cluster import check_reachable, check_storage, join_error
+from .cluster import check_reachable, check_storage, join_error, ray_address
 from .console import RayLog, ray_output_to
 from .fusion import ray_trials
 from .layout import SweepDir, storage_location
@@ -46,14 +46,6 @@ def connect(address: str | None, quiet: bool = True) -> None:
         ray.init(address=address, **kwargs)
     except (ConnectionError, AuthenticationError, RuntimeError) as e:
         raise join_error(address, label, e) from None
-
-
-def ray_address(address: str | None) -> tuple[str | None, str]:
-    """The address to join (the option, else $RAY_ADDRESS, else None for a local cluster) and where it
-    came from, for messages."""
-    if address:
-        return address, "--address"
-    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
 
 
 def experiment_path(spec: SweepSpec, sweep: SweepDir) -> str:
@@ -204,7 +196,7 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     path = state["experiment_path"]
     callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner()]
     trainable = _trainable(spec)
-    sweep.write_state(status="running", address=address or os.environ.get("RAY_ADDRESS"), pid=os.getpid())
+    sweep.write_state(status="running", address=ray_address(address)[0], pid=os.getpid())
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         set_callbacks_of_restored(tuner, callbacks)  # this driver's, not the pickled ones

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import requests
 
+from ..config import Setting
 from ..errors import HIDDEN, ConfigError, hidden_password, redact  # noqa: F401 (re-exported)
 
-ENV = "MLFLOW_TRACKING_URI"
+URI = Setting("--tracking-uri", "MLFLOW_TRACKING_URI", "tracking.uri")
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 # tells the MLflow 3 UI that this is a model-training experiment (it asks otherwise)
@@ -76,12 +77,8 @@ def _normalise(uri: str, source: str) -> str:
 def resolve(option: str | None, spec_uri: str | None, results_root: Path,
             spec_artifacts: str | None = None) -> Store:
     """The store to use: --tracking-uri, else $MLFLOW_TRACKING_URI, else the spec's, else the default."""
-    for value, source in ((option, "--tracking-uri"), (os.environ.get(ENV), ENV), (spec_uri, "tracking.uri")):
-        if value:
-            uri = _normalise(value, source)
-            break
-    else:
-        uri, source = default_uri(results_root), "the default store under the results folder"
+    uri, source = URI.pick(option, spec_uri, default_source="the default store under the results folder")
+    uri = default_uri(results_root) if uri is None else _normalise(uri, source)
     return Store(uri, source, artifact_root(uri, spec_artifacts))
 
 
