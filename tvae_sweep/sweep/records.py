@@ -139,6 +139,6 @@ def _error_text(trial) -> str:
 
 def saved_records(experiment_path: str) -> list[TrialRecord]:
     """The records of the trials of the Ray experiment saved at `experiment_path`."""
-    from ray.tune import ExperimentAnalysis  # noqa: PLC0415 only here: records and their readers (the MLflow writer) run without Ray
+    from ray.tune import ExperimentAnalysis  # noqa: PLC0415 records and their readers (MLflow) load no Ray
 
     return records_of(ExperimentAnalysis(experiment_path).trials)
