@@ -11,12 +11,13 @@ import io
 import logging
 import sys
 import time
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout, suppress
 from pathlib import Path
 from typing import TextIO
 
 from ray.tune import Callback
 
+from .disk import notice
 from .fusion import expand
 
 RAY_LOG = "ray.log"
@@ -42,9 +43,18 @@ class RayLog(io.TextIOBase):
     def write(self, text: str) -> int:
         if self._file is None:
             self._pending.append(text)
-        else:
+            return len(text)
+        if self._file.closed:  # closed when the disk was full: dropped
+            return 0
+        try:
             self._file.write(text)
             self._file.flush()
+        except OSError as e:
+            if not notice(e):
+                raise
+            with suppress(OSError):  # a full disk: the sweep ends with one line about it, and its log here
+                self._file.close()
+            return 0
         return len(text)
 
     def attach(self, folder: Path) -> None:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..config import ConfigError
 from ..images import PICTURES
+from ..sweep.disk import notice
 from ..sweep.layout import SweepDir
 from ..sweep.results import last_line, trials_frame
 from ..sweep.space import num_trials, trial_run_config
@@ -335,6 +336,8 @@ class TrialLog:
         return _Guard(self, hook)
 
     def warn(self, hook: str, error: BaseException) -> None:
+        if notice(error):  # a full disk: the sweep ends with one line about it
+            return
         console = self.console or sys.stderr
         print(f"tvae-sweep: tracking: {hook} failed: {type(error).__name__}: {stores.redact(first_line(str(error)))}",
               file=console, flush=True)
