@@ -1,5 +1,5 @@
 """A worker node killed in the middle of a sweep: a real two-node Ray cluster on this machine (the
-machinery of test_cluster.py), shared storage, and every process of the second node killed with
+machinery of tests/clusters.py), shared storage, and every process of the second node killed with
 SIGKILL while one of its trials runs. The sweep must still finish every trial, the interrupted one
 retried from its last checkpoint on the surviving node, with one MLflow run per trial.
 
@@ -7,17 +7,14 @@ The cluster is this module's own, since the test takes one of its nodes away.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
-from sweeps import cli_env, running, sweep_spec, trials
-from test_cluster import LocalCluster, alive, descendants, two_node_cluster
-
-pytestmark = pytest.mark.slow
+from clusters import LocalCluster, alive, descendants, two_node_cluster
+from mlflow import MlflowClient
+from sweeps import cli_env, reports, running, sweep_spec, trials
 
 EPOCHS = 4
 TRAIN_SEQUENCES = 256  # about a second an epoch: time to see the trial mid-run and kill its node
@@ -37,18 +34,6 @@ def two_nodes(tmp_path_factory):
         yield cluster  # one trial on each node
 
 
-def reports(experiment: Path) -> dict[str, list[dict]]:
-    """Trial folder -> the results it reported so far (result.json, one JSON line per epoch)."""
-    out = {}
-    for path in experiment.glob("*/result.json"):
-        try:
-            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except (OSError, json.JSONDecodeError):  # being written
-            continue
-        out[path.parent.name] = lines
-    return out
-
-
 def kill_node(cluster: LocalCluster, index: int) -> list[int]:
     """SIGKILL to a node's `ray start` and everything it started (raylet, its agents, the trial workers)."""
     proc = cluster.procs[index]
@@ -66,9 +51,8 @@ def kill_node(cluster: LocalCluster, index: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_a_killed_worker_node_is_survived_and_its_trial_retried_on_the_other(two_nodes, tmp_path):
-    from mlflow import MlflowClient
-
     cluster = two_nodes
     worker_id = next(iter(cluster.node_ids - {cluster.head_id}))
     shared = tmp_path / "shared"  # both nodes are this machine: a folder they all read
