@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import shutil
 import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -90,6 +89,11 @@ def _quiet_libraries() -> None:
                 handler.addFilter(_silent)
 
 
+def first_noticed() -> BaseException | None:
+    """The first full disk noticed during this sweep, if any."""
+    return _noticed[0] if _noticed else None
+
+
 def raise_first(errors: Iterable[BaseException | None]) -> None:
     """Raises the first of the trials' `errors` that is a full disk, if any."""
     for error in errors:
@@ -105,25 +109,13 @@ def _failed_path(error: BaseException, sweep: SweepDir) -> Path:
     return sweep.root
 
 
-def _free_mb(path: Path) -> float | None:
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        return shutil.disk_usage(existing).free / 1e6
-    except OSError:
-        return None
-
-
 def stop_line(error: BaseException, sweep: SweepDir, log: TextIO) -> str:
     """The one line that tells why the sweep stopped, where, and how to continue it; the error's
     traceback goes to `log` (the sweep's ray.log), which drops it when there is no room."""
     path = _failed_path(error, sweep)
-    free = _free_mb(path)
-    room = f", {free:.1f} MB free" if free is not None else ""
     logged = log.write("".join(traceback.format_exception(error)))
     details = "; its traceback is in the sweep's ray.log" if logged else ""
-    return (f"{path}: no space left on device{room}; the sweep {sweep.name} stopped with its trials saved: "
+    return (f"{path}: no space left on device; the sweep {sweep.name} stopped with its trials saved: "
             f"free space there, then continue it with `tvae-sweep resume {sweep.name}`{details}")
 
 

@@ -23,6 +23,7 @@ from ..errors import redact
 from .cluster import check_reachable, check_storage, join_error
 from .console import RayLog, ray_output_to
 from .disk import raise_first
+from .full_stop import StopWhenFull
 from .fusion import fused_groups, ray_trials
 from .layout import SweepDir, storage_location
 from .pbt import pbt_param_space, pbt_scheduler, pbt_searcher
@@ -196,7 +197,7 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     state = sweep.read_state()
     path = state["experiment_path"]
-    callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner(path)]
+    callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner(path), StopWhenFull()]
     trainable = _trainable(spec)
     sweep.write_state(status="running", address=address or os.environ.get("RAY_ADDRESS"), pid=os.getpid())
     if resume and tune.Tuner.can_restore(path):
