@@ -71,36 +71,49 @@ def test_shell_scripts_parse(path):
     assert proc.returncode == 0, proc.stderr
 
 
+def check_ray_job(spec: dict, where: str, names: set) -> None:
+    assert spec["entrypoint"], where
+    selector = spec.get("clusterSelector", {}).get("ray.io/cluster")
+    assert spec.get("rayClusterSpec") or ("RayCluster", selector) in names, where
+    if spec.get("rayClusterSpec"):
+        check_ray_cluster_spec(spec["rayClusterSpec"], where)
+
+
+def check_workload(spec: dict, where: str, names: set) -> None:
+    """A Deployment's or StatefulSet's: its selector matches its pods, each container has an image."""
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items(), where
+    assert all(c["name"] and c["image"] for c in spec["template"]["spec"]["containers"]), where
+    if "serviceName" in spec:  # a StatefulSet's
+        assert ("Service", spec["serviceName"]) in names and spec["volumeClaimTemplates"], where
+
+
+def check_service(spec: dict, where: str, docs: list) -> None:
+    assert all(p["port"] for p in spec["ports"]), where
+    selected = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+                and spec["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+    assert selected, f"{where} selects no pods"
+
+
 def test_kubernetes_manifests_have_their_required_fields():
-    docs = manifests()
-    names = {(d["kind"], d["metadata"]["name"]) for _, d in docs}
-    for path, doc in docs:
+    docs = [doc for _, doc in manifests()]
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    checks = {"RayCluster": lambda spec, where: check_ray_cluster_spec(spec, where),
+              "RayJob": lambda spec, where: check_ray_job(spec, where, names),
+              "Deployment": lambda spec, where: check_workload(spec, where, names),
+              "StatefulSet": lambda spec, where: check_workload(spec, where, names),
+              "Service": lambda spec, where: check_service(spec, where, docs),
+              "PersistentVolumeClaim": lambda spec, where: check_claim(spec, where)}
+    for path, doc in manifests():
         where = f"{path.name}: {doc.get('kind')}"
         assert doc.get("apiVersion") and doc.get("kind") and doc.get("metadata", {}).get("name"), where
-        spec = doc.get("spec") or {}
-        kind = doc["kind"]
-        if kind == "RayCluster":
-            check_ray_cluster_spec(spec, where)
-        elif kind == "RayJob":
-            assert spec["entrypoint"], where
-            selector = spec.get("clusterSelector", {}).get("ray.io/cluster")
-            assert spec.get("rayClusterSpec") or ("RayCluster", selector) in names, where
-            if spec.get("rayClusterSpec"):
-                check_ray_cluster_spec(spec["rayClusterSpec"], where)
-        elif kind in ("Deployment", "StatefulSet"):
-            labels = spec["template"]["metadata"]["labels"]
-            assert spec["selector"]["matchLabels"].items() <= labels.items(), where
-            assert all(c["name"] and c["image"] for c in spec["template"]["spec"]["containers"]), where
-            if kind == "StatefulSet":
-                assert ("Service", spec["serviceName"]) in names and spec["volumeClaimTemplates"], where
-        elif kind == "Service":
-            assert all(p["port"] for p in spec["ports"]), where
-            selected = [d for _, d in docs if d["kind"] in ("Deployment", "StatefulSet")
-                        and spec["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
-            assert selected, f"{where} selects no pods"
-        elif kind == "PersistentVolumeClaim":
-            assert spec["accessModes"] and spec["resources"]["requests"]["storage"], where
-        assert kind != "Secret", f"{where}: secrets are referenced, never written in the manifests"
+        assert doc["kind"] in checks, f"{where}: a kind this test does not know (secrets are never written here)"
+        checks[doc["kind"]](doc.get("spec") or {}, where)
+    assert {"RayCluster", "RayJob", "Deployment", "StatefulSet", "Service"} <= {kind for kind, _ in names}
+
+
+def check_claim(spec: dict, where: str) -> None:
+    assert spec["accessModes"] and spec["resources"]["requests"]["storage"], where
 
 
 def check_ray_cluster_spec(spec: dict, where: str) -> None:
@@ -195,18 +208,20 @@ def dockerfile_stages(path: Path) -> dict[str, list[tuple[str, str]]]:
     return stages
 
 
+def check_installs_are_pinned(steps: list[tuple[str, str]], stage: str) -> None:
+    """Every pip install of the stage runs with --constraint, after constraints.txt is copied in."""
+    installs = [i for i, (word, rest) in enumerate(steps) if word == "RUN" and "pip install" in rest]
+    copied = next(i for i, (word, rest) in enumerate(steps) if word == "COPY" and "constraints.txt" in rest)
+    assert installs and copied < installs[0], stage
+    for i in installs:
+        assert "--constraint" in shlex.split(steps[i][1].split("&&")[0]), steps[i]
+
+
 def test_dockerfile_builds_a_cuda_sweep_image_and_an_mlflow_image_with_the_pinned_versions():
     stages = dockerfile_stages(CLUSTER / "Dockerfile")
     assert {"sweep", "mlflow"} <= stages.keys()
     for name in ("sweep", "mlflow"):
-        steps = stages[name]
-        installs = [i for i, (word, rest) in enumerate(steps) if word == "RUN" and " install " in f" {rest} "
-                    and "pip" in rest]
-        copied = next(i for i, (word, rest) in enumerate(steps) if word == "COPY" and "constraints.txt" in rest)
-        assert installs and copied < installs[0], name  # constraints.txt is there before any install
-        for i in installs:
-            argv = shlex.split(steps[i][1].split("&&")[0])
-            assert "--constraint" in argv, steps[i]
+        check_installs_are_pinned(stages[name], name)
     image = stages["sweep"][0][1]
     assert image.startswith("nvidia/cuda:") and "cudnn" in image
     checks = [rest for word, rest in stages["sweep"] if word == "RUN" and "torch.version.cuda" in rest]
@@ -264,6 +279,17 @@ def sbatch_options(path: Path) -> dict[str, str]:
     return dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", path.read_text(), re.M))
 
 
+def ray_starts(recorded: list[list[str]]) -> tuple[list[str], list[list[str]], set[tuple[str, ...]]]:
+    """The srun calls that started Ray: the head's, the workers', and the environments they ran in."""
+    starts = [(c, tuple(recorded[i + 1])) for i, c in enumerate(recorded) if c[0] == "srun" and "start" in c]
+    [head] = [c for c, _ in starts if "--head" in c]
+    return head, [c for c, _ in starts if "--head" not in c], {env for _, env in starts}
+
+
+def node_of(srun: list[str]) -> str:
+    return srun[srun.index("-w") + 1]
+
+
 def test_slurm_script_starts_ray_over_the_allocation_and_launches_the_sweep_against_it(tmp_path):
     script = CLUSTER / "slurm" / "sweep.sbatch"
     options = sbatch_options(script)
@@ -288,15 +314,12 @@ def test_slurm_script_starts_ray_over_the_allocation_and_launches_the_sweep_agai
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Ray cluster: 3 of 3 nodes" in proc.stdout
     recorded = calls(bin_)
-    envs = {i: c for i, c in enumerate(recorded) if c[0] == "env"}
-    starts = [(c, envs[i + 1]) for i, c in enumerate(recorded) if c[0] == "srun" and "start" in c]
+    head_start, workers, envs = ray_starts(recorded)
     address = f"127.0.0.1:{port}"
-    [(head_start, head_env)] = [(c, e) for c, e in starts if "--head" in c]
-    workers = [(c, e) for c, e in starts if "--head" not in c]
-    assert "-w" in head_start and head_start[head_start.index("-w") + 1] == "n1" and f"--port={port}" in head_start
-    assert sorted(c[c.index("-w") + 1] for c, _ in workers) == ["n2", "n3"]
-    assert all(f"--address={address}" in c and "--num-gpus=4" in c for c, _ in workers)
-    assert {tuple(e) for _, e in starts} == {("env", "RAY_AUTH_MODE=token")}  # token authentication everywhere
+    assert node_of(head_start) == "n1" and f"--port={port}" in head_start
+    assert sorted(map(node_of, workers)) == ["n2", "n3"]
+    assert all(f"--address={address}" in c and "--num-gpus=4" in c for c in workers)
+    assert envs == {("env", "RAY_AUTH_MODE=token")}  # token authentication on every node
     [launch] = [c for c in recorded if c[0] == "tvae-sweep"]
     assert launch[1:] == ["launch", "search_spaces/smoke.yaml", "--address", address,
                           "--set", "storage.path=/shared/storage", "--set", "storage.shared=true",
