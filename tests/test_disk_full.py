@@ -1,6 +1,7 @@
 """A sweep whose results folder (Ray's trials, the MLflow store, the Optuna study) fills its disk: a real
 tmpfs of a few MB mounted for the test. The launch stops with one line and exit code 1, and once
-the disk is bigger, `tvae-sweep resume` finishes every trial."""
+the disk is bigger, `tvae-sweep resume` finishes every trial. Ray's files on it are written whole or
+not at all (tvae_sweep/sweep/whole_files.py), which the resume needs."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +11,8 @@ import pytest
 from mlflow import MlflowClient
 from sweeps import run_cli, sweep_spec, trials
 
-from tvae_sweep.sweep.disk import EXIT_CODE
+from tvae_sweep.sweep.disk import EXIT_CODE, no_space
+from tvae_sweep.sweep.whole_files import whole_files
 
 SMALL_MB = 6  # room for the sweep to start (MLflow's store, the first trials) but not to finish
 BIG_MB = 64  # the whole sweep takes about 13 MB
@@ -33,6 +35,20 @@ def small_disk(tmp_path):
         yield folder
     finally:
         subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_a_file_written_on_a_full_disk_keeps_its_previous_version(small_disk):
+    """What Ray's experiment state needs: its copy to the storage folder written whole or not at all."""
+    fs = whole_files()
+    state = small_disk / "experiment_state.json"
+    with fs.open_output_stream(str(state)) as f:
+        f.write(b'{"trials": 1}')
+    (small_disk / "filler").write_bytes(b"\0" * (SMALL_MB * 2**20 - 64 * 2**10))  # all but 64 kB
+    with pytest.raises(OSError) as raised, fs.open_output_stream(str(state)) as f:
+        f.write(b"x" * 2**20)
+    assert no_space(raised.value)
+    assert state.read_bytes() == b'{"trials": 1}'
+    assert sorted(p.name for p in small_disk.iterdir()) == ["experiment_state.json", "filler"]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import errno
 import logging
 import traceback
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TextIO
 
@@ -113,6 +113,8 @@ def stop_line(error: BaseException, sweep: SweepDir, log: TextIO) -> str:
     """The one line that tells why the sweep stopped, where, and how to continue it; the error's
     traceback goes to `log` (the sweep's ray.log), which drops it when there is no room."""
     path = _failed_path(error, sweep)
+    with suppress(OSError):  # written whole or not at all: `list` shows it stopped, when there is room
+        sweep.write_state(status="interrupted")
     logged = log.write("".join(traceback.format_exception(error)))
     details = "; its traceback is in the sweep's ray.log" if logged else ""
     return (f"{path}: no space left on device; the sweep {sweep.name} stopped with its trials saved: "
