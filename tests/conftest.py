@@ -1,4 +1,5 @@
 import pytest
+from clusters import LocalCluster, two_node_cluster
 from helpers import tiny_raw
 
 from tvae_sweep.config import run_config_from_dict
@@ -7,3 +8,11 @@ from tvae_sweep.config import run_config_from_dict
 @pytest.fixture
 def tiny_config():
     return lambda **sections: run_config_from_dict(tiny_raw(**sections))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A head of one CPU and one logical GPU, and a second node of two CPUs (tests/clusters.py): one
+    cluster for the session's cluster and GPU-placement tests."""
+    with two_node_cluster(LocalCluster, tmp_path_factory, head_gpus=1, node_cpus=2) as cluster:
+        yield cluster

@@ -40,8 +40,9 @@ def spec_raw(search: dict | None = None, **sections) -> dict:
     """A sweep spec of tiny_raw's config over SPACE; keyword sections replace the defaults."""
     raw = tiny_raw()
     raw["space"] = copy.deepcopy(SPACE)
-    raw["search"] = copy.deepcopy(search) if search else {"algorithm": "tpe", "metric": "log_likelihood", "mode": "max", "num_trials": 4,
-                               "max_concurrent": 2, "seed": 0, "scheduler": "fifo"}
+    default = {"algorithm": "tpe", "metric": "log_likelihood", "mode": "max", "num_trials": 4, "max_concurrent": 2,
+               "seed": 0, "scheduler": "fifo"}
+    raw["search"] = copy.deepcopy(search) if search else default
     raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}
     raw.update(copy.deepcopy(sections))
     return raw

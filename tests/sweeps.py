@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -58,3 +59,15 @@ def running(args: list, log: Path, env: dict | None = None):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def reports(experiment: Path) -> dict[str, list[dict]]:
+    """Trial folder -> the results it reported so far (result.json, one JSON line per epoch)."""
+    out = {}
+    for path in experiment.glob("*/result.json"):
+        try:
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, json.JSONDecodeError):  # being written
+            continue
+        out[path.parent.name] = lines
+    return out

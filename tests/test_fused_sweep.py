@@ -19,8 +19,6 @@ from helpers import tiny_raw
 from mlflow import MlflowClient
 from sweeps import cli_env, run_cli, running
 
-pytestmark = pytest.mark.slow
-
 PRESETS = {
     "vae": {"model.variant": "vae"},
     "tvae": {"model.coherence_window": 3, "model.shift": 1},
@@ -78,6 +76,7 @@ def point_of(row: pd.Series) -> tuple[str, int]:
     return preset, int(config["train.seed"])
 
 
+@pytest.mark.slow
 def test_a_fused_grid_trains_its_shapes_together_and_keeps_a_row_a_run_and_an_optuna_trial_per_point(fused):
     results, frame = fused
     folders = sorted(p.name for p in (results / "fused" / "tune").iterdir() if p.is_dir())
@@ -103,6 +102,7 @@ def test_a_fused_grid_trains_its_shapes_together_and_keeps_a_row_a_run_and_an_op
             assert Path(row["checkpoint"], "traversal.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_diverging_point_fails_alone_with_the_single_runs_reason(fused):
     results, frame = fused
     runs = child_runs(results, "fused")
@@ -116,6 +116,7 @@ def test_a_diverging_point_fails_alone_with_the_single_runs_reason(fused):
             assert row["state"] == "TERMINATED" and math.isfinite(row["final/log_likelihood"])
 
 
+@pytest.mark.slow
 def test_a_point_is_the_run_of_its_config_alone(fused, tmp_path):
     results, frame = fused
     row = next(row for _, row in frame.iterrows() if point_of(row) == ("bubble", 1))
@@ -130,6 +131,7 @@ def test_a_point_is_the_run_of_its_config_alone(fused, tmp_path):
         assert alone[metric] == pytest.approx(row[f"final/{metric}"], rel=1e-4, abs=2e-3), metric
 
 
+@pytest.mark.slow
 def test_prune_keeps_the_best_points_weights(fused):
     results, frame = fused
     proc = run_cli("prune", "fused", "--keep-best", "1", "--yes", "--results-dir", results)
@@ -139,6 +141,7 @@ def test_prune_keeps_the_best_points_weights(fused):
         assert Path(row["checkpoint"], "state.pt").is_file() == (row["trial_id"] == best["trial_id"])
 
 
+@pytest.mark.slow
 def test_a_replicated_trial_reports_its_seeds_mean_spread_and_each_value(replicated, tmp_path):
     results, frame = replicated
     assert len(frame) == 2
@@ -164,6 +167,7 @@ def test_a_replicated_trial_reports_its_seeds_mean_spread_and_each_value(replica
         assert final["log_likelihood"] == pytest.approx(best[f"final/log_likelihood_seed{s}"], rel=1e-4, abs=2e-3)
 
 
+@pytest.mark.slow
 def test_a_fused_sweep_killed_mid_trial_resumes_to_the_numbers_of_its_points_alone(tmp_path, ray_temp):
     """SIGKILL once a fused trial has saved a checkpoint; the resume continues every point from it,
     and each point ends where its config trained alone ends."""

@@ -9,8 +9,6 @@ import pytest
 import torch
 from sweeps import CLI, cli_env, run_cli, sweep_spec, trials
 
-pytestmark = pytest.mark.slow
-
 
 def finished_trials(experiment, epochs=3):
     """Trial folder -> its reported epochs, for trials that reported their final epoch."""
@@ -34,6 +32,7 @@ def pruned_trials(experiment) -> set[str]:
     return pruned
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_keeps_finished_trials_and_completes_the_rest(tmp_path):
     """Killed once a finished trial has been pruned, while the sweep runs: the resume neither runs a
     finished trial again nor misses a checkpoint that an unfinished one needs."""

@@ -1,21 +1,26 @@
 """A real sweep on a real local Ray: trials, ASHA, the results table, exports, and a name clash."""
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
+import types
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 from sweeps import run_cli, sweep_spec, trials
 
+from tvae_sweep.sweep.console import TrialConsole
+from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
 from tvae_sweep.sweep.pbt import full_points
+from tvae_sweep.sweep.records import records_of
+from tvae_sweep.sweep.trainable import best_metrics
 from tvae_sweep.sweep.validation import load_spec
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +53,7 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_the_local_ray_cluster_ends_with_the_launch(finished_sweep, ray_temp):
     """A launch skips the interpreter's teardown, and still leaves nothing of the cluster it started
     (GCS, raylet, workers) running."""
@@ -59,6 +65,7 @@ def test_the_local_ray_cluster_ends_with_the_launch(finished_sweep, ray_temp):
     assert processes_mentioning(ray_temp) == []
 
 
+@pytest.mark.slow
 def test_every_trial_finishes_with_a_config_in_the_space(finished_sweep):
     _, results, proc = finished_sweep
     frame = trials(results, "e2e")
@@ -73,6 +80,7 @@ def test_every_trial_finishes_with_a_config_in_the_space(finished_sweep):
     assert "best trials by log_likelihood" in proc.stdout
 
 
+@pytest.mark.slow
 def test_the_console_shows_the_sweep_and_ray_writes_to_its_log(finished_sweep):
     """Not on a terminal: one line per trial event; Ray's banner and warnings in the sweep's ray.log."""
     _, results, proc = finished_sweep
@@ -88,16 +96,16 @@ def test_the_console_shows_the_sweep_and_ray_writes_to_its_log(finished_sweep):
     assert "Configuration for experiment" in (results / "e2e" / "ray.log").read_text()
 
 
+@pytest.mark.slow
 def test_asha_stops_some_trials_early(finished_sweep):
     _, results, _ = finished_sweep
     frame = trials(results, "e2e")
     assert frame["epochs"].min() < 3 and frame["epochs"].max() == 3
 
 
+@pytest.mark.slow
 def test_results_table_as_csv_and_parquet(finished_sweep):
     tmp, results, _ = finished_sweep
-    import pandas as pd
-
     for suffix in (".csv", ".parquet"):
         out = tmp / f"table{suffix}"
         proc = run_cli("results", "e2e", "--results-dir", results, "--out", out)
@@ -111,14 +119,12 @@ def test_results_table_as_csv_and_parquet(finished_sweep):
         # per-trial histories agree with the table
         row = frame.iloc[0]
         history = [json.loads(line) for line in
-                   open(__import__("pathlib").Path(row["checkpoint"]).parent / "result.json")]
+                   open(Path(row["checkpoint"]).parent / "result.json")]
         assert history[-1]["log_likelihood"] == pytest.approx(row["final/log_likelihood"])
         assert max(h["log_likelihood"] for h in history) == pytest.approx(row["best/log_likelihood"])
 
 
 def test_a_trials_best_counts_its_whole_history_in_each_metrics_direction():
-    from tvae_sweep.sweep.trainable import best_metrics
-
     history = [{"epoch": 1, "train_loss": 5.0, "loss": float("nan"), "log_likelihood": -300.0,
                 "equivariance_ratio": 0.9},
                {"epoch": 2, "train_loss": 4.0},
@@ -128,6 +134,7 @@ def test_a_trials_best_counts_its_whole_history_in_each_metrics_direction():
     assert best_metrics([]) == {}
 
 
+@pytest.mark.slow
 def test_exported_best_configs_train_as_they_are(finished_sweep):
     tmp, results, _ = finished_sweep
     out = tmp / "best"
@@ -146,6 +153,7 @@ def test_exported_best_configs_train_as_they_are(finished_sweep):
     assert json.loads((tmp / "retrain" / "metrics.json").read_text())["final"]["epoch"] == exported["train"]["epochs"]
 
 
+@pytest.mark.slow
 def test_status_and_list_show_the_sweep(finished_sweep):
     _, results, _ = finished_sweep
     proc = run_cli("list", "--results-dir", results)
@@ -158,6 +166,7 @@ def test_status_and_list_show_the_sweep(finished_sweep):
     assert abs(shown - on_disk) <= 0.1 + 0.05 * on_disk
 
 
+@pytest.mark.slow
 def test_a_finished_trial_keeps_one_checkpoint_of_weights_and_ray_writes_no_unread_logs(finished_sweep):
     _, results, _ = finished_sweep
     frame = trials(results, "e2e")
@@ -173,6 +182,7 @@ def test_a_finished_trial_keeps_one_checkpoint_of_weights_and_ray_writes_no_unre
         assert not list(folder.glob("events.out.tfevents*")) and not (folder / "progress.csv").exists()
 
 
+@pytest.mark.slow
 def test_launching_an_existing_name_never_overwrites_it(finished_sweep):
     tmp, results, _ = finished_sweep
     before = (results / "e2e" / "trials.parquet").stat().st_mtime
@@ -182,6 +192,7 @@ def test_launching_an_existing_name_never_overwrites_it(finished_sweep):
     assert (results / "e2e" / "trials.parquet").stat().st_mtime == before
 
 
+@pytest.mark.slow
 def test_prune_keeps_the_best_trials_weights_after_saying_what_it_frees(finished_sweep):
     """Last of the tests on this sweep: it removes weights."""
     tmp, results, _ = finished_sweep
@@ -215,6 +226,7 @@ def test_prune_keeps_the_best_trials_weights_after_saying_what_it_frees(finished
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("search", [{"algorithm": "tpe", "scheduler": "asha", "grace_period": 1},
                                     {"algorithm": "random", "scheduler": "pbt", "mutate": ["train.lr"]}])
 def test_trials_that_evaluate_every_other_epoch_run_to_their_end(tmp_path, search):
@@ -228,6 +240,7 @@ def test_trials_that_evaluate_every_other_epoch_run_to_their_end(tmp_path, searc
     assert len(frame) == 2 and set(frame["state"]) == {"TERMINATED"} and frame["final/log_likelihood"].notna().all()
 
 
+@pytest.mark.slow
 def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
     """Three trials that differ in lr only, one of them far too slow: after the first epoch it is
     the population's worst, and synchronous PBT must exploit it (clone a better trial's config and
@@ -246,26 +259,24 @@ def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
     steps = [json.loads(line) for line in (results / "pbt" / "tune" / "pbt_global.txt").read_text().splitlines()]
     assert steps and steps[0][0] == "0" and steps[0][1] != "0", steps  # the slow trial first
     population = full_points(load_spec(results / "pbt" / "spec.yaml"))
-    without_lr = lambda c: {k: v for k, v in c.items() if k != "train.lr"}
+    def without_lr(config):
+        return {k: v for k, v in config.items() if k != "train.lr"}
+
     for *_, clone, new in steps:
         assert without_lr(new) == without_lr(clone) and without_lr(new) in map(without_lr, population)
         assert 1e-5 <= new["train.lr"] <= 3e-3  # explored (perturbed or resampled) inside the space
 
 def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
-    import io
-    import types
-
-    from tvae_sweep.sweep.console import TrialConsole
-
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
     screen = Terminal()
     console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=screen)
-    trial = lambda i, status, epoch: types.SimpleNamespace(
-        trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i}, path="/nowhere", checkpoint=None,
-        last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
+    def trial(i, status, epoch):
+        return types.SimpleNamespace(
+            trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i}, path="/nowhere", checkpoint=None,
+            last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
     console.on_trial_start(0, [trial(0, "RUNNING", 0)], trial(0, "RUNNING", 0))
     population = [trial(0, "TERMINATED", 3), trial(1, "RUNNING", 1)]
     console.on_trial_complete(0, population, population[0])
@@ -278,13 +289,6 @@ def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
 
 
 def test_the_console_shows_each_point_of_a_fused_trial():
-    import io
-    import types
-
-    from tvae_sweep.sweep.console import TrialConsole
-    from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
-    from tvae_sweep.sweep.records import records_of
-
     log = io.StringIO()
     console = TrialConsole(["model", "train.seed"], ["log_likelihood"], total=3, stream=log)
     fused = types.SimpleNamespace(
@@ -301,5 +305,6 @@ def test_the_console_shows_each_point_of_a_fused_trial():
     assert "log_likelihood -101" in lines[1]
     assert lines[-1].startswith("3/3 trials done, 0 running, 0 pending")
     rows = console.rows(records_of([fused]))
-    assert [row[:4] for row in rows] == [["f_p0", "TERMINATED", "shifting", "0"], ["f_p1", "TERMINATED", "shifting", "1"],
+    assert [row[:4] for row in rows] == [["f_p0", "TERMINATED", "shifting", "0"],
+                                         ["f_p1", "TERMINATED", "shifting", "1"],
                                          ["f_p2", "ERROR", "shifting", "2"]]

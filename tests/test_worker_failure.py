@@ -9,11 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from sweeps import running, sweep_spec, trials
-from test_cluster import alive, descendants
-from test_node_failure import reports
-
-pytestmark = pytest.mark.slow
+from clusters import alive, descendants
+from mlflow import MlflowClient
+from sweeps import reports, running, sweep_spec, trials
 
 EPOCHS = 4
 TRAIN_SEQUENCES = 256  # about a second an epoch: time to see the trial mid-run and kill its worker
@@ -47,9 +45,8 @@ def logged_epochs(client, name: str) -> list[int]:
     return [m.step for r in children for m in client.get_metric_history(r.info.run_id, "train_loss")]
 
 
+@pytest.mark.slow
 def test_a_killed_trial_worker_is_retried_from_its_checkpoint_in_the_same_run(tmp_path):
-    from mlflow import MlflowClient
-
     spec = sweep_spec(tmp_path, search={"num_trials": 1, "max_concurrent": 1, "scheduler": "fifo"},
                       train={"epochs": EPOCHS}, data={"train_sequences": TRAIN_SEQUENCES})
     results = tmp_path / "results"

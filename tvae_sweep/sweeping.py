@@ -16,6 +16,7 @@ import ray
 
 from .errors import ConfigError
 from .sweep.console import RayLog, TrialConsole
+from .sweep.disk import one_line_when_full
 from .sweep.fusion import ray_trials
 from .sweep.launch import check_new, check_stopped, create, fit, join, load_saved_spec, preflight, saved_trials
 from .sweep.layout import SweepDir, all_sweeps, disk_usage, results_root, sweep_dir
@@ -61,7 +62,8 @@ def launch(spec_path: Path, overrides: list[str], profile: str | None, name: str
     log = RayLog()
     join(spec, sweep, address, log)  # before the sweep's folder is made: a refused cluster leaves no sweep behind
     create(spec, sweep, raw, overwrite)
-    return _run(spec, sweep, address, log, False, tracking_uri, say)
+    with one_line_when_full(sweep, log):
+        return _run(spec, sweep, address, log, False, tracking_uri, say)
 
 
 def resume(name: str, results_dir: Path | None, address: str | None, tracking_uri: str | None,
@@ -72,7 +74,8 @@ def resume(name: str, results_dir: Path | None, address: str | None, tracking_ur
     stores.preflight(spec.tracking, tracking_uri, sweep.root.parent)
     log = RayLog()
     join(spec, sweep, address, log)
-    return _run(spec, sweep, address, log, True, tracking_uri, say)
+    with one_line_when_full(sweep, log):
+        return _run(spec, sweep, address, log, True, tracking_uri, say)
 
 
 def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, resumed: bool,

@@ -11,7 +11,7 @@ import io
 import logging
 import sys
 import time
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout, suppress
 from pathlib import Path
 from typing import TextIO
 
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from .disk import notice
 from .records import ERROR, RUNNING, TrialRecord, records_of
 
 RAY_LOG = "ray.log"
@@ -44,9 +45,18 @@ class RayLog(io.TextIOBase):
     def write(self, text: str) -> int:
         if self._file is None:
             self._pending.append(text)
-        else:
+            return len(text)
+        if self._file.closed:  # closed when the disk was full: dropped
+            return 0
+        try:
             self._file.write(text)
             self._file.flush()
+        except OSError as e:
+            if not notice(e):
+                raise
+            with suppress(OSError):  # a full disk: the sweep ends with one line about it, and its log here
+                self._file.close()
+            return 0
         return len(text)
 
     def attach(self, folder: Path) -> None:

@@ -8,17 +8,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
+import ray
+from ray import tune
+from ray.exceptions import AuthenticationError
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
 from ..compat import set_callbacks_of_restored
-from ..config import ConfigError, dump_yaml
+from ..config import ConfigError, dump_yaml, read_yaml
+from ..data import check_sources, load_sources
 from ..errors import redact
 from .cluster import check_reachable, check_storage, join_error, ray_address
 from .console import RayLog, ray_output_to
-from .fusion import ray_trials
+from .disk import raise_first
+from .full_stop import StopWhenFull
+from .fusion import fused_groups, ray_trials
 from .layout import SweepDir, storage_location
+from .pbt import pbt_param_space, pbt_scheduler, pbt_searcher
+from .pruning import CheckpointPruner, prune_finished
 from .records import TrialRecord, saved_records
+from .results import trials_frame
+from .searcher import FusedGridSearch, OptunaSearch
 from .space import define_by_run, make_sampler, num_trials
 from .spec import SweepSpec
+from .trainable import train_trial
 from .validation import spec_from_dict
+from .whole_files import whole_files
 
 EXPERIMENT = "tune"  # Ray's experiment folder inside the storage path
 MAX_FAILURES = 2
@@ -31,8 +47,6 @@ def connect(address: str | None, quiet: bool = True) -> None:
     RAY_AUTH_MODE=token and the cluster's token ($RAY_AUTH_TOKEN_PATH, $RAY_AUTH_TOKEN or
     ~/.ray/auth_token) in the environment. An address where nothing listens fails within seconds.
     """
-    import ray
-    from ray.exceptions import AuthenticationError
 
     if ray.is_initialized():
         return
@@ -55,11 +69,6 @@ def experiment_path(spec: SweepSpec, sweep: SweepDir) -> str:
 
 
 def _trainable(spec: SweepSpec):
-    from ray import tune
-
-    from ..data import load_sources
-    from .trainable import train_trial
-
     base = spec.base_dict()
     run = spec.run
     sources = load_sources(run.data)  # loaded once here, shared through the object store
@@ -69,19 +78,10 @@ def _trainable(spec: SweepSpec):
 
 
 def _searcher(spec: SweepSpec, sweep: SweepDir):
-    import optuna
-
-    from .searcher import OptunaSearch
-
     s = spec.search
     if s.scheduler == "pbt":
-        from .pbt import pbt_searcher
-
         return pbt_searcher(spec)
     if s.fuse:
-        from .fusion import fused_groups
-        from .searcher import FusedGridSearch
-
         return FusedGridSearch(fused_groups(spec), s.metrics, s.modes, sweep.name, f"sqlite:///{sweep.optuna_db}")
     storage = optuna.storages.RDBStorage(f"sqlite:///{sweep.optuna_db}")
     metric = s.metrics if s.multi_objective else s.metrics[0]
@@ -92,12 +92,8 @@ def _searcher(spec: SweepSpec, sweep: SweepDir):
 
 
 def _scheduler(spec: SweepSpec):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
     s = spec.search
     if s.scheduler == "pbt":
-        from .pbt import pbt_scheduler
-
         return pbt_scheduler(spec)
     if s.scheduler == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=spec.run.train.epochs,
@@ -105,13 +101,18 @@ def _scheduler(spec: SweepSpec):
     return FIFOScheduler()
 
 
-def _run_config(spec: SweepSpec, sweep: SweepDir, callbacks: list):
-    from ray import tune
+def storage_filesystem(storage: str):
+    """Files written whole or not at all on a folder (a full disk leaves the last saved state, not a
+    truncated one); an object store's own filesystem for a URI."""
+    return None if "://" in storage else whole_files()
 
+
+def _run_config(spec: SweepSpec, sweep: SweepDir, callbacks: list):
     storage = storage_location(spec.storage.path, sweep)
     return tune.RunConfig(
         name=EXPERIMENT if not spec.storage.path else sweep.name,
         storage_path=storage,
+        storage_filesystem=storage_filesystem(storage),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.storage.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
         callbacks=callbacks,
@@ -141,7 +142,6 @@ def check_results_folder(root: Path) -> None:
 def preflight(spec: SweepSpec, sweep: SweepDir, address: str | None) -> None:
     """What a sweep needs before Ray starts and before anything is written: a results folder it can
     write, the data its trials read, and a cluster address where something listens."""
-    from ..data import check_sources
 
     check_results_folder(sweep.root.parent)
     check_reachable(*ray_address(address))
@@ -181,10 +181,6 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
         log: RayLog) -> tuple[str, list[TrialRecord]]:
     """Runs (or resumes) the sweep to its end on the cluster `join` connected to, Ray's own console
     output in the sweep's ray.log; returns the final status and the trials as Ray saved them."""
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    from .pruning import CheckpointPruner, prune_finished
 
     # Ray's own loggers: only result.json, which resume and the failure tests read (no TensorBoard
     # events, no progress.csv: the trials table and MLflow hold the metrics)
@@ -194,19 +190,18 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     state = sweep.read_state()
     path = state["experiment_path"]
-    callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner()]
+    callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner(), StopWhenFull()]
     trainable = _trainable(spec)
     sweep.write_state(status="running", address=ray_address(address)[0], pid=os.getpid())
     if resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=storage_filesystem(path))
         set_callbacks_of_restored(tuner, callbacks)  # this driver's, not the pickled ones
     else:
         s = spec.search
         single = not s.multi_objective
         param_space = {}
         if s.scheduler == "pbt":
-            from .pbt import pbt_param_space
-
             param_space = pbt_param_space(spec)
         tuner = tune.Tuner(
             trainable,
@@ -225,10 +220,12 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     log.attach(sweep.root)
     with ray_output_to(log):
         grid = tuner.fit()
+    raise_first(r.error for r in grid)  # trials that failed for a full disk: the sweep stops, resumable
     failed = sum(1 for r in grid if r.error is not None)
     records = saved_records(path)  # the experiment, read once
     unfinished = sum(1 for r in records if not r.finished)
-    status = "finished" if len(grid) >= state.get("ray_trials", state["num_trials"]) and not unfinished else "interrupted"
+    ended = len(grid) >= state.get("ray_trials", state["num_trials"]) and not unfinished
+    status = "finished" if ended else "interrupted"
     if status == "finished":  # an interrupted sweep's trials read as ended, but resume continues them
         prune_finished(records)
     sweep.write_state(status=status, trials=len(grid), failed=failed)
@@ -242,9 +239,6 @@ def fused_trial_folder(trial) -> str:
 
 def saved_trials(sweep: SweepDir):
     """Ray's trials table of the sweep (results.trials_frame); a one-line error when Ray saved none yet."""
-    from ray import tune
-
-    from .results import trials_frame
 
     path = sweep.read_state()["experiment_path"]
     if not tune.Tuner.can_restore(path):
@@ -272,8 +266,6 @@ def _alive(pid: int) -> bool:
 
 
 def load_saved_spec(sweep: SweepDir) -> SweepSpec:
-    from ..config import read_yaml
-
     sweep.read_state()
     if not sweep.spec.is_file():
         raise FileNotFoundError(f"{sweep.spec}: the sweep's spec is missing; it cannot be resumed")

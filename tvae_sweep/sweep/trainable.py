@@ -19,6 +19,7 @@ from ..fused_training import FusedTrainer, Replicates, load_members, save_member
 from ..images import save_pictures
 from ..metrics import best_of, is_metric
 from ..training import DivergenceError, Trainer
+from .fake_gpu import fake_gpu
 from .fusion import MEMBERS, POINTS, point_folder
 from .space import trial_run_config
 
@@ -29,6 +30,8 @@ def trial_device(gpus: float) -> torch.device:
     """The device Ray assigned: a GPU when the trial asked for one, and a clear error if none is visible."""
     if gpus <= 0:
         return torch.device("cpu")
+    if (fake := fake_gpu(gpus)) is not None:  # a test seam: $TVAE_SWEEP_FAKE_GPU (sweep/fake_gpu.py)
+        return fake
     if not torch.cuda.is_available():
         raise RuntimeError(f"the trial asked for {gpus:g} GPU but this worker sees none "
                            f"(CUDA_VISIBLE_DEVICES={ray.get_gpu_ids()}); refusing to run on the CPU")

@@ -11,6 +11,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import redact
+from ..sweep.disk import notice
 
 
 def first_line(text: str) -> str:
@@ -45,6 +46,8 @@ class Writer:
         return _Guard(self, name)
 
     def warn(self, name: str, error: BaseException) -> None:
+        if notice(error):  # a full disk: the sweep ends with one line about it
+            return
         console = self.console or sys.stderr
         print(f"tvae-sweep: tracking: {name} failed: {type(error).__name__}: {redact(first_line(str(error)))}",
               file=console, flush=True)
