@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from .common import machine_line, publish
@@ -48,8 +49,10 @@ QUICK_TRIAL = {"data": {"train_sequences": 16, "test_sequences": 8}, "train": {"
 
 # capsules.yaml at a size where one search takes about two minutes, searching on the likelihood alone
 ONE_OBJECTIVE = ["search.metric=log_likelihood", "search.mode=max"]
-SEARCH_SET = [*ONE_OBJECTIVE, "data.train_sequences=96", "data.test_sequences=32", "train.epochs=4", "search.num_trials=12"]
-QUICK_SEARCH_SET = [*ONE_OBJECTIVE, "data.train_sequences=16", "data.test_sequences=8", "train.epochs=2", "search.num_trials=3",
+SEARCH_SET = [*ONE_OBJECTIVE, "data.train_sequences=96", "data.test_sequences=32", "train.epochs=4",
+              "search.num_trials=12"]
+QUICK_SEARCH_SET = [*ONE_OBJECTIVE, "data.train_sequences=16", "data.test_sequences=8", "train.epochs=2",
+                    "search.num_trials=3",
                     "search.n_startup_trials=2"]
 SEARCHES = {"tpe+asha": ["search.algorithm=tpe", "search.scheduler=asha"],
             "random": ["search.algorithm=random", "search.scheduler=fifo"]}
@@ -64,7 +67,8 @@ def run(cmd: list[str], **kw) -> float:
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, **kw)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        command = " ".join(map(str, cmd))
+        raise RuntimeError(f"{command} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return time.perf_counter() - start
 
 
@@ -123,12 +127,8 @@ def sweep_spec(trial: dict, n: int, concurrent: int, reuse: bool, tracking: bool
 
 
 def trial_times(results: Path, name: str) -> list[float]:
-    """Each trial's own training time as Ray recorded it (time_total_s of its last report)."""
-    from tvae_sweep.sweep.layout import sweep_dir
-    from tvae_sweep.sweep.results import trials_frame
-
-    frame = trials_frame(sweep_dir(results, name).read_state()["experiment_path"])
-    return [float(v) for v in frame["time_s"]]
+    """Each trial's own training time as Ray recorded it (time_s of the sweep's trials table)."""
+    return [float(v) for v in pd.read_parquet(results / name / "trials.parquet")["time_s"]]
 
 
 def timed_sweep(spec: dict, work: Path, name: str) -> dict:
@@ -169,19 +169,14 @@ def overhead(quick: bool, n: int, rounds: int) -> dict:
 
 def epoch_reports(results: Path, name: str) -> list[tuple[float, str, float]]:
     """(time, trial, log_likelihood) of every report of a sweep, in the order they were made, from
-    each trial's result.json (one JSON object per report)."""
-    from ray.tune import ExperimentAnalysis
-
-    from tvae_sweep.sweep.layout import sweep_dir
-
-    analysis = ExperimentAnalysis(sweep_dir(results, name).read_state()["experiment_path"])
+    each trial's result.json in the Ray experiment that sweep.json names (one JSON object per report)."""
+    experiment = Path(json.loads((results / name / "sweep.json").read_text())["experiment_path"])
     reports = []
-    for trial in analysis.trials:
-        path = Path(trial.path) / "result.json"
-        for line in path.read_text().splitlines() if path.is_file() else []:
+    for path in experiment.glob("*/result.json"):
+        for line in path.read_text().splitlines():
             r = json.loads(line)
             if "log_likelihood" in r:
-                reports.append((float(r["timestamp"]), trial.trial_id, float(r["log_likelihood"])))
+                reports.append((float(r["timestamp"]), r["trial_id"], float(r["log_likelihood"])))
     return sorted(reports)
 
 
@@ -247,7 +242,8 @@ def overhead_text(o: dict) -> str:
         "apart and taken off the sweeps' wall times; its shutdown counts as the sweeps'), the plain loop, "
         "the sweeps, and the plain loop again; the sweeps are compared with the mean of the two loops.",
         "",
-        "| round | Ray start-up s | plain loop s, before / after (imports + trainings) | sweep, one at a time s | overhead beyond the loop "
+        "| round | Ray start-up s | plain loop s, before / after (imports + trainings) | sweep, one at a time s "
+        "| overhead beyond the loop "
         "| sweep, two at a time s | concurrency (one / two) | per training s: loop / one at a time / two at a time |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -272,9 +268,11 @@ def overhead_text(o: dict) -> str:
         for label, title in once:
             s = o[label]
             extra = (s["wall_s"] - start_up_s(last["ray"]) - loop_s(last["loops"])) / loop_s(last["loops"])
-            lines.append(f"| {title} | {s['wall_s']:.1f} | {100 * extra:.1f}% | {sum(s['trial_s']) / len(s['trial_s']):.1f} |")
+            per_trial = sum(s["trial_s"]) / len(s["trial_s"])
+            lines.append(f"| {title} | {s['wall_s']:.1f} | {100 * extra:.1f}% | {per_trial:.1f} |")
     pct, speedup = 100 * statistics.median(overheads), statistics.median(speedups)
-    lines += ["", f"Sweep overhead, median over rounds: {pct:.1f}% (goal <= 10%: {'met' if pct <= 10 else '**not met**'}).",
+    met = "met" if pct <= 10 else "**not met**"
+    lines += ["", f"Sweep overhead, median over rounds: {pct:.1f}% (goal <= 10%: {met}).",
               f"Concurrency, median over rounds: two one-CPU trials at a time give {speedup:.2f}x the throughput "
               f"of one (goal >= 1.7x: {'met' if speedup >= 1.7 else '**not met**'})."]
     return "\n".join(lines)
@@ -289,7 +287,8 @@ def search_text(s: dict) -> str:
              "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(s["targets"])]
     for r in s["runs"]:
         reach = " | ".join("not reached" if v is None else str(v) for v in r["to_target"].values())
-        lines.append(f"| {r['search']} | {r['seed']} | {r['wall_s']:.0f} | {r['trial_epochs']} | {r['best']:.2f} | {reach} |")
+        lines.append(f"| {r['search']} | {r['seed']} | {r['wall_s']:.0f} | {r['trial_epochs']} "
+                     f"| {r['best']:.2f} | {reach} |")
     lines.append("")
     for label in SEARCHES:
         mine = [r for r in s["runs"] if r["search"] == label]
@@ -315,7 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     raw: dict = {"machine": machine_line()}
-    parts = {"overhead": ("Sweep overhead and concurrency", lambda: overhead(args.quick, args.trials, 1 if args.quick else args.rounds), overhead_text),
+    rounds = 1 if args.quick else args.rounds
+    parts = {"overhead": ("Sweep overhead and concurrency", lambda: overhead(args.quick, args.trials, rounds),
+                          overhead_text),
              "search": ("Search efficiency: TPE with ASHA against random search",
                         lambda: search_efficiency(args.quick, list(range(args.seeds))), search_text)}
     for part, (title, measure, render) in parts.items():

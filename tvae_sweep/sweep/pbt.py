@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+from ray import tune
+from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.search import BasicVariantGenerator
 
 from ..config import SHAPE_KEYS, ConfigError
 from .space import define_by_run, grid_points, lookup
@@ -48,8 +51,6 @@ def initial_population(spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def mutation(p: ParamSpec):
-    from ray import tune
-
     if p.type == "float":
         return tune.loguniform(p.low, p.high) if p.log else tune.uniform(p.low, p.high)
     if p.type == "int":
@@ -77,8 +78,6 @@ class ClipToSpace:
 
 
 def pbt_scheduler(spec: SweepSpec):
-    from ray.tune.schedulers import PopulationBasedTraining
-
     s = spec.search
     return PopulationBasedTraining(
         time_attr="training_iteration",
@@ -102,16 +101,12 @@ def full_points(spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def pbt_searcher(spec: SweepSpec):
-    from ray.tune.search import BasicVariantGenerator
-
     return BasicVariantGenerator(points_to_evaluate=full_points(spec))
 
 
 def pbt_param_space(spec: SweepSpec) -> dict[str, Any]:
     """Tune resolves fixed points against a param space that names their keys: one that holds
     their values. As every point names every key, Tune has nothing left to sample."""
-    from ray import tune
-
     values: dict[str, list] = {}
     for point in full_points(spec):
         for key, value in point.items():

@@ -43,7 +43,7 @@ class OptunaSearch(RayOptunaSearch):
         if not done:
             return None
         worst = {}
-        for i, (metric, direction) in enumerate(zip(optuna_metrics(self), study.directions)):
+        for i, (metric, direction) in enumerate(zip(optuna_metrics(self), study.directions, strict=True)):
             values = [t.values[i] for t in done]
             worst[metric] = min(values) if direction == optuna.study.StudyDirection.MAXIMIZE else max(values)
         return worst
