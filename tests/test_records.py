@@ -11,10 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
-from tvae_sweep.sweep.records import ERROR, RUNNING, TERMINATED, records_of
+from tvae_sweep.sweep.records import ERROR, RUNNING, TERMINATED, CheckpointRef, records_of
 from tvae_sweep.sweep.results import frame_of
+from tvae_sweep.sweep.whole_files import whole_files
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXED = ["trial_id", "state", "epochs", "time_s", "node_id", "error", "checkpoint"]  # the table's other columns
@@ -137,3 +140,13 @@ def test_rays_own_trials_become_records_live_and_saved(tmp_path):
         assert p0[0].endswith("_p0") and p1[0] == p0[0][:-1] + "1"
         assert (p0[1:4], p1[1:4]) == ([TERMINATED, 2, None], [ERROR, 2, "boom"])
         assert p0[4].endswith("checkpoint_000001/point_0") and Path(p0[4]).is_dir()
+
+
+def test_a_checkpoint_on_the_whole_files_storage_is_on_this_machine(tmp_path):
+    """The sweep gives Ray its whole-files filesystem for a local folder: its checkpoints are this
+    machine's (pruned, shown as paths); an object store's are not."""
+    here = CheckpointRef(str(tmp_path), whole_files())
+    assert here.local and here.location() == str(tmp_path)
+    assert CheckpointRef(str(tmp_path)).local
+    elsewhere = CheckpointRef("bucket/trial", PyFileSystem(FSSpecHandler(MemoryFileSystem())))
+    assert not elsewhere.local and elsewhere.location().endswith("://bucket/trial")

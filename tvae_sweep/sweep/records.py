@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .fusion import MEMBERS, PARAMS, POINTS, Point, point_folder
+from .whole_files import on_this_machine
 
 # Ray's trial states
 PENDING, RUNNING, PAUSED, TERMINATED, ERROR = "PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR"
@@ -27,16 +28,12 @@ class CheckpointRef:
     filesystem: Any = None
 
     @property
-    def kind(self) -> str:
-        return getattr(self.filesystem, "type_name", "local")
-
-    @property
     def local(self) -> bool:
-        return self.kind == "local"
+        return on_this_machine(self.filesystem)
 
     def location(self) -> str:
         """The folder as a path or a URI, for people to read."""
-        return self.path if self.local else f"{self.kind}://{self.path}"
+        return self.path if self.local else f"{self.filesystem.type_name}://{self.path}"
 
     def folder(self, name: str) -> CheckpointRef:
         return CheckpointRef(f"{self.path.rstrip('/')}/{name}", self.filesystem)

@@ -97,3 +97,12 @@ class WholeFiles(LocalFileSystem):
 def whole_files() -> PyFileSystem:
     """Ray's storage_filesystem for a storage path on this machine's (or a mounted) filesystem."""
     return PyFileSystem(FSSpecHandler(WholeFiles()))
+
+
+def on_this_machine(filesystem) -> bool:
+    """Whether a checkpoint's filesystem is this machine's (or a mounted) folder: pyarrow's local
+    one, or the whole-files one above; anything else is an object store."""
+    if filesystem is None or getattr(filesystem, "type_name", None) == "local":
+        return True
+    handler = getattr(filesystem, "handler", None)
+    return isinstance(getattr(handler, "fs", None), WholeFiles)
