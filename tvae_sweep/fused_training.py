@@ -22,7 +22,7 @@ from .data import build_data
 from .data.sequences import load_sources
 from .metrics import init_metrics, over_seeds
 from .model import TopographicVAE, build_model
-from .model.fused import FusedTVAE, check_fusable, from_members, to_member
+from .model.tvae import check_fusable, from_members, to_member
 from .training import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -94,10 +94,10 @@ class FusedTrainer:
         states, self.noise, self.data = [], [], []
         for cfg in cfgs:
             torch.manual_seed(cfg.train.seed)
-            states.append(build_model(cfg.model).state_dict())  # the single run's initialisation
+            states.append(build_model(cfg.model).member_state(0))  # the single run's initialisation
             self.noise.append(noise_generator(self.device, cfg.train.seed, t.cuda_graph))
             self.data.append(build_data(cfg.data, cfg.model.seq_len, self.device, cfg.train.seed, sources=sources))
-        self.model = FusedTVAE([c.model for c in cfgs]).to(self.device)
+        self.model = TopographicVAE([c.model for c in cfgs]).to(self.device)
         self.model.load_member_states(states)
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.batches = [torch.Generator(self.device).manual_seed(c.train.seed + 1) for c in cfgs]
@@ -147,7 +147,7 @@ class FusedTrainer:
         t = self.train_cfg
         with step_precision(t):
             with forward_precision(t, self.device):
-                losses = self.model(x, self.noise)
+                losses = self.model.member_losses(x, self.noise)
             (losses * self.living).sum().backward()
             if t.grad_clip:
                 clip_per_member(list(self.model.parameters()), t.grad_clip)
@@ -179,7 +179,7 @@ class FusedTrainer:
         self.living[m] = 0.0
 
     def member_model(self, m: int) -> TopographicVAE:
-        return self.model.member_model(m)
+        return self.model.member(m)
 
     def evaluate(self, m: int, likelihood: bool = True) -> dict:
         return evaluate(self.member_model(m), self.data[m], self.cfgs[m], self.device, likelihood)
