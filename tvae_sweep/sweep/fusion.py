@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from ..fused_training import shared_settings
+from ..training import shared_settings
 from .space import DefineByRun, grid_points, num_trials, trial_run_config
 from .spec import SweepSpec
 
