@@ -1,7 +1,7 @@
 """Model package: the TVAE, its baselines and the topographic operators, K members at once."""
 from ..config import ModelConfig
 from .networks import FusedLinear
-from .topographic import window_offsets
+from .topographic import w_by_rolls, window_offsets
 from .tvae import ModelOutput, Posterior, TopographicVAE, check_fusable
 
 
@@ -11,4 +11,4 @@ def build_model(cfg: ModelConfig) -> TopographicVAE:
 
 
 __all__ = ["FusedLinear", "ModelConfig", "ModelOutput", "Posterior", "TopographicVAE", "build_model",
-           "check_fusable", "window_offsets"]
+           "check_fusable", "w_by_rolls", "window_offsets"]
