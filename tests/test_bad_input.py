@@ -8,6 +8,7 @@ the same end to end.
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
@@ -16,12 +17,19 @@ from pathlib import Path
 
 import helpers
 import pytest
+import ray
 import yaml
 from click.testing import CliRunner
 from helpers import tiny_raw
 from sweeps import CLI, cli_env
 
 from tvae_sweep.cli import main
+from tvae_sweep.config import dump_yaml, load_run_config
+from tvae_sweep.sweep.launch import create
+from tvae_sweep.sweep.layout import sweep_dir
+from tvae_sweep.sweep.validation import spec_from_dict
+from tvae_sweep.tracking import store as stores
+from tvae_sweep.training import CHECKPOINT_FILE, Trainer
 
 PREFIX = "tvae-sweep: error:"
 NAME = "bad"
@@ -81,8 +89,6 @@ def clean_env(monkeypatch):
 @pytest.fixture(autouse=True)
 def no_ray_started():
     """No refused command may start (or join) Ray in this process."""
-    import ray
-
     assert not ray.is_initialized()
     yield
     started = ray.is_initialized()
@@ -106,16 +112,25 @@ def _set(path: str, value):
 # (id, change to a valid spec, text the one line must contain)
 BROKEN_SPECS = [
     ("unknown top-level key", _set("colour", 1), "colour: unknown key; allowed:"),
-    ("unknown search key", _set("search.pruner", "median"), "search.pruner: unknown key"),
+    ("unknown search key", _set("search.pruner", "median"), "search.pruner: unknown key; allowed: algorithm, metric"),
+    ("unknown resources key", _set("resources.gpus", 1), "resources.gpus: unknown key; allowed: cpus_per_trial"),
     ("unknown model key", _set("model.colour", 1), "model.colour: unknown key; allowed:"),
     ("unknown key of a searched key", _set("space:model.n_caps", {"type": "int", "low": 1, "high": 2, "steps": 1}),
-     "space.model.n_caps.steps: unknown key"),
-    ("text for a number", _set("search.num_trials", "many"), "search.num_trials"),
+     "space.model.n_caps.steps: unknown key; allowed: type, low, high, step, log"),
+    ("text for a number", _set("search.num_trials", "many"), "search.num_trials: must be an integer, got 'many'"),
+    ("true for a number of trials", _set("search.num_trials", True), "search.num_trials: must be an integer, got True"),
+    ("a number for a switch", _set("search.fuse", 1), "search.fuse: must be true or false, got 1"),
+    ("a number for a searched key", _set("space:model.n_caps", 4),
+     "space.model.n_caps: must be a mapping of keys to values, got 4"),
+    ("text for a bound of a searched key", _set("space:model.n_caps", {"type": "int", "low": "one", "high": 4}),
+     "space.model.n_caps.low: must be a number, got 'one'"),
+    ("a number for an objective", _set("search.metric", 3), "search.metric: must be a string or a list, got 3"),
     ("text for an integer config value", _set("model.n_caps", "four"), "model.n_caps: must be an integer, got 'four'"),
     ("a string for a list", _set("data.transforms", "rotation"), "data.transforms: must be a list"),
-    ("a list for a number", _set("resources.cpus_per_trial", [1]), "resources.cpus_per_trial"),
+    ("a list for a number", _set("resources.cpus_per_trial", [1]),
+     "resources.cpus_per_trial: must be a number, got [1]"),
     ("a fraction of a GPU above one", _set("resources.gpus_per_trial", 1.5), "resources.gpus_per_trial"),
-    ("no trials", _set("search.num_trials", 0), "search.num_trials"),
+    ("no trials", _set("search.num_trials", 0), "search.num_trials: must be >= 1, got 0"),
     ("test fraction above one", _set("data.test_fraction", 1.5), "data.test_fraction: must be between 0 and 1"),
     ("negative learning rate", _set("train.lr", -1.0), "train.lr: must be > 0"),
     ("empty integer range", _set("space:model.n_caps", {"type": "int", "low": 8, "high": 2}),
@@ -126,13 +141,20 @@ BROKEN_SPECS = [
     ("a searched window that can exceed the sequence",
      _set("space:model.coherence_window", {"type": "int", "low": 1, "high": 9}), "impossible"),
     ("a grid over a float range without a step",
-     lambda r: r["search"].update(algorithm="grid") or r.update(space={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-3}}),
+     lambda r: r["search"].update(algorithm="grid")
+     or r.update(space={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-3}}),
      "space.train.lr: a grid needs finite values: give a step, or use categorical"),
     ("two objectives with asha",
-     lambda r: r["search"].update(metric=["log_likelihood", "equivariance_ratio"], mode=["max", "min"], scheduler="asha"),
+     lambda r: r["search"].update(metric=["log_likelihood", "equivariance_ratio"], mode=["max", "min"],
+                                  scheduler="asha"),
      "search.scheduler: asha stops trials on one metric; with several objectives use fifo"),
-    ("unknown search algorithm", _set("search.algorithm", "bayes"), "search.algorithm"),
-    ("unknown scheduler", _set("search.scheduler", "hyperband"), "search.scheduler"),
+    ("unknown search algorithm", _set("search.algorithm", "bayes"),
+     "search.algorithm: must be one of tpe, gp, cmaes, random, grid, got 'bayes'"),
+    ("unknown scheduler", _set("search.scheduler", "hyperband"),
+     "search.scheduler: must be one of asha, fifo, pbt, got 'hyperband'"),
+    ("an unknown mode among several",
+     lambda r: r["search"].update(metric=["log_likelihood", "kl_z"], mode=["max", "up"]),
+     "search.mode[1]: must be one of min, max, got 'up'"),
     ("an objective no trial reports", _set("search.metric", "accuracy"), "search.metric: no trial reports 'accuracy'"),
     ("kl_u in a sweep of VAEs",
      lambda r: (r["model"].update(variant="vae"), r["space"].pop("model.variant"),
@@ -142,18 +164,20 @@ BROKEN_SPECS = [
      lambda r: r["search"].update(metric="kl_u", mode="max")
      or r.update(space={"model.variant": {"type": "categorical", "values": ["vae", "tvae"]}}),
      "search.metric: trials with model.variant=vae"),
-    ("shared storage without a folder", _set("storage.shared", True), "storage.shared"),
+    ("shared storage without a folder", _set("storage.shared", True),
+     "storage.shared: true needs storage.path, the folder every node mounts"),
     ("no space to search", lambda r: r.pop("space"), "space: the spec searches nothing; give the keys to search, "
                                                      "or run one config with `tvae-sweep train CONFIG --output DIR`"),
     ("an empty space", _set("space", {}), "space: the spec searches nothing"),
-    ("no replicates", _set("search.replicates", 0), "search.replicates: Input should be greater than or equal to 1"),
+    ("no replicates", _set("search.replicates", 0), "search.replicates: must be >= 1, got 0"),
     ("fusing a search that is no grid", _set("search.fuse", True),
      "search.fuse: needs search.algorithm grid (the points to fuse are known before the sweep), got random"),
     ("fusing a grid that asha stops early",
      lambda r: r["search"].update(fuse=True, algorithm="grid", scheduler="asha"),
      "search.fuse: fused points train to their end together: needs search.scheduler fifo, got asha"),
     ("replicated trials whose seed is searched too",
-     lambda r: r["search"].update(replicates=2) or r["space"].update({"train.seed": {"type": "int", "low": 0, "high": 9}}),
+     lambda r: r["search"].update(replicates=2)
+     or r["space"].update({"train.seed": {"type": "int", "low": 0, "high": 9}}),
      "space.train.seed: search.replicates trains each trial under train.seed, train.seed + 1"),
     ("replicated trials whose presets set the seed",
      lambda r: r["search"].update(replicates=3) or r["space"].update(
@@ -194,6 +218,14 @@ def test_an_empty_spec_starts_nothing(tmp_path, text):
 def test_a_spec_that_is_not_a_mapping(tmp_path):
     spec = write_spec(tmp_path, "- data\n- model\n")
     refused(f"{spec}: must be a YAML mapping", "validate", spec)
+
+
+def test_a_refused_command_settles_the_store_it_started_opening(tmp_path):
+    """Whatever way a command ends, no thread opening a tracking store outlives it."""
+    stores.prepare(stores.resolve(None, None, tmp_path))  # what launch does before Ray starts
+    refused("no such file", "validate", tmp_path / "nope.yaml")
+    assert not [t for t in threading.enumerate() if t.name.startswith("mlflow-open")]
+    assert (tmp_path / "mlflow.db").stat().st_size > 0  # opened to its end, not abandoned half-way
 
 
 def test_a_missing_spec_file(tmp_path):
@@ -253,14 +285,13 @@ def test_unwritable_results_folder(tmp_path):
 
 def test_read_only_results_folder(tmp_path):
     """A folder without write permission; root may write anywhere, so for root a path under a file."""
-    import os
-
     spec = write_spec(tmp_path, spec_raw())
     results = tmp_path / "results"
     results.mkdir()
     if os.geteuid() == 0:
         (results / "file").write_text("x")
-        target, expected = results / "file" / "sweeps", f"results folder {results / 'file' / 'sweeps'}: cannot be created"
+        target = results / "file" / "sweeps"
+        expected = f"results folder {target}: cannot be created"
     else:
         results.chmod(0o500)
         target, expected = results, f"results folder {results}: {results} is not writable; pass another --results-dir"
@@ -306,10 +337,6 @@ def test_a_folder_store_is_refused(tmp_path):
 @pytest.fixture
 def existing(tmp_path):
     """A sweep as `launch` leaves it before its first trial: results/bad/{spec.yaml, sweep.json}, plus a table."""
-    from tvae_sweep.sweep.launch import create
-    from tvae_sweep.sweep.layout import sweep_dir
-    from tvae_sweep.sweep.validation import spec_from_dict
-
     raw = spec_raw()
     results = tmp_path / "results"
     sweep = sweep_dir(results, NAME)
@@ -372,9 +399,6 @@ def train_config(tmp_path: Path) -> Path:
 
 def broken_checkpoint(tmp_path: Path, config: Path, truncated: bool) -> Path:
     """An output folder holding the config and a checkpoint/state.pt: garbage, or a real one cut in half."""
-    from tvae_sweep.config import dump_yaml, load_run_config
-    from tvae_sweep.training import CHECKPOINT_FILE, Trainer
-
     cfg = load_run_config(config)
     output = tmp_path / "run"
     dump_yaml(cfg.to_dict(), output.mkdir() or output / "config.yaml")

@@ -1,9 +1,25 @@
-"""The run config: one pydantic parse per section, strict types, and one-line errors naming the field."""
+"""The run config: one pydantic parse per section, strict types, and one-line errors naming the field;
+and the settings given by an option, the environment, a file or a default."""
+from pathlib import Path
+
 import pytest
 from helpers import spec_raw, tiny_raw
 
-from tvae_sweep.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, run_config_from_dict
+from tvae_sweep.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    Schema,
+    Setting,
+    TrainConfig,
+    run_config_from_dict,
+)
+from tvae_sweep.sweep.cluster import ray_address
+from tvae_sweep.sweep.layout import results_root
+from tvae_sweep.sweep.spec import select_profile
 from tvae_sweep.sweep.validation import spec_from_dict
+from tvae_sweep.tracking.store import resolve
 
 
 def refused(raw: dict) -> str:
@@ -88,3 +104,44 @@ def test_a_spec_parses_its_sections_once_with_the_same_messages():
     raw["model"]["n_caps"] = "four"
     with pytest.raises(ConfigError, match="^model.n_caps: must be an integer, got 'four'$"):
         spec_from_dict(raw)
+
+
+def test_the_sections_share_the_specs_strict_base():
+    for section in (DataConfig, ModelConfig, TrainConfig, RunConfig):
+        assert issubclass(section, Schema) and section.model_config["extra"] == "forbid"
+    with pytest.raises(ConfigError, match=r"^train.epochs: must be an integer, got True$"):
+        TrainConfig.parse({"epochs": True})
+
+
+def test_a_setting_is_the_option_else_the_environment_else_the_file_else_the_default(monkeypatch):
+    setting = Setting("--thing", "TVAE_SWEEP_TEST_THING", "spec.thing")
+    monkeypatch.delenv("TVAE_SWEEP_TEST_THING", raising=False)
+    assert setting.pick(None, None, "d") == ("d", "the default")
+    assert setting.pick(None, "f", "d") == ("f", "spec.thing")
+    monkeypatch.setenv("TVAE_SWEEP_TEST_THING", "e")
+    assert setting.pick(None, "f", "d") == ("e", "TVAE_SWEEP_TEST_THING")
+    assert setting.pick("o", "f", "d") == ("o", "--thing")
+    monkeypatch.setenv("TVAE_SWEEP_TEST_THING", "")  # an empty variable is no setting
+    assert setting.pick(None, "", "d", "built in") == ("d", "built in")
+
+
+def test_the_results_folder_tracking_uri_ray_address_and_profile_follow_that_order(tmp_path, monkeypatch):
+    for name in ("TVAE_SWEEP_RESULTS", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    assert results_root(None) == Path("results").absolute()
+    assert resolve(None, None, tmp_path).source == "the default store under the results folder"
+    assert ray_address(None)[0] is None
+    assert resolve(None, "sqlite:///spec.db", tmp_path).source == "tracking.uri"
+    monkeypatch.setenv("TVAE_SWEEP_RESULTS", str(tmp_path / "env"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    monkeypatch.setenv("RAY_ADDRESS", "env:6379")
+    assert results_root(None) == tmp_path / "env"
+    assert (resolve(None, "sqlite:///spec.db", tmp_path).uri, ray_address(None)) == \
+        ("http://env:5000", ("env:6379", "RAY_ADDRESS"))
+    assert results_root(tmp_path / "option") == tmp_path / "option"
+    assert resolve("http://option:5000", "sqlite:///spec.db", tmp_path).source == "--tracking-uri"
+    assert ray_address("option:6379") == ("option:6379", "--address")
+    profiles = {"profiles": {"first": {"train.epochs": 1}, "second": {"train.epochs": 2}}}
+    assert select_profile(profiles)["profile"] == "first"
+    assert select_profile({**profiles, "profile": "second"})["profile"] == "second"
+    assert select_profile({**profiles, "profile": "second"}, "first")["profile"] == "first"

@@ -256,9 +256,9 @@ def test_scale_sequences_grow_the_digit():
         ys, xs = on.any(1).nonzero(), on.any(0).nonzero()
         return max(ys.max() - ys.min(), xs.max() - xs.min()).item()
 
-    for s, l in zip(small, large):
-        assert extent(l) > 1.5 * extent(s)
-        assert l.sum() > 3 * s.sum()
+    for s, big in zip(small, large, strict=True):
+        assert extent(big) > 1.5 * extent(s)
+        assert big.sum() > 3 * s.sum()
 
 
 def test_static_sequences_repeat_the_plain_digit():

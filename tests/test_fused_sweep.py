@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers import tiny_raw
+from mlflow import MlflowClient
 from sweeps import cli_env, run_cli, running
 
 pytestmark = pytest.mark.slow
@@ -64,8 +65,6 @@ def replicated(tmp_path_factory, ray_temp):
 
 
 def child_runs(results: Path, experiment: str) -> dict:
-    from mlflow import MlflowClient
-
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     return {r.data.tags["tvae_sweep.trial_id"]: r for r in runs if "tvae_sweep.trial_id" in r.data.tags}
@@ -150,7 +149,8 @@ def test_a_replicated_trial_reports_its_seeds_mean_spread_and_each_value(replica
         assert row["final/log_likelihood_std"] == pytest.approx(pd.Series(seeds).std())
         assert row["final/log_likelihood_std"] > 0
         metrics = runs[row["trial_id"]].data.metrics
-        assert {"log_likelihood", "log_likelihood_std", "log_likelihood_seed2", "equivariance_ratio_learned_std"} <= set(metrics)
+        expected = {"log_likelihood", "log_likelihood_std", "log_likelihood_seed2", "equivariance_ratio_learned_std"}
+        assert expected <= set(metrics)
 
     out = tmp_path / "best"
     assert run_cli("export-best", "replicated", "--results-dir", results, "--out", out).returncode == 0

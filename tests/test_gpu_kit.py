@@ -4,12 +4,11 @@ import json
 import pandas as pd
 from click.testing import CliRunner
 
-from benchmarks.gpu_kit import GROUPS, PROFILE, SPEC, collect, numbered_points, write_configs
+from benchmarks.gpu_kit import GROUPS, PROFILE, SPEC, collect_session
 from tvae_sweep.cli import main
+from tvae_sweep.collect import Grid
 from tvae_sweep.config import load_run_config
 from tvae_sweep.sweep.space import trial_run_config
-from tvae_sweep.sweep.spec import read_spec
-from tvae_sweep.sweep.validation import spec_from_dict
 
 # the gpu profile's grid with one small capsule (the paper's S = D = 18 keep every preset valid)
 TINY = ["model.n_caps=1", "data.train_sequences=8", "data.test_sequences=4", "train.epochs=2",
@@ -18,19 +17,19 @@ TINY = ["model.n_caps=1", "data.train_sequences=8", "data.test_sequences=4", "tr
 
 
 def test_the_table1_points_are_written_as_train_configs_one_folder_per_fused_group(tmp_path):
-    spec = spec_from_dict(read_spec(SPEC, TINY, PROFILE))
-    written = write_configs(spec, tmp_path)
+    grid = Grid.load(SPEC, TINY, PROFILE)
+    written = grid.write_configs(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in written] == \
         [f"group_0/point_{i}.yaml" for i in range(3)] + [f"group_1/point_{i}.yaml" for i in range(3, 18)]
-    for path, (g, point) in zip(written, numbered_points(spec)):
-        assert load_run_config(path).to_dict() == trial_run_config(spec.base_dict(), point.config).to_dict()
-    variants = {load_run_config(p).model.variant for p in written[:3]}, {load_run_config(p).model.variant for p in written[3:]}
-    assert variants == ({"vae"}, {"tvae"})
+    for path, (_, point) in zip(written, grid.points(), strict=True):
+        assert load_run_config(path).to_dict() == trial_run_config(grid.spec.base_dict(), point.config).to_dict()
+    variants = [{load_run_config(p).model.variant for p in part} for part in (written[:3], written[3:])]
+    assert variants == [{"vae"}, {"tvae"}]
 
 
 def test_a_sessions_folders_become_a_sweeps_trials_table_and_report(tmp_path):
-    raw = read_spec(SPEC, TINY, PROFILE)
-    written = write_configs(spec_from_dict(raw), tmp_path / "kit")
+    grid = Grid.load(SPEC, TINY, PROFILE)
+    written = grid.write_configs(tmp_path / "kit")
     runs = tmp_path / "out" / GROUPS
     for group in ("group_0", "group_1"):
         configs = [str(p) for p in written if p.parent.name == group]
@@ -42,10 +41,10 @@ def test_a_sessions_folders_become_a_sweeps_trials_table_and_report(tmp_path):
     doc = json.loads(stopped.read_text())
     stopped.write_text(json.dumps({**doc, "epochs": doc["epochs"][:1]}))
 
-    report = collect(runs, tmp_path / "results" / "paper_table1_gpu", raw)
+    report = collect_session(grid, tmp_path / "out", tmp_path / "results" / "paper_table1_gpu")
     frame = pd.read_parquet(report.parent / "trials.parquet")
     assert list(frame["trial_id"]) == [f"g0_p{i}" for i in range(3)] + [f"g1_p{i}" for i in range(3, 18)]
-    states = dict(zip(frame["trial_id"], frame["state"]))
+    states = dict(zip(frame["trial_id"], frame["state"], strict=True))
     assert (states.pop("g1_p4"), states.pop("g1_p5")) == ("ERROR", "RUNNING")
     assert set(states.values()) == {"TERMINATED"}
     assert frame.set_index("trial_id").loc["g1_p4", "error"] == "non-finite loss at epoch 2"

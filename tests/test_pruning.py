@@ -4,11 +4,13 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
+import pyarrow.fs
 import pytest
 import torch
 
-from tvae_sweep.sweep.pruning import checkpoints, prune_trial
+from tvae_sweep.sweep.pruning import CheckpointPruner, checkpoints, prune_trial
 from tvae_sweep.training import CheckpointError, Trainer, prune_checkpoint
 
 PRUNE = "import sys, pathlib; from tvae_sweep.sweep.pruning import prune_trial; prune_trial(pathlib.Path(sys.argv[1]))"
@@ -31,7 +33,7 @@ def test_a_pruned_checkpoint_keeps_the_weights_and_the_record_of_a_finished_run(
     restored.load_checkpoint(tmp_path)
     assert restored.finished and list(restored.epochs()) == []
     assert restored.history == trainer.history and restored.init_metrics == trainer.init_metrics
-    for a, b in zip(trainer.model.parameters(), restored.model.parameters()):
+    for a, b in zip(trainer.model.parameters(), restored.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -83,3 +85,29 @@ def test_a_prune_killed_at_any_moment_leaves_a_loadable_checkpoint(tiny_config, 
     assert checkpoints(trial) == [newest.parent]
     assert "optimizer" not in torch.load(newest, weights_only=True)
     loads()
+
+
+def test_the_pruner_prunes_a_finished_trial_two_experiment_saves_after_its_end(tiny_config, tmp_path):
+    """Ray saves its experiment state (calling the callbacks' get_state) and copies it to storage in
+    the background: a trial that ended before one save is pruned at the second save after it, when
+    the copy that shows it finished is in place. A trial that failed and may be resumed is kept."""
+    trainer = finished_trainer(tiny_config)
+    folders = {}
+    for name in ("done", "lost"):
+        for i in range(2):
+            trainer.save_checkpoint(tmp_path / name / f"checkpoint_00000{i}")
+        folders[name] = SimpleNamespace(
+            trial_id=name, status="RUNNING", config={}, last_result={}, path=str(tmp_path / name), num_failures=0,
+            checkpoint=SimpleNamespace(path=str(tmp_path / name / "checkpoint_000001"),
+                                       filesystem=pyarrow.fs.LocalFileSystem()))
+    pruner = CheckpointPruner()
+    pruner.on_trial_complete(0, [], folders["done"])
+    folders["lost"].status = "ERROR"  # its worker was lost: `resume` continues it
+    pruner.on_trial_error(0, [], folders["lost"])
+    for _ in range(CheckpointPruner.SAVES):
+        assert pruner.get_state() is None  # Ray keeps no state of the pruner's
+        assert len(checkpoints(tmp_path / "done")) == 2
+    pruner.get_state()
+    assert checkpoints(tmp_path / "done") == [tmp_path / "done" / "checkpoint_000001"]
+    assert "optimizer" not in torch.load(tmp_path / "done" / "checkpoint_000001" / "state.pt", weights_only=True)
+    assert len(checkpoints(tmp_path / "lost")) == 2

@@ -24,8 +24,10 @@ import pytest
 import requests
 import yaml
 from click.testing import CliRunner
+from mlflow import MlflowClient
 from sweeps import CLI, cli_env, sweep_spec
 
+from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError
 from tvae_sweep.tracking.store import hidden_password, redact, resolve
 
@@ -82,12 +84,8 @@ def test_a_saved_uri_without_its_password_asks_for_the_full_one(tmp_path, monkey
 
 
 def test_an_unanswered_store_is_named_without_its_password(tmp_path, monkeypatch):
-    from test_bad_input import closed_port
-
-    from tvae_sweep.cli import main
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    port = closed_port()
+    port = free_port()  # nothing listens there
     spec = sweep_spec(tmp_path)
     result = CliRunner().invoke(main, ["launch", str(spec), "--results-dir", str(tmp_path / "results"),
                                        "--tracking-uri", f"http://alice:{SECRET}@127.0.0.1:{port}"])
@@ -193,10 +191,36 @@ def files_holding(folder: Path, needle: bytes) -> list[str]:
     return [str(p) for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
+def check_runs_on_the_server(server_port: int, shown: str, tmp_path: Path) -> None:
+    """The sweep's parent and trial runs are on the server, finished, their params, tags and logged
+    spec without the password."""
+    client = MlflowClient(f"http://127.0.0.1:{server_port}")
+    experiment = client.get_experiment_by_name("redacted")
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("tvae_sweep.role") == "trial"]
+    assert len(runs) == 3 and len(trials) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    parent = next(r for r in runs if r.data.tags.get("tvae_sweep.role") == "sweep")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "spec.yaml" in artifacts
+    logged_spec = client.download_artifacts(parent.info.run_id, "spec.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(logged_spec).read_text())["tracking"]["uri"] == shown
+    for run in runs:  # params and tags, as MLflow serves them
+        assert SECRET not in repr(run.data.params) + repr(run.data.tags) + repr(run.info)
+
+
+def check_no_file_holds_the_password(results: Path, server_root: Path, ray_tmp: Path) -> None:
+    """Not the results folder, the server's database and artifacts, nor Ray's session logs."""
+    needle = SECRET.encode()
+    assert len(list(results.rglob("*"))) > 20 and (results / "secret" / "tune").is_dir()
+    assert files_holding(results, needle) == []
+    assert (server_root / "mlflow.db").is_file() and any((server_root / "artifacts").rglob("*.png"))
+    assert files_holding(server_root, needle) == []
+    assert any(ray_tmp.rglob("*.log")) or any(ray_tmp.rglob("*.out")), "Ray wrote its logs elsewhere"
+    assert files_holding(ray_tmp, needle) == []
+
+
 @pytest.mark.slow
 def test_a_sweep_tracked_through_an_authenticated_server_never_keeps_the_password(mlflow_server, tmp_path):
-    from mlflow import MlflowClient
-
     server_root, server_port, proxy = mlflow_server
     uri = f"http://alice:{SECRET}@127.0.0.1:{proxy.port}"
     shown = f"http://alice:***@127.0.0.1:{proxy.port}"
@@ -230,27 +254,9 @@ def test_a_sweep_tracked_through_an_authenticated_server_never_keeps_the_passwor
 
         # the runs reached MLflow through the proxy, with the password, and never without it
         assert proxy.passed > 0 and proxy.refused == 0
-        client = MlflowClient(f"http://127.0.0.1:{server_port}")
-        experiment = client.get_experiment_by_name("redacted")
-        runs = client.search_runs([experiment.experiment_id])
-        trials = [r for r in runs if r.data.tags.get("tvae_sweep.role") == "trial"]
-        assert len(runs) == 3 and len(trials) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-        parent = next(r for r in runs if r.data.tags.get("tvae_sweep.role") == "sweep")
-        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-        assert "spec.yaml" in artifacts
-        logged_spec = client.download_artifacts(parent.info.run_id, "spec.yaml", str(tmp_path))
-        assert yaml.safe_load(Path(logged_spec).read_text())["tracking"]["uri"] == shown
-        for run in runs:  # params and tags, as MLflow serves them
-            assert SECRET not in repr(run.data.params) + repr(run.data.tags) + repr(run.info)
-
+        check_runs_on_the_server(server_port, shown, tmp_path)
         # and the password is in no file and no printed line
-        needle = SECRET.encode()
-        assert len(list(results.rglob("*"))) > 20 and (results / "secret" / "tune").is_dir()
-        assert files_holding(results, needle) == []
-        assert (server_root / "mlflow.db").is_file() and any((server_root / "artifacts").rglob("*.png"))
-        assert files_holding(server_root, needle) == []
-        assert any(ray_tmp.rglob("*.log")) or any(ray_tmp.rglob("*.out")), "Ray wrote its logs elsewhere"
-        assert files_holding(ray_tmp, needle) == []
+        check_no_file_holds_the_password(results, server_root, ray_tmp)
         for text in printed:
             assert SECRET not in text, text[-3000:]
     finally:

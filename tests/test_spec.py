@@ -1,5 +1,7 @@
 """Sweep specs: what is accepted, what is refused (exit 2, one line naming the field), how spaces sample."""
 
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
@@ -7,9 +9,18 @@ from click.testing import CliRunner
 from helpers import spec_raw
 
 from tvae_sweep.cli import main
-from tvae_sweep.config import ConfigError
+from tvae_sweep.config import ConfigError, Schema
+from tvae_sweep.sweep.searcher import OptunaSearch
 from tvae_sweep.sweep.space import define_by_run, grid_points, make_sampler, num_trials, trial_run_config
-from tvae_sweep.sweep.spec import select_profile
+from tvae_sweep.sweep.spec import (
+    ParamSpec,
+    ResourcesSpec,
+    SearchSpec,
+    StorageSpec,
+    SweepSpec,
+    TrackingSpec,
+    select_profile,
+)
 from tvae_sweep.sweep.validation import load_spec, spec_from_dict
 
 
@@ -115,14 +126,22 @@ BROKEN = [
     (lambda r: r["resources"].update(gpus_per_trial=1.5), "resources.gpus_per_trial"),
     (lambda r: r["space"].update({"model.n_caps": {"type": "int", "low": 8, "high": 2}}), "empty range"),
     (lambda r: r["space"].update({"model.n_caps": {"type": "int", "low": 1}}), "needs low and high"),
-    (lambda r: r["space"].update({"model.n_caps": {"type": "integer", "low": 1, "high": 2}}), "space.model.n_caps.type"),
-    (lambda r: r["space"].update({"model.n_caps": {"type": "int", "low": 1, "high": 2, "steps": 1}}), "space.model.n_caps.steps: unknown key"),
+    (lambda r: r["space"].update({"model.n_caps": {"type": "integer", "low": 1, "high": 2}}),
+     "space.model.n_caps.type: must be one of int, float, categorical, preset, got 'integer'"),
+    (lambda r: r["space"].update({"model.n_caps": {"type": "int", "low": 1, "high": 2, "steps": 1}}),
+     "space.model.n_caps.steps: unknown key"),
     (lambda r: r["space"].update({"model.colour": {"type": "int", "low": 1, "high": 2}}), "space.model.colour"),
-    (lambda r: r["space"].update({"model.shift": {"type": "int", "low": 0, "high": 1, "when": {"model.kind": ["a"]}}}), "model.kind"),
+    (lambda r: r["space"].update({"model.shift": {"type": "int", "low": 0, "high": 1, "when": {"model.kind": ["a"]}}}),
+     "model.kind"),
     (lambda r: r["space"].update({"model.coherence_window": {"type": "int", "low": 1, "high": 9}}), "impossible"),
+    (lambda r: r["search"].update(num_trials=True), "search.num_trials: must be an integer, got True"),
+    (lambda r: r["search"].update(max_concurrent=1.5), "search.max_concurrent: must be an integer, got 1.5"),
+    (lambda r: r["resources"].update(reuse_actors="no"), "resources.reuse_actors: must be true or false, got 'no'"),
+    (lambda r: r.update(tracking={"experiment": 7}), "tracking.experiment: must be a string, got 7"),
     (lambda r: r["space"].update({"train.lr": {"type": "float", "low": 0, "high": 1, "log": True}}), "log range"),
     (lambda r: r["space"].update({"model.variant": {"type": "categorical", "values": []}}), "non-empty"),
-    (lambda r: r["space"].update({"model.variant": {"type": "categorical", "values": ["vae", "bubble"]}}), "model.variant"),
+    (lambda r: r["space"].update({"model.variant": {"type": "categorical", "values": ["vae", "bubble"]}}),
+     "model.variant"),
     (lambda r: r["space"].update({"model.seq_len": {"same_as": "model.seq_len"}}), "cycle"),
     (lambda r: r["model"].update(coherence_window=0), "model.coherence_window"),
     (lambda r: r["data"].update(dataset="cifar"), "data.dataset"),
@@ -130,7 +149,8 @@ BROKEN = [
     (lambda r: r["search"].update(algorithm="grid"), "grid"),
     (lambda r: r["search"].update(scheduler="pbt"), "search.algorithm: pbt"),
     (lambda r: r["search"].update(scheduler="pbt", algorithm="random"), "search.mutate"),
-    (lambda r: r["search"].update(scheduler="pbt", algorithm="random", mutate=["model.cap_dim"]), "changes the network"),
+    (lambda r: r["search"].update(scheduler="pbt", algorithm="random", mutate=["model.cap_dim"]),
+     "changes the network"),
     (lambda r: r["search"].update(mutate=["train.lr"]), "only the pbt scheduler"),
 ]
 
@@ -150,6 +170,17 @@ def test_a_broken_spec_is_refused_with_one_line_naming_the_field(tmp_path, chang
     assert not (tmp_path / "results").exists()  # nothing started
 
 
+def test_the_spec_models_share_the_configs_strict_base():
+    """Unknown keys refused by pydantic itself (extra="forbid"), strict types, one-line errors."""
+    for model in (SweepSpec, ParamSpec, SearchSpec, ResourcesSpec, TrackingSpec, StorageSpec):
+        assert issubclass(model, Schema) and model.model_config["extra"] == "forbid", model
+    with pytest.raises(ConfigError, match=r"^search.num_trials: must be an integer, got True$"):
+        SweepSpec.parse({"search": {"num_trials": True}})
+    with pytest.raises(ConfigError, match=r"^search.colour: unknown key; allowed: algorithm, metric, mode, "):
+        SweepSpec.parse({"search": {"colour": "blue"}})
+    assert SweepSpec.parse({"search": {"num_trials": 3.0, "reduction_factor": 3}}).search.reduction_factor == 3.0
+
+
 def test_yaml_syntax_errors_and_missing_files_are_one_line(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("search: {algorithm: tpe\nspace: [")
@@ -160,8 +191,6 @@ def test_yaml_syntax_errors_and_missing_files_are_one_line(tmp_path):
 
 
 def test_shipped_specs_are_valid():
-    from pathlib import Path
-
     specs = sorted(Path(__file__).parent.parent.joinpath("search_spaces").glob("*.yaml"))
     assert {p.name for p in specs} >= {"capsules.yaml", "smoke.yaml"}
     for path in specs:
@@ -170,8 +199,6 @@ def test_shipped_specs_are_valid():
 
 
 def test_a_failed_trial_counts_as_the_worst_value_seen():
-    from tvae_sweep.sweep.searcher import OptunaSearch
-
     spec = spec_from_dict(spec_raw())
     search = OptunaSearch(space=define_by_run(spec), metric="log_likelihood", mode="max",
                           sampler=make_sampler(spec))
@@ -199,7 +226,8 @@ def test_a_profile_sets_its_values_and_set_overrides_win(tmp_path):
     default = load_spec(path)
     assert default.profile == "small" and default.train["epochs"] == 1 and default.search.max_concurrent == 1
     large = load_spec(path, profile="large")
-    assert (large.profile, large.name, large.train["epochs"], large.resources.cpus_per_trial) == ("large", "large_run", 3, 2)
+    assert (large.profile, large.name, large.train["epochs"], large.resources.cpus_per_trial) == \
+        ("large", "large_run", 3, 2)
     assert load_spec(path, ["train.epochs=5"], profile="large").train["epochs"] == 5
     raw = yaml.safe_load(path.read_text())
     raw["profile"] = "large"  # the spec's own choice of default

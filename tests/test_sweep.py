@@ -264,7 +264,7 @@ def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
     screen = Terminal()
     console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=screen)
     trial = lambda i, status, epoch: types.SimpleNamespace(
-        trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i},
+        trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i}, path="/nowhere", checkpoint=None,
         last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
     console.on_trial_start(0, [trial(0, "RUNNING", 0)], trial(0, "RUNNING", 0))
     population = [trial(0, "TERMINATED", 3), trial(1, "RUNNING", 1)]
@@ -283,11 +283,12 @@ def test_the_console_shows_each_point_of_a_fused_trial():
 
     from tvae_sweep.sweep.console import TrialConsole
     from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
+    from tvae_sweep.sweep.records import records_of
 
     log = io.StringIO()
     console = TrialConsole(["model", "train.seed"], ["log_likelihood"], total=3, stream=log)
     fused = types.SimpleNamespace(
-        trial_id="f", status="TERMINATED", path="/nowhere",
+        trial_id="f", status="TERMINATED", path="/nowhere", checkpoint=None,
         config={POINTS: [{"model.shift": 1, "train.seed": s} for s in (0, 1, 2)],
                 PARAMS: [{"model": "shifting", "train.seed": s} for s in (0, 1, 2)]},
         last_result={"training_iteration": 2, MEMBERS: [{"log_likelihood": -100.0}, {"log_likelihood": -101.0},
@@ -299,6 +300,6 @@ def test_the_console_shows_each_point_of_a_fused_trial():
         ["trial f_p0 finished", "trial f_p1 finished", "trial f_p2 failed"]
     assert "log_likelihood -101" in lines[1]
     assert lines[-1].startswith("3/3 trials done, 0 running, 0 pending")
-    rows = console.rows([fused])
+    rows = console.rows(records_of([fused]))
     assert [row[:4] for row in rows] == [["f_p0", "TERMINATED", "shifting", "0"], ["f_p1", "TERMINATED", "shifting", "1"],
                                          ["f_p2", "ERROR", "shifting", "2"]]

@@ -12,20 +12,40 @@ import math
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import yaml
-from helpers import ctrl_c_as_from_a_terminal, tiny_raw
+from click.testing import CliRunner
+from filelock import FileLock
+from helpers import ctrl_c_as_from_a_terminal, spec_raw, tiny_raw
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
 from PIL import Image
 
+from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError
 from tvae_sweep.metrics import is_metric, metric_mode
+from tvae_sweep.sweep.console import RayLog, ray_output_to
+from tvae_sweep.sweep.layout import SweepDir, sweep_dir
+from tvae_sweep.sweep.results import pareto_trials, ranked
+from tvae_sweep.sweep.spec import ParamSpec
+from tvae_sweep.sweep.validation import spec_from_dict
+from tvae_sweep.tracking import publish, report
+from tvae_sweep.tracking import store as stores
+from tvae_sweep.tracking.aggregate import axis_table, pareto_front
+from tvae_sweep.tracking.callback import MlflowTracking
+from tvae_sweep.tracking.runs import RUNNING, Child
+from tvae_sweep.tracking.store import Store, artifact_root, resolve
+from tvae_sweep.tracking.trial_log import TrialLog
 
 CLI = [sys.executable, "-m", "tvae_sweep"]
 NAME = "tracked"
@@ -106,8 +126,6 @@ def statuses(client, experiment_id: str) -> dict[str, str]:
 
 def build_sweep(root: Path) -> dict:
     """Launch, Ctrl-C, resume, SIGKILL, resume; returns what each stage left in MLflow."""
-    from mlflow import MlflowClient
-
     results = root / "results"
     spec = spec_file(root)
     db = results / "mlflow.db"
@@ -141,8 +159,6 @@ def build_sweep(root: Path) -> dict:
 
 def shared_sweep(tmp_path_factory) -> dict:
     """The sweep, built by the first test (of any module or xdist worker) that needs it."""
-    from filelock import FileLock
-
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tracked-sweep"
     root.mkdir(parents=True, exist_ok=True)
@@ -165,8 +181,6 @@ def sweep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(sweep):
-    from mlflow import MlflowClient
-
     return MlflowClient(f"sqlite:///{Path(sweep['results']) / 'mlflow.db'}")
 
 
@@ -202,8 +216,6 @@ def by_lr(children: dict, trials: pd.DataFrame, lr: float) -> list:
 
 
 def test_store_precedence_option_env_spec_default(tmp_path, monkeypatch):
-    from tvae_sweep.tracking.store import artifact_root, resolve
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     default = resolve(None, None, tmp_path)
     assert default.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -221,10 +233,6 @@ def test_store_precedence_option_env_spec_default(tmp_path, monkeypatch):
 
 
 def test_a_store_prepared_for_a_command_that_stops_early_is_settled_with_it(tmp_path, monkeypatch):
-    import threading
-
-    from tvae_sweep.tracking import store as stores
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = stores.resolve(None, None, tmp_path)
     stores.prepare(store)  # what launch does before Ray starts
@@ -235,16 +243,10 @@ def test_a_store_prepared_for_a_command_that_stops_early_is_settled_with_it(tmp_
 
 def cli(*args):
     """The CLI in this process, for commands that start no sweep."""
-    from click.testing import CliRunner
-
-    from tvae_sweep.cli import main
-
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_unreachable_tracking_server_is_a_one_line_error(tmp_path, monkeypatch):
-    import socket
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -257,10 +259,6 @@ def test_unreachable_tracking_server_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_aggregate_tables_with_bins_presets_and_unsampled_keys():
-    from tvae_sweep.sweep.results import ranked
-    from tvae_sweep.sweep.spec import ParamSpec
-    from tvae_sweep.tracking.aggregate import axis_table, pareto_front
-
     rng = list(range(12))
     frame = pd.DataFrame({
         "trial_id": [f"t{i}" for i in rng],
@@ -289,8 +287,6 @@ def test_aggregate_tables_with_bins_presets_and_unsampled_keys():
 
 
 def test_the_pareto_front_of_several_objectives_keeps_exactly_the_undominated_trials():
-    from tvae_sweep.sweep.results import pareto_trials
-
     frame = pd.DataFrame({
         "trial_id": ["a", "b", "c", "d", "e", "f"],
         "state": ["TERMINATED"] * 5 + ["ERROR"],
@@ -330,8 +326,6 @@ def test_sigkill_leaves_runs_that_the_resume_settles(sweep, runs, client):
     assert "RUNNING" not in {r.info.status for r in children.values()}
     # a trial that the killed driver had started before Ray saved it is run again under a new id;
     # its first run is deleted, never left beside the new one
-    from mlflow.entities import ViewType
-
     deleted = client.search_runs([parent.info.experiment_id], run_view_type=ViewType.DELETED_ONLY)
     assert all("tvae_sweep.discarded" in r.data.tags and r.info.status != "RUNNING" for r in deleted)
     assert "tracking:" not in sweep["final_stderr"], sweep["final_stderr"][-3000:]
@@ -373,8 +367,6 @@ def test_every_epoch_logged_once_with_its_step(runs, client):
 
 @pytest.mark.slow
 def test_traversal_images_are_artifacts_of_finished_trials(runs, client, tmp_path):
-    from PIL import Image
-
     _, children, trials = runs
     for run in by_lr(children, trials, GOOD_LR):
         assert "traversal.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -465,10 +457,6 @@ def test_report_prints_and_writes_the_same_tables(runs, sweep, monkeypatch):
 
 
 def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):
-    from tvae_sweep.sweep.layout import SweepDir
-    from tvae_sweep.sweep.validation import spec_from_dict
-    from tvae_sweep.tracking import publish, report
-
     raw = tiny_raw()
     raw["space"] = {"paper_model": {"type": "preset", "values": {
         "vae": {"model.variant": "vae"}, "bubble": {"model.shift": 0}, "tvae": {"model.shift": 1}}},
@@ -504,8 +492,6 @@ def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):
 
 
 def test_reports_name_a_local_store_relative_to_the_working_folder(tmp_path, monkeypatch):
-    from tvae_sweep.tracking.store import Store
-
     monkeypatch.chdir(tmp_path)
     inside = Store(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}", "test", None)
     assert inside.portable() == "sqlite:///results/mlflow.db"
@@ -516,18 +502,6 @@ def test_reports_name_a_local_store_relative_to_the_working_folder(tmp_path, mon
 
 def test_hooks_hand_their_mlflow_writes_to_the_tracking_thread_in_order(tmp_path):
     """A trial waits at each report until Tune's loop has run the hooks: they must not wait on MLflow."""
-    import threading
-    from types import SimpleNamespace
-
-    from helpers import spec_raw
-
-    from tvae_sweep.sweep.layout import sweep_dir
-    from tvae_sweep.sweep.validation import spec_from_dict
-    from tvae_sweep.tracking.callback import MlflowTracking
-    from tvae_sweep.tracking.runs import RUNNING, Child
-    from tvae_sweep.tracking.store import Store
-    from tvae_sweep.tracking.trial_log import TrialLog
-
     release, written = threading.Event(), []
 
     class SlowRuns:  # stands in for SweepRuns: every write waits until released
@@ -540,33 +514,25 @@ def test_hooks_hand_their_mlflow_writes_to_the_tracking_thread_in_order(tmp_path
 
     tracking = MlflowTracking(TrialLog(Store("sqlite:///unused.db", "test", None), "e", spec_from_dict(spec_raw()),
                                        sweep_dir(tmp_path, "s")))
-    tracking.log.runs = SlowRuns()
-    trial = SimpleNamespace(trial_id="t1", config={"train.lr": 1e-3}, path=str(tmp_path), last_result={})
+    tracking.log.children.runs = SlowRuns()
+    trial = SimpleNamespace(trial_id="t1", status="RUNNING", config={"train.lr": 1e-3}, path=str(tmp_path),
+                            last_result={}, checkpoint=None)
     started = time.monotonic()
     for epoch in (1, 2, 3):
         tracking.on_trial_result(epoch, [trial], trial, {"epoch": epoch, "log_likelihood": -float(epoch)})
     assert time.monotonic() - started < 5 and written == []  # the hooks returned; nothing written yet
     release.set()
-    tracking.log.pending.shutdown(wait=True)
+    tracking.log.writer.drain()
     assert written == [("run-t1", 1, -1.0), ("run-t1", 2, -2.0), ("run-t1", 3, -3.0)]
 
 
 def test_tracking_warnings_reach_the_console_while_ray_output_goes_to_its_log(tmp_path, capsys):
-    from helpers import spec_raw
-
-    from tvae_sweep.sweep.console import RayLog, ray_output_to
-    from tvae_sweep.sweep.layout import sweep_dir
-    from tvae_sweep.sweep.validation import spec_from_dict
-    from tvae_sweep.tracking.callback import MlflowTracking
-    from tvae_sweep.tracking.store import Store
-    from tvae_sweep.tracking.trial_log import TrialLog
-
     tracking = MlflowTracking(TrialLog(Store("sqlite:///unused.db", "test", None), "e", spec_from_dict(spec_raw()),
                                        sweep_dir(tmp_path, "s")))
     log = RayLog()
     with ray_output_to(log):  # as while Tune runs
         print("a line of Ray's", file=sys.stderr)
-        tracking.log.warn("on_trial_result", RuntimeError("the store went away"))
+        tracking.log.writer.warn("on_trial_result", RuntimeError("the store went away"))
     err = capsys.readouterr().err
     assert "tvae-sweep: tracking: on_trial_result failed: RuntimeError: the store went away" in err
     assert "a line of Ray's" not in err

@@ -3,39 +3,59 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import click
 
 from .compat import run_exit_handlers
-from .config import ConfigError
-from .errors import redact
+from .errors import ConfigError, redact
 
 # errors that are the user's to fix: one line, exit 2, no traceback
 USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, PermissionError)
 
 
-class Group(click.Group):
-    def invoke(self, ctx):
-        from .tracking import store
+class UserError(click.ClickException):
+    """Input the user must fix: one line "tvae-sweep: error: ...", without passwords, and exit code 2."""
 
-        try:
-            return super().invoke(ctx)
-        except USER_ERRORS as e:
-            click.echo(f"tvae-sweep: error: {redact(str(e))}", err=True)
-            sys.exit(2)
-        finally:
-            store.settle()
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+    def show(self, file=None) -> None:
+        click.echo(f"tvae-sweep: error: {self.format_message()}", err=True, file=file)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Ends a command that raised one of USER_ERRORS (from any layer) as a UserError, which click prints."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        raise UserError(str(e)) from None
+
+
+def settle_tracking() -> None:
+    """At every command's end: no thread that opens a tracking store outlives the command."""
+    from .tracking import store
+
+    store.settle()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tvae-sweep")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Sweep the topographic structure of Topographic VAEs: capsules, neighbourhoods, coherence.
 
     Start with `tvae-sweep train configs/tvae_mnist.yaml --output runs/first`, or a whole sweep
     with `tvae-sweep launch search_spaces/capsules.yaml`.
     """
+    ctx.call_on_close(settle_tracking)
+    ctx.with_resource(user_errors())  # closed first: sees the command's exception
 
 
 def entry_point() -> None:
@@ -160,7 +180,7 @@ def validate(spec_path: Path, overrides: tuple[str, ...], profile: str | None) -
     seeds = f", each under {s.replicates} seeds" if s.replicates > 1 else ""
     click.echo(f"{spec_path}{shown}: valid; {num_trials(spec)} trials{together}{seeds} of "
                f"{', '.join(spec.space) or 'the base config'} by {s.algorithm} with {s.scheduler}, "
-               f"optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes))}")
+               f"optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes, strict=True))}")
 
 
 @main.command()
@@ -226,19 +246,9 @@ def list_sweeps(results_dir: Path | None) -> None:
 @results_dir_option
 def status(name: str | None, results_dir: Path | None) -> None:
     """Show a sweep's trials (or every sweep's state), with its disk footprint."""
-    from .sweep.launch import saved_trials
-    from .sweep.layout import all_sweeps, disk_usage, sweep_dir
+    from . import sweeping
 
-    sweeps = [sweep_dir(results_dir, name)] if name else all_sweeps(results_dir)
-    for sweep in sweeps:
-        state = sweep.read_state()
-        size = disk_usage(sweep.root)
-        click.echo(f"{sweep.name}: {state.get('status')}, {state.get('num_trials')} trials planned, "
-                   f"{size / 1e6:.1f} MB on disk in {sweep.root}")
-        if name:
-            frame = saved_trials(sweep)
-            shown = [c for c in frame.columns if c.startswith(("config/", "final/"))][:10]
-            click.echo(frame[["trial_id", "state", "epochs", *shown]].to_string(index=False))
+    sweeping.status(name, results_dir, say=click.echo)
 
 
 @main.command()
@@ -253,20 +263,10 @@ def prune(name: str, keep_best: int, metric: str | None, yes: bool, results_dir:
 
     Their configs, metrics and pictures stay: `export-best` and `train` retrain any of them.
     """
-    from .sweep.launch import check_stopped, load_saved_spec, saved_trials
-    from .sweep.layout import disk_usage, sweep_dir
-    from .sweep.pruning import apply_prune, plan_prune
+    from . import sweeping
 
-    sweep = sweep_dir(results_dir, name)
-    check_stopped(sweep)
-    spec = load_saved_spec(sweep)
-    frame = saved_trials(sweep)
-    plan = plan_prune(frame, metric or spec.search.metrics[0], keep_best)
-    click.echo(plan.describe(name))
-    if not yes:
-        click.confirm("remove them?", abort=True)
-    freed = apply_prune(plan, frame)
-    click.echo(f"freed {freed / 1e6:.1f} MB; {sweep.name} now takes {disk_usage(sweep.root) / 1e6:.1f} MB")
+    sweeping.prune(name, keep_best, metric, results_dir, say=click.echo,
+                   confirm=None if yes else partial(click.confirm, abort=True))
 
 
 @main.command()
@@ -290,7 +290,8 @@ def results(name: str, out: Path, results_dir: Path | None) -> None:
 @click.argument("name")
 @click.option("--metric", default=None, help="Rank by this metric [default: the sweep's first objective].")
 @click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="How many configs.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the YAML files.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the YAML files.")
 @results_dir_option
 def export_best_cmd(name: str, metric: str | None, top: int, out: Path, results_dir: Path | None) -> None:
     """Export the best trials' configs as YAML files that `tvae-sweep train` runs as they are."""
@@ -314,35 +315,17 @@ def export_best_cmd(name: str, metric: str | None, top: int, out: Path, results_
               help="Address to listen on; anything but localhost exposes the UI (no login) to the network.")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--allowed-hosts", default=None, metavar="HOSTS",
-              help="Host headers MLflow accepts when --host is not local [default: this machine's names and addresses].")
+              help="Host headers MLflow accepts when --host is not local "
+                   "[default: this machine's names and addresses].")
 @tracking_uri_option
 @results_dir_option
 def ui(name: str | None, host: str, port: int, allowed_hosts: str | None, tracking_uri: str | None,
        results_dir: Path | None) -> None:
     """Start the MLflow UI on the sweeps' store and print the address to open (NAME's experiment
     when given); Ctrl-C stops it."""
-    from .sweeping import sweep_store
-    from .tracking import store as stores
-    from .tracking.runs import locate
-    from .tracking.ui import experiment_page, page_url, serve
+    from . import sweeping
 
-    store, experiment, sweep = sweep_store(name, results_dir, tracking_uri)
-    stores.check(store)
-    pages = [("MLflow UI", "/")]
-    if sweep is not None:
-        experiment_id, parent = locate(store, experiment, sweep)
-        if experiment_id is None:
-            raise ConfigError(f"sweep {name} has no MLflow experiment {experiment!r} in {store.describe()}; "
-                              f"pass the --tracking-uri it was launched with")
-        pages = [(f"sweep {name}", experiment_page(experiment_id))]
-        if parent:
-            pages.append(("its parent run (aggregated results)", experiment_page(experiment_id, parent)))
-    if store.is_server:
-        for label, page in pages:
-            click.echo(f"{label}: {page_url(store.shown.rstrip('/'), page)}")
-        click.echo("the store is an MLflow server already: nothing to start")
-        return
-    sys.exit(serve(store, host, port, allowed_hosts, pages, echo=click.echo, warn=lambda m: click.echo(m, err=True)))
+    sys.exit(sweeping.ui(name, host, port, allowed_hosts, tracking_uri, results_dir, say=click.echo))
 
 
 @main.command()
@@ -357,3 +340,27 @@ def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> Non
     text, path = sweep_report(name, tracking_uri, results_dir)
     click.echo(text, nl=False)
     click.echo(f"report: {path}")
+
+
+@main.command()
+@click.argument("runs", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--spec", "spec_path", required=True, metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path),
+              help="The spec whose grid the runs in DIR trained.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec value (repeatable).")
+@profile_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the results [default: <results-dir>/<the spec's name>].")
+@results_dir_option
+def collect(runs: Path, spec_path: Path, overrides: tuple[str, ...], profile: str | None, out: Path | None,
+            results_dir: Path | None) -> None:
+    """Collect a grid trained outside a sweep into a sweep's results: DIR/group_<g>/point_<i>/, the
+    folders `tvae-sweep train` wrote for each point of SPEC's grid (its fused groups one after
+    another, as `search.fuse` makes them; tvae_sweep.collect.Grid.write_configs writes their
+    configs), become trials.parquet, report.md and its figures."""
+    from .collect import Grid
+    from .collect import collect as collect_runs
+    from .sweep.layout import sweep_dir
+
+    grid = Grid.load(spec_path, overrides, profile)
+    folder = out or sweep_dir(results_dir, grid.name or spec_path.stem).root
+    click.echo(f"report: {collect_runs(grid, runs, folder)}")

@@ -2,10 +2,14 @@
 
 Pydantic models, parsed once, with strict types: an integer field refuses 'four' and true, a number
 field takes integers. Every problem is a ConfigError whose message is one line naming the field.
+Their base (Schema) and types are the sweep spec's too; Setting declares the order in which an
+option, the environment and a file give a setting.
 """
 from __future__ import annotations
 
 import copy
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -20,8 +24,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from typing_extensions import Self
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 VARIANTS = ("vae", "tvae", "tvae2d")
 DATASETS = ("mnist5k", "mnist", "dsprites")
@@ -40,7 +45,7 @@ SHAPE_KEYS = ("variant", "n_caps", "cap_dim", "image_shape", "torus_window", "se
 # ---------------------------------------------------------------- field types
 
 
-def _rule(ok, text: str, show=str) -> AfterValidator:
+def rule(ok, text: str, show=str) -> AfterValidator:
     """A check of one value, refused as '<text>, got <value>'."""
     def check(value):
         if not ok(value):
@@ -49,23 +54,31 @@ def _rule(ok, text: str, show=str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _one_of(options: tuple[str, ...]) -> AfterValidator:
-    return _rule(lambda v: v in options, f"must be one of {', '.join(options)}", repr)
+def one_of(options: tuple[str, ...]) -> AfterValidator:
+    return rule(lambda v: v in options, f"must be one of {', '.join(options)}", repr)
 
 
-def _at_least(low: int) -> AfterValidator:
-    return _rule(lambda v: v >= low, f"must be >= {low}")
+def at_least(low: int) -> AfterValidator:
+    return rule(lambda v: v >= low, f"must be >= {low}")
+
+
+def _whole_to_int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _int_to_float(value: Any) -> Any:
+    return float(value) if type(value) is int else value
 
 
 # 4.0 is the integer 4 (a table's column of integers with gaps holds floats); an integer is a number
-Int = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v), Strict()]
-Float = Annotated[float, BeforeValidator(lambda v: float(v) if type(v) is int else v), Strict()]
+Int = Annotated[int, BeforeValidator(_whole_to_int), Strict()]
+Float = Annotated[float, BeforeValidator(_int_to_float), Strict()]
 Str = Annotated[str, Strict()]
 Bool = Annotated[bool, Strict()]
-Count = Annotated[Int, _at_least(1)]
-Positive = Annotated[Float, _rule(lambda v: v > 0, "must be > 0")]
-Shape = Annotated[tuple[Int, ...], _rule(lambda s: len(s) == 3 and all(n >= 1 for n in s),
-                                         "must be three positive sizes [C, H, W]", list)]
+Count = Annotated[Int, at_least(1)]
+Positive = Annotated[Float, rule(lambda v: v > 0, "must be > 0")]
+Shape = Annotated[tuple[Int, ...], rule(lambda s: len(s) == 3 and all(n >= 1 for n in s),
+                                        "must be three positive sizes [C, H, W]", list)]
 
 
 def _check(ok: bool, name: str, message: str) -> None:
@@ -73,42 +86,55 @@ def _check(ok: bool, name: str, message: str) -> None:
         raise ConfigError(f"{name}: {message}")
 
 
-# ---------------------------------------------------------------- errors as one line
-
-_TYPE_ERRORS = {"int_type": "must be an integer", "float_type": "must be a number", "bool_type": "must be true or false",
-                "string_type": "must be a string", "list_type": "must be a list", "tuple_type": "must be a list",
-                "model_type": "must be a mapping of keys to values"}
+# ---------------------------------------------------------------- the base of every config and spec model
 
 
-def _message(err: ValidationError, cls: type[Section], keys: list[str]) -> str:
-    """The first problem as one line: wrong types and unknown keys first, in the order given; then the checks."""
-    def order(e: dict) -> tuple[bool, int]:
-        checked = e["type"] not in _TYPE_ERRORS and e["type"] != "extra_forbidden"
-        return checked, 0 if checked or e["loc"][0] not in keys else keys.index(e["loc"][0])
-
-    e = min(err.errors(), key=order)
-    if isinstance(e.get("ctx", {}).get("error"), ConfigError):  # a check that names its own fields
-        return str(e["ctx"]["error"])
-    name = cls.section + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
-    name = name.removeprefix(".")
-    if e["type"] == "extra_forbidden":
-        return f"{name}: unknown key; allowed: {', '.join(cls.model_fields)}"
-    if e["type"] in _TYPE_ERRORS:
-        return f"{name}: {_TYPE_ERRORS[e['type']]}, got {e['input']!r}"
-    return f"{name}: {e['msg'].removeprefix('Value error, ')}"
-
-
-class Section(BaseModel):
-    """A config section: unknown keys refused, and any problem a one-line ConfigError."""
+class Schema(BaseModel):
+    """The base of the config sections and of the spec's models: unknown keys refused (extra="forbid"),
+    fields typed with the strict types above, and any problem a one-line ConfigError naming the field."""
 
     model_config = ConfigDict(extra="forbid")
-    section: ClassVar[str] = ""
+    section: ClassVar[str] = ""  # the name its fields are shown under when it is parsed on its own
+
+    @classmethod
+    def parse(cls, raw: Any) -> Self:
+        """The model of a raw mapping (a YAML file's), or a one-line ConfigError."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(one_line(e, cls, list(raw) if isinstance(raw, dict) else [], cls.section)) from None
+
+
+class Section(Schema):
+    """A config section, which code makes too (a notebook's ModelConfig(n_caps=4)): refused with the
+    same one line. (A section is always found under its own name, so pydantic may call this
+    constructor for one nested in another model: the line it raises names the field in full.)"""
 
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
         except ValidationError as e:
-            raise ConfigError(_message(e, type(self), list(values))) from None
+            raise ConfigError(one_line(e, type(self), list(values), self.section)) from None
+
+
+# ---------------------------------------------------------------- settings: an option, the environment or a file
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting given, in order of precedence, by a command-line option, an environment variable, a
+    key of a file (a spec's), or a default; each source is named as messages name it."""
+
+    option: str
+    env: str | None = None
+    key: str | None = None
+
+    def pick(self, option: Any = None, in_file: Any = None, default: Any = None,
+             default_source: str = "the default") -> tuple[Any, str]:
+        """(value, the source that gave it): the first of option, environment, file that is set, else the default."""
+        given = ((option, self.option), (os.environ.get(self.env) if self.env else None, self.env),
+                 (in_file, self.key))
+        return next(((value, source) for value, source in given if value), (default, default_source))
 
 
 # ---------------------------------------------------------------- the sections
@@ -117,13 +143,13 @@ class Section(BaseModel):
 class ModelConfig(Section):
     section: ClassVar[str] = "model"
 
-    variant: Annotated[Str, _one_of(VARIANTS)] = "tvae"
+    variant: Annotated[Str, one_of(VARIANTS)] = "tvae"
     n_caps: Count = 18
     cap_dim: Count = 18
     seq_len: Count = 18
     coherence_window: Count = 13
-    n_off_diag: Annotated[Int, _at_least(0)] = 1
-    shift: Annotated[Int, _at_least(0)] = 1
+    n_off_diag: Annotated[Int, at_least(0)] = 1
+    shift: Annotated[Int, at_least(0)] = 1
     mu_init: Float = 30.0
     image_shape: Shape = (3, 28, 28)
     torus_window: Count = 5  # tvae2d: side of the square neighbourhood on the torus
@@ -138,7 +164,8 @@ class ModelConfig(Section):
             _check(self.coherence_window <= self.seq_len, "model.coherence_window",
                    f"must be between 1 and model.seq_len ({self.seq_len}), got {self.coherence_window}")
             _check(2 * self.n_off_diag + 1 <= self.cap_dim, "model.n_off_diag",
-                   f"the neighbourhood 2*n_off_diag+1 must fit in model.cap_dim ({self.cap_dim}), got {self.n_off_diag}")
+                   f"the neighbourhood 2*n_off_diag+1 must fit in model.cap_dim ({self.cap_dim}), "
+                   f"got {self.n_off_diag}")
         if self.variant == "tvae2d":
             side = round(self.cap_dim ** 0.5)
             _check(side * side == self.cap_dim, "model.cap_dim",
@@ -151,12 +178,12 @@ class ModelConfig(Section):
 class DataConfig(Section):
     section: ClassVar[str] = "data"
 
-    dataset: Annotated[Str, _one_of(DATASETS)] = "mnist5k"
+    dataset: Annotated[Str, one_of(DATASETS)] = "mnist5k"
     transforms: list[Str] = Field(default_factory=lambda: ["rotation", "hue", "scale"])
     test_transforms: list[Str] | None = None
     train_sequences: Count = 1024
     test_sequences: Count = 128
-    test_fraction: Annotated[Float, _rule(lambda v: 0 < v < 1, "must be between 0 and 1")] = 0.1
+    test_fraction: Annotated[Float, rule(lambda v: 0 < v < 1, "must be between 0 and 1")] = 0.1
     path: Str | None = None
     download: Bool = False
     grayscale: Bool = False
@@ -172,13 +199,15 @@ class DataConfig(Section):
         allowed = DSPRITES_FACTORS if self.dataset == "dsprites" else MNIST_TRANSFORMS
         for name in ("transforms", "test_transforms"):
             for t in getattr(self, name) or []:
-                _check(t in allowed, f"data.{name}", f"{t!r} is not a {self.dataset} transform; allowed: {', '.join(allowed)}")
+                _check(t in allowed, f"data.{name}",
+                       f"{t!r} is not a {self.dataset} transform; allowed: {', '.join(allowed)}")
         if self.dataset == "mnist":
             _check(self.path is not None, "data.path", "dataset mnist needs the directory of the MNIST IDX files")
         _check(not (self.grayscale and self.dataset == "dsprites"), "data.grayscale", "dsprites is already one channel")
         if self.grayscale:
             for t in self.transforms + (self.test_transforms or []):
-                _check("hue" not in t, "data.grayscale", f"transform {t!r} changes hue, which needs colour; set grayscale: false")
+                _check("hue" not in t, "data.grayscale",
+                       f"transform {t!r} changes hue, which needs colour; set grayscale: false")
         return self
 
 
@@ -189,17 +218,17 @@ class TrainConfig(Section):
     batch_size: Count = 8
     lr: Positive = 1e-4
     mu_lr: Positive | None = None  # the learning rate of the TVAE's mu (None: lr); mu is one scalar among millions
-    optimizer: Annotated[Str, _one_of(OPTIMIZERS)] = "sgd"
-    momentum: Annotated[Float, _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")] = 0.9
+    optimizer: Annotated[Str, one_of(OPTIMIZERS)] = "sgd"
+    momentum: Annotated[Float, rule(lambda v: 0 <= v < 1, "must be in [0, 1)")] = 0.9
     seed: Int = 0
-    device: Annotated[Str, _one_of(DEVICES)] = "auto"
+    device: Annotated[Str, one_of(DEVICES)] = "auto"
     eval_every: Count = 1
     eval_batch_size: Count = 64
     ll_samples: Count = 10
     num_threads: Count | None = None
     grad_clip: Positive | None = None
     cuda_graph: Bool = False  # replay each step as one CUDA graph (CUDA only; for small batches)
-    precision: Annotated[Str, _one_of(PRECISIONS)] = "fp32"  # the training step's; evaluation is fp32
+    precision: Annotated[Str, one_of(PRECISIONS)] = "fp32"  # the training step's; evaluation is fp32
 
     @model_validator(mode="after")
     def _fits(self) -> TrainConfig:
@@ -226,7 +255,8 @@ class RunConfig(Section):
         _check(m.image_shape == d.image_shape, "model.image_shape",
                f"must match the data ({list(d.image_shape)} for data.dataset {d.dataset}), got {list(m.image_shape)}")
         if d.transforms and m.seq_len < 2:
-            raise ConfigError("model.seq_len: transforming sequences need seq_len >= 2 (use data.transforms: [] for static images)")
+            raise ConfigError("model.seq_len: transforming sequences need seq_len >= 2 "
+                              "(use data.transforms: [] for static images)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,22 +8,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
+import ray
 
+from .errors import ConfigError
 from .sweep.console import RayLog, TrialConsole
 from .sweep.fusion import ray_trials
-from .sweep.launch import check_new, create, fit, join, load_saved_spec, preflight, saved_trials
-from .sweep.layout import SweepDir, results_root, sweep_dir
-from .sweep.results import pareto_trials, ranked, trials_frame, write_table
+from .sweep.launch import check_new, check_stopped, create, fit, join, load_saved_spec, preflight, saved_trials
+from .sweep.layout import SweepDir, all_sweeps, disk_usage, results_root, sweep_dir
+from .sweep.pruning import apply_prune, plan_prune
+from .sweep.results import frame_of, pareto_trials, ranked, write_table
 from .sweep.space import num_trials
 from .sweep.spec import SweepSpec, read_spec
 from .sweep.validation import spec_from_dict
 from .tracking import publish
 from .tracking import report as reports
 from .tracking import store as stores
+from .tracking.callback import MlflowTracking
 from .tracking.runs import locate
+from .tracking.ui import experiment_page, page_url, serve
 
 Say = Callable[..., None]
 # shown beside the objectives: what training added to the equivariance, and whether z is in use
@@ -77,20 +83,18 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
     say(f"sweep {sweep.name}: {total} trials{together}, results in {sweep.root}")
     tracking = None
     if spec.tracking.enabled:
-        from .tracking.callback import MlflowTracking
-
         tracking = MlflowTracking.start(spec, sweep, tracking_uri)
         say(f"MLflow: parent run {tracking.log.parent_id} in experiment {tracking.log.experiment!r}, "
             f"store {tracking.log.store.describe()}")
     elif tracking_uri:
         say("tvae-sweep: tracking is off in the spec (tracking.enabled: false); --tracking-uri is ignored", err=True)
     try:
-        status = fit(spec, sweep, address, resumed, [console] + ([tracking] if tracking else []), log)
+        status, records = fit(spec, sweep, address, resumed, [console] + ([tracking] if tracking else []), log)
     except BaseException as e:  # Ctrl-C twice, a lost cluster: no run is left RUNNING
         if tracking is not None:
             tracking.log.close("interrupted", error=e)
         raise
-    frame = trials_frame(sweep.read_state()["experiment_path"])
+    frame = frame_of(records)
     write_table(frame, sweep.trials)
     if tracking is not None:
         _close_beside_ray_shutdown(tracking.log, status, frame)
@@ -102,8 +106,6 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
 def _close_beside_ray_shutdown(log, status: str, frame: pd.DataFrame) -> None:
     """Settles the sweep's MLflow runs (final tables and figures, seconds) while this driver leaves
     Ray (seconds of waiting for the processes of a cluster it started)."""
-    import ray
-
     with ThreadPoolExecutor(1, thread_name_prefix="mlflow-close") as pool:
         closing = pool.submit(log.close, status, frame)
         ray.shutdown()
@@ -118,7 +120,7 @@ def best_lines(frame: pd.DataFrame, metrics: list[str], modes: list[str]) -> lis
         lines = [f"best trials by {metrics[0]}:"]
     else:
         rows = pareto_trials(frame, metrics, modes)
-        lines = ["Pareto front of " + ", ".join(f"{m} ({mode})" for m, mode in zip(metrics, modes))
+        lines = ["Pareto front of " + ", ".join(f"{m} ({mode})" for m, mode in zip(metrics, modes, strict=True))
                  + f": {len(rows)} trials"]
     shown = list(metrics) + [m for m in BESIDE if m not in metrics and f"final/{m}" in frame]
     for _, row in rows.iterrows():
@@ -126,6 +128,38 @@ def best_lines(frame: pd.DataFrame, metrics: list[str], modes: list[str]) -> lis
         config = ", ".join(f"{k.removeprefix('config/')}={v}" for k, v in row.items() if k.startswith("config/"))
         lines.append(f"  {row['trial_id']}  {values}  {config}")
     return lines
+
+
+# ---------------------------------------------------------------- saved sweeps
+
+
+def status(name: str | None, results_dir: Path | None, say: Say) -> None:
+    """A sweep's state, disk footprint and trials (or every sweep's state and footprint)."""
+    sweeps = [sweep_dir(results_dir, name)] if name else all_sweeps(results_dir)
+    for sweep in sweeps:
+        state = sweep.read_state()
+        say(f"{sweep.name}: {state.get('status')}, {state.get('num_trials')} trials planned, "
+            f"{disk_usage(sweep.root) / 1e6:.1f} MB on disk in {sweep.root}")
+        if name:
+            frame = saved_trials(sweep)
+            shown = [c for c in frame.columns if c.startswith(("config/", "final/"))][:10]
+            say(frame[["trial_id", "state", "epochs", *shown]].to_string(index=False))
+
+
+def prune(name: str, keep_best: int, metric: str | None, results_dir: Path | None, say: Say,
+          confirm: Callable[[str], object] | None) -> None:
+    """Removes the weights of all but the best `keep_best` finished trials of a stopped sweep, once
+    `confirm` (None: no question) accepts the plan it was shown."""
+    sweep = sweep_dir(results_dir, name)
+    check_stopped(sweep)
+    spec = load_saved_spec(sweep)
+    frame = saved_trials(sweep)
+    plan = plan_prune(frame, metric or spec.search.metrics[0], keep_best)
+    say(plan.describe(name))
+    if confirm is not None:
+        confirm("remove them?")
+    freed = apply_prune(plan, frame)
+    say(f"freed {freed / 1e6:.1f} MB; {sweep.name} now takes {disk_usage(sweep.root) / 1e6:.1f} MB")
 
 
 # ---------------------------------------------------------------- MLflow
@@ -137,7 +171,8 @@ def sweep_store(name: str | None, results_dir: Path | None, tracking_uri: str | 
         return stores.resolve(tracking_uri, None, results_root(results_dir)), None, None
     sweep = sweep_dir(results_dir, name)
     t = load_saved_spec(sweep).tracking
-    return stores.resolve(tracking_uri, t.uri, sweep.root.parent, t.artifact_location), t.experiment or sweep.name, sweep
+    store = stores.resolve(tracking_uri, t.uri, sweep.root.parent, t.artifact_location)
+    return store, t.experiment or sweep.name, sweep
 
 
 def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> tuple[str, Path]:
@@ -152,6 +187,31 @@ def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> tup
             stores.check(store)
         experiment_id, parent = locate(store, experiment, sweep)
         if parent:
-            mlflow_line = f"MLflow: parent run {parent} in experiment {experiment!r} (id {experiment_id}), store {store.portable()}"
+            mlflow_line = (f"MLflow: parent run {parent} in experiment {experiment!r} (id {experiment_id}), "
+                           f"store {store.portable()}")
     text, markdown = reports.render(name, frame, spec, result, mlflow_line)
     return text, reports.write(sweep, markdown)
+
+
+def ui(name: str | None, host: str, port: int, allowed_hosts: str | None, tracking_uri: str | None,
+       results_dir: Path | None, say: Say) -> int:
+    """Serves the MLflow UI on the sweeps' store until Ctrl-C (its pages for NAME's experiment when
+    given) and returns the server's exit status; a store that is an MLflow server already is only
+    pointed to."""
+    store, experiment, sweep = sweep_store(name, results_dir, tracking_uri)
+    stores.check(store)
+    pages = [("MLflow UI", "/")]
+    if sweep is not None:
+        experiment_id, parent = locate(store, experiment, sweep)
+        if experiment_id is None:
+            raise ConfigError(f"sweep {name} has no MLflow experiment {experiment!r} in {store.describe()}; "
+                              f"pass the --tracking-uri it was launched with")
+        pages = [(f"sweep {name}", experiment_page(experiment_id))]
+        if parent:
+            pages.append(("its parent run (aggregated results)", experiment_page(experiment_id, parent)))
+    if store.is_server:
+        for label, page in pages:
+            say(f"{label}: {page_url(store.shown.rstrip('/'), page)}")
+        say("the store is an MLflow server already: nothing to start")
+        return 0
+    return serve(store, host, port, allowed_hosts, pages, echo=say, warn=partial(say, err=True))

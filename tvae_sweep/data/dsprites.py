@@ -139,7 +139,8 @@ def read_npz(path: str | Path) -> np.ndarray:
     rows = lookup[np.ravel_multi_index(needed.T, OFFICIAL_SIZES)]
     missing = np.flatnonzero(rows < 0)
     if missing.size:
-        first = dict(zip(("color", "shape", "scale", "orientation", "posX", "posY"), needed[missing[0]].tolist()))
+        factors = ("color", "shape", "scale", "orientation", "posX", "posY")
+        first = dict(zip(factors, needed[missing[0]].tolist(), strict=True))
         raise ValueError(f"data.path: {path} lacks {missing.size} of the {len(needed)} sprites the sequences use, "
                          f"e.g. latents_classes {first}")
     return np.ascontiguousarray(imgs[rows], dtype=np.uint8)

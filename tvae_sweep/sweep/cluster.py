@@ -10,10 +10,14 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from ..config import ConfigError
+import ray
+from ray.util.client import ray as client
+
+from ..config import ConfigError, Setting
 from .layout import SweepDir
 from .spec import SweepSpec
 
+ADDRESS = Setting("--address", "RAY_ADDRESS")  # else none: a cluster on this machine, for this command
 REACH_TIMEOUT_S = 5.0
 LOCAL_ADDRESSES = ("auto", "local")  # Ray finds (or starts) the cluster on this machine itself
 
@@ -27,6 +31,12 @@ STORAGE_HINT = ("set storage.path to an object store URI (s3://bucket/sweeps, gs
 
 
 # ---------------------------------------------------------------- joining
+
+
+def ray_address(address: str | None) -> tuple[str | None, str]:
+    """The address to join (the option, else $RAY_ADDRESS, else None for a local cluster) and where it
+    came from, for messages."""
+    return ADDRESS.pick(address)
 
 
 def host_port(address: str | None, label: str = "--address") -> tuple[str, int] | None:
@@ -97,17 +107,11 @@ def node_local(spec: SweepSpec) -> bool:
 
 
 def alive_nodes() -> int:
-    import ray
-
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 def remote_driver() -> bool:
     """True when this driver reaches the cluster through Ray Client (ray://), from another machine."""
-    try:
-        from ray.util.client import ray as client
-    except ImportError:
-        return False
     return bool(client.is_connected())
 
 

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import TextIO
 
 from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
-from .fusion import expand
+from .records import ERROR, RUNNING, TrialRecord, records_of
 
 RAY_LOG = "ray.log"
-FINISHED = ("TERMINATED", "ERROR")
 REFRESH_S = 1.0  # the live table is redrawn at most this often
 
 
@@ -71,7 +73,7 @@ def ray_output_to(log: RayLog):
         with redirect_stdout(log), redirect_stderr(log):
             yield
     finally:
-        for handler, stream in zip(handlers, streams):
+        for handler, stream in zip(handlers, streams, strict=True):
             handler.setStream(stream)
 
 
@@ -93,10 +95,9 @@ class TrialConsole(Callback):
 
     # ------------------------------------------------------------ what is shown
 
-    def progress_line(self, trials) -> str:
-        trials = expand(trials)
-        done = sum(t.status in FINISHED for t in trials)
-        running = sum(t.status == "RUNNING" for t in trials)
+    def progress_line(self, records: list[TrialRecord]) -> str:
+        done = sum(r.finished for r in records)
+        running = sum(r.state == RUNNING for r in records)
         elapsed = time.monotonic() - self.started
         line = (f"{done}/{self.total} trials done, {running} running, {self.total - done - running} pending; "
                 f"{_duration(elapsed)} elapsed")
@@ -104,46 +105,37 @@ class TrialConsole(Callback):
             line += f", about {_duration(elapsed / done * (self.total - done))} to go"
         return line
 
-    def rows(self, trials) -> list[list[str]]:
-        rows = []
-        for trial in expand(trials):
-            result = trial.last_result or {}
-            rows.append([trial.trial_id, trial.status, *(format_value(trial.config.get(p, "-")) for p in self.params),
-                         format_value(result.get("training_iteration", 0)),
-                         *(format_value(result.get(m, "-")) for m in self.metrics)])
-        return rows
+    def rows(self, records: list[TrialRecord]) -> list[list[str]]:
+        return [[r.trial_id, r.state, *(format_value(r.config.get(p, "-")) for p in self.params),
+                 format_value(r.epochs), *(format_value(r.last.get(m, "-")) for m in self.metrics)]
+                for r in records]
 
-    def table(self, trials):
-        from rich.table import Table
-
-        table = Table(title=self.progress_line(trials), title_justify="left", box=None, pad_edge=False)
+    def table(self, records: list[TrialRecord]) -> Table:
+        table = Table(title=self.progress_line(records), title_justify="left", box=None, pad_edge=False)
         for name in ["trial", "state", *self.params, "epoch", *self.metrics]:
             table.add_column(name, no_wrap=True)
-        for row in self.rows(trials):
+        for row in self.rows(records):
             table.add_row(*row)
         return table
 
-    def event(self, trial, what: str) -> None:
-        """A line for the trial (for each point of a fused trial; a point that failed alone says so)."""
-        for point in expand([trial]):
-            result = point.last_result or {}
-            values = "  ".join(f"{m} {format_value(result[m])}" for m in self.metrics if m in result)
-            said = "failed" if what == "finished" and point.status == "ERROR" else what
-            print(f"{time.strftime('%H:%M:%S')}  trial {point.trial_id} {said}"
-                  + (f" after {result.get('training_iteration', 0)} epochs  {values}" if what != "started" else ""),
+    def event(self, records: list[TrialRecord], what: str) -> None:
+        """A line for each record (each point of a fused trial; a point that failed alone says so)."""
+        for record in records:
+            values = "  ".join(f"{m} {format_value(record.last[m])}" for m in self.metrics if m in record.last)
+            said = "failed" if what == "finished" and record.state == ERROR else what
+            print(f"{time.strftime('%H:%M:%S')}  trial {record.trial_id} {said}"
+                  + (f" after {record.epochs} epochs  {values}" if what != "started" else ""),
                   file=self.stream, flush=True)
 
     def draw(self, trials, force: bool = False) -> None:
+        """Redraws the live table of Ray's `trials` (at most every REFRESH_S unless forced)."""
         if not self.interactive or (not force and time.monotonic() - self.drawn < REFRESH_S):
             return
         if self.live is None:
-            from rich.console import Console
-            from rich.live import Live
-
             console = Console(file=self.stream, force_terminal=True)
             self.live = Live(console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
             self.live.start()
-        self.live.update(self.table(trials), refresh=True)
+        self.live.update(self.table(records_of(trials)), refresh=True)
         self.drawn = time.monotonic()
 
     # ------------------------------------------------------------ Tune's hooks
@@ -152,24 +144,25 @@ class TrialConsole(Callback):
         self.draw(trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if not self.interactive and trial.trial_id not in self.seen:
-            self.event(trial, "started")
-        self.seen.add(trial.trial_id)
+        records = records_of([trial])
+        if not self.interactive:
+            self.event([r for r in records if r.trial_id not in self.seen], "started")
+        self.seen.update(r.trial_id for r in records)
         self.draw(trials, force=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if not self.interactive:
-            self.event(trial, "finished")
+            self.event(records_of([trial]), "finished")
         self.draw(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if not self.interactive:
-            self.event(trial, "failed")
+            self.event(records_of([trial]), "failed")
         self.draw(trials, force=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         if not self.interactive:
-            self.event(trial, "is retried from its checkpoint")
+            self.event(records_of([trial]), "is retried from its checkpoint")
 
     def on_experiment_end(self, trials, **info):
         if self.interactive:
@@ -177,7 +170,7 @@ class TrialConsole(Callback):
             self.live.stop()
             self.live = None
         else:
-            print(self.progress_line(trials), file=self.stream, flush=True)
+            print(self.progress_line(records_of(trials)), file=self.stream, flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -4,8 +4,8 @@ The grid's points are grouped before the sweep starts (`fused_groups`): points w
 training settings are the same (the seed apart) and whose networks have one shape. Each group is
 one Ray trial, whose config lists its points; it trains them as one fused model
 (fused_training.FusedTrainer), reports each point's metrics under MEMBERS and keeps each point's
-checkpoint and pictures in point_<i>/. Downstream a point is a trial of its own (`PointTrial`):
-its row in the trials table, its MLflow child run and its Optuna trial.
+checkpoint and pictures in point_<i>/. Downstream a point is a trial of its own (a TrialRecord,
+sweep/records.py): its row in the trials table, its MLflow child run and its Optuna trial.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def grid(spec: SweepSpec) -> list[Point]:
     define = DefineByRun(spec.space, spec.run.to_dict())
     points = []
     for values in itertools.product(*axes.values()):
-        params = dict(zip(axes, values))
+        params = dict(zip(axes, values, strict=True))
         points.append(Point(params, define(optuna.trial.FixedTrial(params))))
     return points
 
@@ -67,67 +67,6 @@ def group_config(points: list[Point]) -> dict[str, Any]:
     return {POINTS: [p.config for p in points], PARAMS: [p.params for p in points]}
 
 
-# ---------------------------------------------------------------- points as trials
-
-
-@dataclass(frozen=True)
-class SubCheckpoint:
-    """A folder inside a Ray checkpoint, on the checkpoint's filesystem."""
-
-    path: str
-    filesystem: Any
-
-
-class PointTrial:
-    """One point of a fused Ray trial, shown as the trial attributes the results table and the
-    tracking read: id <trial>_p<i>, the point's config, its report, its folder of the checkpoint."""
-
-    def __init__(self, trial, index: int, result: dict | None = None):
-        self.trial, self.index = trial, index
-        self.ray_id = trial.trial_id
-        self.trial_id = f"{trial.trial_id}_p{index}"
-        params = trial.config[PARAMS][index] if PARAMS in trial.config else {}
-        self.config = Point(params, trial.config[POINTS][index]).trial_config
-        whole = result if result is not None else (trial.last_result or {})
-        reports = whole.get(MEMBERS) or []
-        own = reports[index] if index < len(reports) else {}
-        self.last_result = {**{k: v for k, v in whole.items() if k != MEMBERS}, **own}
-        self.error = own.get("error")
-        self.path = trial.path
-
-    @property
-    def status(self) -> str:
-        return "ERROR" if self.error else self.trial.status
-
-    @property
-    def checkpoint(self) -> SubCheckpoint | None:
-        return point_checkpoint(self.trial.checkpoint, self.index)
-
-    def get_error(self) -> str | None:
-        return self.error or self.trial.get_error()
-
-    def __str__(self) -> str:
-        return f"{self.trial}_p{self.index}"
-
-
 def point_folder(index: int) -> str:
+    """A point's folder inside each checkpoint of its fused trial."""
     return f"point_{index}"
-
-
-def point_checkpoint(checkpoint, index: int) -> SubCheckpoint | None:
-    """A point's folder of a fused trial's checkpoint."""
-    if checkpoint is None:
-        return None
-    return SubCheckpoint(f"{checkpoint.path.rstrip('/')}/{point_folder(index)}", checkpoint.filesystem)
-
-
-def expand(trials, result: dict | None = None) -> list:
-    """The trials with each fused trial replaced by its points (`result`: a report newer than the
-    trials' last, for a single trial)."""
-    out = []
-    for trial in trials:
-        if POINTS in (trial.config or {}):
-            out += [PointTrial(trial, i, result) for i in range(len(trial.config[POINTS]))]
-        else:
-            out.append(trial)
-    return out

@@ -11,10 +11,11 @@ from typing import Any
 from ..compat import set_callbacks_of_restored
 from ..config import ConfigError, dump_yaml
 from ..errors import redact
-from .cluster import check_reachable, check_storage, join_error
+from .cluster import check_reachable, check_storage, join_error, ray_address
 from .console import RayLog, ray_output_to
 from .fusion import ray_trials
 from .layout import SweepDir, storage_location
+from .records import TrialRecord, saved_records
 from .space import define_by_run, make_sampler, num_trials
 from .spec import SweepSpec
 from .validation import spec_from_dict
@@ -45,14 +46,6 @@ def connect(address: str | None, quiet: bool = True) -> None:
         ray.init(address=address, **kwargs)
     except (ConnectionError, AuthenticationError, RuntimeError) as e:
         raise join_error(address, label, e) from None
-
-
-def ray_address(address: str | None) -> tuple[str | None, str]:
-    """The address to join (the option, else $RAY_ADDRESS, else None for a local cluster) and where it
-    came from, for messages."""
-    if address:
-        return address, "--address"
-    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
 
 
 def experiment_path(spec: SweepSpec, sweep: SweepDir) -> str:
@@ -184,9 +177,10 @@ def without_passwords(raw_spec: dict) -> dict:
     return {**raw_spec, "tracking": {k: redact(v) if isinstance(v, str) else v for k, v in tracking.items()}}
 
 
-def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, callbacks: list, log: RayLog) -> str:
+def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, callbacks: list,
+        log: RayLog) -> tuple[str, list[TrialRecord]]:
     """Runs (or resumes) the sweep to its end on the cluster `join` connected to, Ray's own console
-    output in the sweep's ray.log; returns the final status."""
+    output in the sweep's ray.log; returns the final status and the trials as Ray saved them."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
@@ -200,9 +194,9 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     state = sweep.read_state()
     path = state["experiment_path"]
-    callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner(path)]
+    callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner()]
     trainable = _trainable(spec)
-    sweep.write_state(status="running", address=address or os.environ.get("RAY_ADDRESS"), pid=os.getpid())
+    sweep.write_state(status="running", address=ray_address(address)[0], pid=os.getpid())
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         set_callbacks_of_restored(tuner, callbacks)  # this driver's, not the pickled ones
@@ -232,25 +226,18 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     with ray_output_to(log):
         grid = tuner.fit()
     failed = sum(1 for r in grid if r.error is not None)
-    trials = _trials(path)
-    unfinished = sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
+    records = saved_records(path)  # the experiment, read once
+    unfinished = sum(1 for r in records if not r.finished)
     status = "finished" if len(grid) >= state.get("ray_trials", state["num_trials"]) and not unfinished else "interrupted"
     if status == "finished":  # an interrupted sweep's trials read as ended, but resume continues them
-        prune_finished(trials)
+        prune_finished(records)
     sweep.write_state(status=status, trials=len(grid), failed=failed)
-    return status
+    return status, records
 
 
 def fused_trial_folder(trial) -> str:
     """A fused trial's folder: its id (Ray's default name lists every point's config)."""
     return f"fused_{trial.trial_id}"
-
-
-def _trials(path: str) -> list:
-    """The sweep's trials as Ray saved them, with their final states."""
-    from ray.tune import ExperimentAnalysis
-
-    return ExperimentAnalysis(path).trials
 
 
 def saved_trials(sweep: SweepDir):

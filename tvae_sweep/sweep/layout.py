@@ -2,26 +2,26 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError
+from ..config import ConfigError, Setting
 
-RESULTS_ENV = "TVAE_SWEEP_RESULTS"
+RESULTS = Setting("--results-dir", "TVAE_SWEEP_RESULTS")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def results_root(results_dir: str | Path | None) -> Path:
     """--results-dir, else $TVAE_SWEEP_RESULTS, else ./results."""
-    return Path(results_dir or os.environ.get(RESULTS_ENV) or "results").absolute()
+    return Path(RESULTS.pick(results_dir, default="results")[0]).absolute()
 
 
 def check_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
-        raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (up to 100), starting with a letter or digit")
+        raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (up to 100), "
+                          "starting with a letter or digit")
     return name
 
 
@@ -53,7 +53,8 @@ class SweepDir:
 
     def read_state(self) -> dict:
         if not self.state.is_file():
-            raise FileNotFoundError(f"no sweep named {self.name!r} in {self.root.parent} (`tvae-sweep list` shows them)")
+            raise FileNotFoundError(f"no sweep named {self.name!r} in {self.root.parent} "
+                                    "(`tvae-sweep list` shows them)")
         return json.loads(self.state.read_text())
 
     def write_state(self, **updates) -> dict:

@@ -15,7 +15,7 @@ Only checkpoints on a local (or mounted) filesystem are pruned; an object store 
 from __future__ import annotations
 
 import shutil
-import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from ray.tune import Callback
 
 from ..training import prune_checkpoint, state_files
 from .layout import disk_usage
+from .records import ERROR, TERMINATED, TrialRecord, records_of
 from .results import ranked
 from .trainable import DIVERGED_FILE
 
@@ -55,47 +56,47 @@ class CheckpointPruner(Callback):
     """Prunes each trial's checkpoints once it has finished and Ray's saved experiment state says so,
     so a long sweep holds its running trials' full state and little more.
 
-    The saved state lags the trials by seconds. A driver killed in between would be resumed from a
-    state in which the trial still runs, and continue it from a checkpoint Ray remembers: so a
-    finished trial waits, pending, until the saved state shows it finished."""
+    A driver killed between a trial's end and Ray's next save of the experiment would be resumed
+    from a state in which the trial still runs, and continue it from a checkpoint Ray remembers. So
+    a finished trial waits. Ray saves the experiment state every 10 s or more (calling `get_state`
+    of its callbacks as it does), then copies it to the storage path in the background, and starts
+    a save's copy only once the previous one is done. A trial that ended before one save is pruned
+    two saves later: by then the next save has started its copy, so that save's copy, which shows
+    the trial finished, is in place.
+    """
 
-    CHECK_S = 10.0  # how often pending trials are looked up in the saved state
+    SAVES = 2  # the saves a finished trial waits for
 
-    def __init__(self, experiment_path: str):
-        self.experiment_path = experiment_path
-        self.pending: dict[str, object] = {}
-        self.checked = 0.0
+    def __init__(self):
+        self.pending: dict[str, TrialRecord] = {}  # ended since the last save
+        self.waiting: deque[dict[str, TrialRecord]] = deque()  # ended before each of the last saves
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.pending[trial.trial_id] = trial
-        self.prune_saved()
+        self.hold(records_of([trial], finished={trial.trial_id}))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if diverged(Path(trial.path)):
-            self.pending[trial.trial_id] = trial
-        self.prune_saved()
+        self.hold(records_of([trial]))
 
-    def on_step_end(self, iteration, trials, **info):
-        if self.pending and time.monotonic() - self.checked >= self.CHECK_S:
-            self.prune_saved()
+    def hold(self, records: list[TrialRecord]) -> None:
+        """A Ray trial's records (one, or a fused trial's points), kept for pruning if it ended for good."""
+        if records and trial_finished(records[0]):
+            self.pending[records[0].ray_id] = records[0]
 
-    def prune_saved(self) -> None:
-        """Prunes the pending trials that Ray's saved experiment state shows finished."""
-        from ray.tune import ExperimentAnalysis
-
-        self.checked = time.monotonic()
-        try:
-            saved = {t.trial_id: t for t in ExperimentAnalysis(self.experiment_path).trials}
-        except Exception:  # nothing saved yet, or a state being written: look again later
-            return
-        for trial_id in list(self.pending):
-            if trial_id in saved and finished(saved[trial_id]):
-                prune(self.pending.pop(trial_id))
+    def get_state(self) -> None:
+        """Called by Ray as it saves the experiment state: prunes the trials that ended SAVES saves
+        ago. Keeps no state of its own (None)."""
+        self.waiting.append(self.pending)
+        self.pending = {}
+        if len(self.waiting) > self.SAVES:
+            for record in self.waiting.popleft().values():
+                prune(record)
+        return None
 
 
-def prune(trial) -> None:
-    folder = Path(trial.path)
-    if getattr(trial.storage.storage_filesystem, "type_name", "local") == "local" and folder.is_dir():
+def prune(record: TrialRecord) -> None:
+    """Prunes the record's Ray trial, if its checkpoints are on a local (or mounted) filesystem."""
+    folder = Path(record.path)
+    if record.checkpoint is not None and record.checkpoint.local and folder.is_dir():
         prune_trial(folder)
 
 
@@ -104,22 +105,24 @@ def diverged(trial_folder: Path) -> bool:
     return (trial_folder / DIVERGED_FILE).is_file()
 
 
-def finished(trial) -> bool:
-    return finished_for_good(trial.status, Path(trial.path))
+def trial_finished(record: TrialRecord) -> bool:
+    """Whether the record's Ray trial (a fused one, for a point) has ended for good."""
+    return finished_for_good(record.ray_state, Path(record.path))
 
 
 def finished_for_good(state: str, trial_folder: Path) -> bool:
     """Run to its end or stopped early (TERMINATED), or failed for good (it diverged); a trial that
     failed otherwise is continued by `resume`, from the checkpoints it keeps."""
-    return state == "TERMINATED" or (state == "ERROR" and diverged(trial_folder))
+    return state == TERMINATED or (state == ERROR and diverged(trial_folder))
 
 
-def prune_finished(trials) -> None:
+def prune_finished(records: list[TrialRecord]) -> None:
     """Prunes every finished trial of a finished sweep: those that finished while no driver watched
     (a driver killed between a trial's end and its prune, then resumed) included."""
-    for trial in trials:
-        if finished(trial):
-            prune(trial)
+    trials = {record.ray_id: record for record in records}  # a fused trial's points share its folder
+    for record in trials.values():
+        if trial_finished(record):
+            prune(record)
 
 
 # ---------------------------------------------------------------- `tvae-sweep prune`

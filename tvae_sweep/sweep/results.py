@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..config import ConfigError, dump_yaml
 from ..metrics import is_metric, metric_mode, metric_order
-from .fusion import expand
+from .records import TERMINATED, TrialRecord, saved_records
 from .space import trial_run_config
 from .spec import SweepSpec
 
@@ -24,34 +24,27 @@ def _finite(value: Any) -> bool:
 
 def trials_frame(path: str) -> pd.DataFrame:
     """The trials table of the sweep whose Ray experiment is at `path`."""
-    from ray.tune import ExperimentAnalysis
-
-    return frame_of(ExperimentAnalysis(path).trials)
+    return frame_of(saved_records(path))
 
 
-def frame_of(trials, finished_ids: set[str] = frozenset()) -> pd.DataFrame:
+def frame_of(records: list[TrialRecord]) -> pd.DataFrame:
     """One row per trial (per point of a fused trial): id, state, config, final and best metrics,
-    epochs, run time, node, error, checkpoint. Trials in `finished_ids` count as finished even if
-    Ray has not marked them yet (a callback's on_trial_complete runs before it does)."""
+    epochs, run time, node, error, checkpoint."""
     rows = []
-    for trial in expand(trials):
-        last = trial.last_result or {}
-        best = last.get("best") or {}  # over the trial's whole history (see trainable.best_metrics)
-        finished = getattr(trial, "ray_id", trial.trial_id) in finished_ids and trial.status != "ERROR"
-        state = "TERMINATED" if finished else trial.status
-        row: dict[str, Any] = {"trial_id": trial.trial_id, "state": state}
-        row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
+    for record in records:
+        last, best = record.last, record.best
+        row: dict[str, Any] = {"trial_id": record.trial_id, "state": record.state}
+        row.update({f"config/{k}": v for k, v in sorted(record.config.items())})
         for metric in sorted(filter(is_metric, last), key=metric_order):
             if _numeric(last[metric]):
                 row[f"final/{metric}"] = last[metric]
             if _numeric(best.get(metric)):
                 row[f"best/{metric}"] = best[metric]
-        row["epochs"] = last.get("training_iteration", 0)
-        row["time_s"] = last.get("time_total_s", float("nan"))
-        row["node_id"] = last.get("node_id")
-        row["error"] = _error_text(trial)
-        checkpoint = trial.checkpoint
-        row["checkpoint"] = checkpoint.path if checkpoint is not None else None
+        row["epochs"] = record.epochs
+        row["time_s"] = record.time_s
+        row["node_id"] = record.node_id
+        row["error"] = record.error
+        row["checkpoint"] = record.checkpoint.path if record.checkpoint is not None else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -63,25 +56,9 @@ def ranked(frame: pd.DataFrame, metric: str, top: int | None = None, mode: str |
     if frame.empty or column not in frame:
         return frame.iloc[0:0]
     finite = frame[column].map(_finite)
-    ordered = frame[(frame["state"] == "TERMINATED") & finite].sort_values(
+    ordered = frame[(frame["state"] == TERMINATED) & finite].sort_values(
         column, ascending=(mode or metric_mode(metric)) == "min", kind="stable")
     return ordered if top is None else ordered.head(top)
-
-
-def last_line(text: str) -> str:
-    """The last line of a traceback: the exception and its message."""
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "failed"
-
-
-def _error_text(trial) -> str | None:
-    """The last line of the trial's error, if it failed."""
-    if trial.status != "ERROR":
-        return None
-    if getattr(trial, "error", None):  # a fused trial's point that failed alone
-        return last_line(trial.error)
-    path = Path(trial.path) / "error.txt"
-    return last_line(path.read_text() if path.is_file() else "")
 
 
 def write_table(frame: pd.DataFrame, out: str | Path) -> Path:
@@ -102,13 +79,17 @@ def pareto_trials(frame: pd.DataFrame, metrics: list[str], modes: list[str]) -> 
     columns = [f"final/{m}" for m in metrics]
     if any(c not in frame for c in columns):
         return frame.iloc[0:0]
-    done = frame[(frame["state"] == "TERMINATED")]
+    done = frame[(frame["state"] == TERMINATED)]
     done = done[done[columns].map(_finite).all(axis=1)]
     signs = [1.0 if mode == "max" else -1.0 for mode in modes]  # every objective as "higher is better"
-    scores = [[sign * float(row[c]) for c, sign in zip(columns, signs)] for _, row in done.iterrows()]
-    dominated = lambda a, b: all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
-    keep = [i for i, a in enumerate(scores) if not any(dominated(a, b) for b in scores)]
+    scores = [[sign * float(row[c]) for c, sign in zip(columns, signs, strict=True)] for _, row in done.iterrows()]
+    keep = [i for i, a in enumerate(scores) if not any(_dominated(a, b) for b in scores)]
     return done.iloc[keep].sort_values(columns[0], ascending=modes[0] == "min")
+
+
+def _dominated(a: list[float], b: list[float]) -> bool:
+    """`b` at least as good as `a` on every objective and better on one (higher is better)."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
 def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out: str | Path) -> list[Path]:
@@ -132,7 +113,8 @@ def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out
                   f"# checkpoint: {row['checkpoint']}\n")
         if spec.search.replicates > 1:  # the trial's value is the mean over its seeds
             seeds = ",".join(str(run.train.seed + i) for i in range(spec.search.replicates))
-            header += f"# trained under {spec.search.replicates} seeds: tvae-sweep train {path.name} --output DIR --seeds {seeds}\n"
+            header += (f"# trained under {spec.search.replicates} seeds: "
+                       f"tvae-sweep train {path.name} --output DIR --seeds {seeds}\n")
         dump_yaml(run.to_dict(), path)
         path.write_text(header + path.read_text())
         written.append(path)

@@ -153,7 +153,8 @@ def check_space(spec: SweepSpec) -> list[RunConfig]:
     for i, point in enumerate(spec.search.warm_start):
         for key in point:
             if key not in spec.space:
-                raise ConfigError(f"search.warm_start[{i}].{key}: not a searched key; searched: {', '.join(spec.space)}")
+                raise ConfigError(f"search.warm_start[{i}].{key}: not a searched key; "
+                                  f"searched: {', '.join(spec.space)}")
         runs.append(_check_config(base, {**point}, f"search.warm_start[{i}]"))
     if not spec.space:
         return runs + [spec.run]
@@ -179,7 +180,7 @@ def _corners(spec: SweepSpec) -> list[dict[str, Any]]:
             extremes[key] = list(p.values)
     keys = list(extremes)
     combos = itertools.islice(itertools.product(*(extremes[k] for k in keys)), 256)
-    corners = [dict(zip(keys, c)) for c in combos]
+    corners = [dict(zip(keys, c, strict=True)) for c in combos]
     return [_clip_to_max_from(spec, c) for c in corners]
 
 

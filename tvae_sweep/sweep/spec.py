@@ -1,25 +1,42 @@
 """The sweep spec: a training config (data, model, train) plus space, search, resources, tracking, storage.
 
 Everything is checked before anything starts; every problem is a ConfigError whose message is one
-line naming the field and what is allowed.
+line naming the field and what is allowed. The models share the config's strict base and types: a
+count refuses true and 'many', an unknown key is named with the allowed ones.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from ..config import SECTIONS, ConfigError, RunConfig, apply_overrides, read_yaml, run_config_from_dict, set_path
+from ..config import (
+    SECTIONS,
+    Bool,
+    ConfigError,
+    Count,
+    Float,
+    Int,
+    Positive,
+    RunConfig,
+    Schema,
+    Setting,
+    Str,
+    apply_overrides,
+    at_least,
+    read_yaml,
+    rule,
+    run_config_from_dict,
+    set_path,
+)
 
 RUN_SECTIONS = tuple(SECTIONS)  # data, model, train
+PROFILE = Setting("--profile", key="profile")  # else the first profile the spec lists
+Mode = Literal["min", "max"]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ParamSpec(Strict):
+class ParamSpec(Schema):
     """One searched config key.
 
     type int / float: low..high (step, log); categorical: a list of values; preset: named bundles of
@@ -29,49 +46,55 @@ class ParamSpec(Strict):
     """
 
     type: Literal["int", "float", "categorical", "preset"] | None = None
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
-    log: bool = False
-    values: list[Any] | dict[str, dict[str, Any]] | None = None
-    when: dict[str, list[Any]] | None = None
-    max_from: str | None = None
-    same_as: str | None = None
+    low: Float | None = None
+    high: Float | None = None
+    step: Float | None = None
+    log: Bool = False
+    values: list[Any] | dict[Str, dict[Str, Any]] | None = None
+    when: dict[Str, list[Any]] | None = None
+    max_from: Str | None = None
+    same_as: Str | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> ParamSpec:
         if self.same_as is not None:
             if self.type is not None or self.values is not None or self.low is not None:
                 raise ValueError("same_as copies another key: give it alone")
-            return self
-        if self.type is None:
+        elif self.type is None:
             raise ValueError("needs a type: int, float, categorical or preset (or same_as: KEY)")
-        if self.type in ("int", "float"):
-            if self.low is None or self.high is None:
-                raise ValueError(f"type {self.type} needs low and high")
-            if self.low > self.high:
-                raise ValueError(f"empty range: low {self.low:g} > high {self.high:g}")
-            if self.log and self.low <= 0:
-                raise ValueError("a log range needs low > 0")
-            if self.log and self.step is not None:
-                raise ValueError("log and step cannot be combined")
-            if self.step is not None and self.step <= 0:
-                raise ValueError("step must be > 0")
-            if self.type == "int" and any(v is not None and not float(v).is_integer()
-                                          for v in (self.low, self.high, self.step)):
-                raise ValueError("type int needs integer low, high and step")
-            if self.values is not None:
-                raise ValueError(f"type {self.type} takes low/high, not values")
+        elif self.type in ("int", "float"):
+            self._check_range()
         else:
-            if not self.values:
-                raise ValueError(f"type {self.type} needs a non-empty list of values")
-            if self.type == "preset" and not isinstance(self.values, dict):
-                raise ValueError("type preset needs values as {name: {config.key: value}}")
-            if self.type == "categorical" and not isinstance(self.values, list):
-                raise ValueError("type categorical needs values as a list")
-            if self.low is not None or self.high is not None or self.step is not None or self.log:
-                raise ValueError(f"type {self.type} takes values, not low/high/step/log")
+            self._check_values()
         return self
+
+    def _check_range(self) -> None:
+        """type int or float: low..high, with a step or on a log scale."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"type {self.type} needs low and high")
+        if self.low > self.high:
+            raise ValueError(f"empty range: low {self.low:g} > high {self.high:g}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.step is not None and self.step <= 0:
+            raise ValueError("step must be > 0")
+        if self.type == "int" and any(v is not None and not v.is_integer() for v in (self.low, self.high, self.step)):
+            raise ValueError("type int needs integer low, high and step")
+        if self.values is not None:
+            raise ValueError(f"type {self.type} takes low/high, not values")
+
+    def _check_values(self) -> None:
+        """type categorical or preset: a non-empty list, or named bundles."""
+        if not self.values:
+            raise ValueError(f"type {self.type} needs a non-empty list of values")
+        if self.type == "preset" and not isinstance(self.values, dict):
+            raise ValueError("type preset needs values as {name: {config.key: value}}")
+        if self.type == "categorical" and not isinstance(self.values, list):
+            raise ValueError("type categorical needs values as a list")
+        if self.low is not None or self.high is not None or self.step is not None or self.log:
+            raise ValueError(f"type {self.type} takes values, not low/high/step/log")
 
     def depends_on(self) -> list[str]:
         keys = list(self.when or {})
@@ -79,22 +102,25 @@ class ParamSpec(Strict):
         return keys
 
 
-class SearchSpec(Strict):
+class SearchSpec(Schema):
+    section: ClassVar[str] = "search"
+
     algorithm: Literal["tpe", "gp", "cmaes", "random", "grid"] = "tpe"
-    metric: str | list[str] = "log_likelihood"
-    mode: Literal["min", "max"] | list[Literal["min", "max"]] = "max"
-    num_trials: int = Field(8, ge=1)
-    max_concurrent: int = Field(2, ge=1)
-    seed: int = 0
-    warm_start: list[dict[str, Any]] = Field(default_factory=list)
+    metric: Str | list[Str] = "log_likelihood"
+    mode: Mode | list[Mode] = "max"
+    num_trials: Count = 8
+    max_concurrent: Count = 2
+    seed: Int = 0
+    warm_start: list[dict[Str, Any]] = Field(default_factory=list)
     scheduler: Literal["asha", "fifo", "pbt"] = "asha"
-    grace_period: int = Field(1, ge=1)  # asha: epochs before a trial may be stopped
-    reduction_factor: float = Field(2.0, gt=1)  # asha: 1/reduction_factor of the trials go on at each rung
-    n_startup_trials: int = Field(4, ge=1)  # tpe, gp, cmaes: random trials before the model-based ones
-    perturbation_interval: int = Field(2, ge=1)  # pbt: epochs between exploit-and-explore steps
-    mutate: list[str] = Field(default_factory=list)  # pbt: the searched keys it may change
-    replicates: int = Field(1, ge=1)  # each trial's config trained under this many seeds, fused; reports their mean
-    fuse: bool = False  # grid: the points that share the network's shapes trained as one fused trial
+    grace_period: Count = 1  # asha: epochs before a trial may be stopped
+    # asha: 1/reduction_factor of the trials go on at each rung
+    reduction_factor: Annotated[Float, rule(lambda v: v > 1, "must be > 1")] = 2.0
+    n_startup_trials: Count = 4  # tpe, gp, cmaes: random trials before the model-based ones
+    perturbation_interval: Count = 2  # pbt: epochs between exploit-and-explore steps
+    mutate: list[Str] = Field(default_factory=list)  # pbt: the searched keys it may change
+    replicates: Count = 1  # each trial's config trained under this many seeds, fused; reports their mean
+    fuse: Bool = False  # grid: the points that share the network's shapes trained as one fused trial
 
     @field_validator("fuse")
     @classmethod
@@ -123,10 +149,12 @@ class SearchSpec(Strict):
         return len(self.metrics) > 1
 
 
-class ResourcesSpec(Strict):
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
-    reuse_actors: bool = True  # a finished trial's worker process runs the next trial (no new process)
+class ResourcesSpec(Schema):
+    section: ClassVar[str] = "resources"
+
+    cpus_per_trial: Positive = 1.0
+    gpus_per_trial: Annotated[Float, at_least(0)] = 0.0
+    reuse_actors: Bool = True  # a finished trial's worker process runs the next trial (no new process)
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -136,27 +164,31 @@ class ResourcesSpec(Strict):
         return value
 
 
-class TrackingSpec(Strict):
+class TrackingSpec(Schema):
     """MLflow: the store's URI (--tracking-uri and $MLFLOW_TRACKING_URI win over it; default
     sqlite:///<results>/mlflow.db), the experiment (default: the sweep's name), and where a new
     experiment keeps its artifacts (default: <results>/mlartifacts for SQLite, the server's choice
     for an http:// server)."""
 
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str | None = None
-    artifact_location: str | None = None
+    section: ClassVar[str] = "tracking"
+
+    enabled: Bool = True
+    uri: Str | None = None
+    experiment: Str | None = None
+    artifact_location: Str | None = None
 
 
-class StorageSpec(Strict):
+class StorageSpec(Schema):
     """Where Ray keeps trial results and checkpoints: the sweep's folder under the results directory
     (None), a folder, or an object store URI (s3://, gs://, abfss://...). On a cluster of several
     nodes every node must reach it: an object store URI, or a folder mounted at the same path on
     every node, declared with shared: true."""
 
-    path: str | None = None
-    shared: bool = False
-    keep_checkpoints: int = Field(2, ge=1)
+    section: ClassVar[str] = "storage"
+
+    path: Str | None = None
+    shared: Bool = False
+    keep_checkpoints: Count = 2
 
     @field_validator("shared")
     @classmethod
@@ -170,13 +202,13 @@ class StorageSpec(Strict):
         return value
 
 
-class SweepSpec(Strict):
-    name: str | None = None
-    profile: str | None = None  # the profile the spec was resolved with (see select_profile)
-    data: dict[str, Any] = Field(default_factory=dict)
-    model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
-    space: dict[str, ParamSpec] = Field(default_factory=dict)
+class SweepSpec(Schema):
+    name: Str | None = None
+    profile: Str | None = None  # the profile the spec was resolved with (see select_profile)
+    data: dict[Str, Any] = Field(default_factory=dict)
+    model: dict[Str, Any] = Field(default_factory=dict)
+    train: dict[Str, Any] = Field(default_factory=dict)
+    space: dict[Str, ParamSpec] = Field(default_factory=dict)
     search: SearchSpec = Field(default_factory=SearchSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
@@ -198,41 +230,6 @@ class SweepSpec(Strict):
         return {s: dict(getattr(self, s)) for s in RUN_SECTIONS}
 
 
-# ---------------------------------------------------------------- errors as one line
-
-
-def format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    if isinstance(first.get("ctx", {}).get("error"), ConfigError):  # data, model or train: one line already
-        return str(first["ctx"]["error"])
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
-    if first["type"] == "literal_error":
-        return f"{loc}: {msg}, got {first.get('input')!r}"
-    return f"{loc}: {msg}" + (f", got {first['input']!r}" if first["type"].endswith(("_type", "_parsing")) else "")
-
-
-def check_unknown_keys(raw: dict) -> None:
-    """Names the allowed keys for an unknown one, which pydantic does not."""
-    fields = {"": SweepSpec, "search": SearchSpec, "resources": ResourcesSpec,
-              "tracking": TrackingSpec, "storage": StorageSpec}
-    for section, cls in fields.items():
-        node = raw if not section else raw.get(section)
-        if not isinstance(node, dict):
-            continue
-        for key in node:
-            if key not in cls.model_fields:
-                where = f"{section}.{key}" if section else key
-                raise ConfigError(f"{where}: unknown key; allowed: {', '.join(cls.model_fields)}")
-    for key, param in (raw.get("space") or {}).items():
-        if isinstance(param, dict):
-            for k in param:
-                if k not in ParamSpec.model_fields:
-                    raise ConfigError(f"space.{key}.{k}: unknown key; allowed: {', '.join(ParamSpec.model_fields)}")
-
-
 def select_profile(raw: dict, profile: str | None = None) -> dict:
     """The spec with one of its profiles applied, and the profiles section removed.
 
@@ -247,7 +244,7 @@ def select_profile(raw: dict, profile: str | None = None) -> dict:
         return raw
     if not isinstance(profiles, dict) or not profiles or not all(isinstance(p, dict) for p in profiles.values()):
         raise ConfigError("profiles: must map each profile name to {section.key: value}")
-    name = profile or raw.get("profile") or next(iter(profiles))
+    name = PROFILE.pick(profile, raw.get("profile"), next(iter(profiles)))[0]
     if name not in profiles:
         raise ConfigError(f"profile {name!r}: no such profile; the spec has: {', '.join(profiles)}")
     out = {k: v for k, v in raw.items() if k != "profiles"}

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from ..config import ConfigError, RunConfig
 from ..metrics import reported_metrics
 from .pbt import check_pbt
 from .space import check_space
-from .spec import SweepSpec, check_unknown_keys, format_validation_error, read_spec
+from .spec import SweepSpec, read_spec
 
 
 def config_keys(run: RunConfig) -> set[str]:
@@ -25,7 +23,7 @@ def check_objectives(spec: SweepSpec, runs: list[RunConfig]) -> None:
     """Every objective is reported by every trial the space can produce (Tune needs it in each report)."""
     reported = [set(reported_metrics(run)) for run in runs]
     for metric in spec.search.metrics:
-        missing = [run for run, names in zip(runs, reported) if metric not in names]
+        missing = [run for run, names in zip(runs, reported, strict=True) if metric not in names]
         if len(missing) == len(runs):
             raise ConfigError(f"search.metric: no trial reports {metric!r}; reported: "
                               f"{', '.join(sorted(set().union(*reported)))}")
@@ -48,7 +46,8 @@ def check_search(spec: SweepSpec, run: RunConfig) -> None:
     if s.mutate and s.scheduler != "pbt":
         raise ConfigError("search.mutate: only the pbt scheduler mutates keys; remove it or set scheduler: pbt")
     if s.multi_objective and s.scheduler != "fifo":
-        raise ConfigError(f"search.scheduler: {s.scheduler} stops trials on one metric; with several objectives use fifo")
+        raise ConfigError(f"search.scheduler: {s.scheduler} stops trials on one metric; "
+                          "with several objectives use fifo")
     if s.multi_objective and s.algorithm == "cmaes":
         raise ConfigError("search.algorithm: cmaes has one objective; use tpe, gp or random for a Pareto front")
     if s.replicates > 1 and "train.seed" in searched_keys(spec):
@@ -93,14 +92,10 @@ def load_spec(path: str | Path, overrides: list[str] = (), profile: str | None =
 
 def spec_from_dict(raw: dict) -> SweepSpec:
     """Parses and checks a raw spec; raises ConfigError with one line on any problem."""
-    check_unknown_keys(raw)
     if not raw.get("space"):
         raise ConfigError("space: the spec searches nothing; give the keys to search, "
                           "or run one config with `tvae-sweep train CONFIG --output DIR`")
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+    spec = SweepSpec.parse(raw)
     run = spec.run
     check_space_keys(spec, run)
     check_search(spec, run)

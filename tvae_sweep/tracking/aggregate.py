@@ -1,8 +1,9 @@
 """Which topographic structure gives equivariant capsules: the sweep's metrics per searched axis.
 
 Input is a trials frame (one row per trial: trial_id, state, config/<key>, final/<metric>), as
-`tvae_sweep.sweep.results.frame_of` builds it from Ray's trials, live or saved. For each searched key, over the finished trials: mean, std, best and count of each metric
-per value of the key. Continuous keys with many values are cut into quantile bins.
+`tvae_sweep.sweep.results.frame_of` builds it from trial records, live or saved. For each searched
+key, over the finished trials: mean, std, best and count of each metric per value of the key.
+Continuous keys with many values are cut into quantile bins.
 """
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import best_of, is_metric, metric_order
+from ..sweep.records import TERMINATED
 from ..sweep.results import pareto_trials
 from ..sweep.spec import ParamSpec, SweepSpec
 
 TRAINING_ONLY = ("loss", "train_loss")  # the aggregates leave out the objective's own training terms
-TERMINATED = "TERMINATED"  # a finished trial in Ray
 MAX_VALUES = 8  # a numeric key with more distinct values than this is binned
 BINS = 5
 STATS = ("mean", "std", "best", "count")
@@ -71,7 +72,12 @@ def axis_values(frame: pd.DataFrame, key: str, param: ParamSpec) -> pd.Series:
         if all(float(v).is_integer() for v in present) and param.type != "float":
             return values.astype("Int64")
         return values
-    return values.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(object)
+    return values.map(_label).astype(object)
+
+
+def _label(value: Any) -> str | None:
+    """A categorical value as text; None where the key was not sampled."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def _bins(values: pd.Series) -> pd.Series:

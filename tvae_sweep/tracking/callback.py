@@ -1,19 +1,21 @@
 """The Tune callback that keeps MLflow in step with a sweep: Tune's hooks, adapted to a TrialLog.
 
-Tune calls the hooks in its loop, and a trial waits at each report until the loop is through, so
-they only read what they need of the trials and hand the MLflow writes to the log's thread.
+Each hook turns the Ray trial it is given into trial records (sweep/records.py: one per point of a
+fused trial) and hands the MLflow writes to the log's thread: Tune calls the hooks in its loop, and
+a trial waits at each report until the loop is through.
 """
 from __future__ import annotations
 
 import functools
 from typing import Any
 
+from ray import tune
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
-from ..sweep.fusion import expand, point_checkpoint
-from ..sweep.results import frame_of, last_line, trials_frame
-from .trial_log import TrialLog, TrialView
+from ..sweep.records import ERROR, TrialRecord, records_of, saved_records
+from ..sweep.results import frame_of
+from .trial_log import TrialLog
 
 NOT_METRICS = set(AUTO_RESULT_KEYS) | {DONE, SHOULD_CHECKPOINT, TRIAL_ID, EXPERIMENT_TAG, "node_id", "device"}
 
@@ -22,12 +24,15 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def metrics_of(record: TrialRecord) -> dict[str, float]:
+    """The numbers of the record's last report that are metrics, not Ray's bookkeeping."""
+    return {k: v for k, v in record.last.items() if k not in NOT_METRICS and _number(v)}
+
+
 def saved_trial_ids(sweep) -> set[str]:
     """The trials in Ray's saved experiment of the sweep (none before its first save)."""
-    from ray import tune
-
     path = sweep.read_state()["experiment_path"]
-    return set(trials_frame(path)["trial_id"]) if tune.Tuner.can_restore(path) else set()
+    return {r.trial_id for r in saved_records(path)} if tune.Tuner.can_restore(path) else set()
 
 
 def hook(method):
@@ -42,6 +47,7 @@ def hook(method):
 class MlflowTracking(Callback):
     def __init__(self, log: TrialLog):
         self.log = log
+        self.finished: set[str] = set()  # Ray trials whose on_trial_complete ran (Ray marks them later)
 
     @classmethod
     def start(cls, spec, sweep, uri_option: str | None = None) -> MlflowTracking:
@@ -49,61 +55,49 @@ class MlflowTracking(Callback):
 
     # Ray pickles the run config (with its callbacks) into the experiment: the settings only
     def __getstate__(self) -> dict:
-        return {"log": self.log.settings()}
+        return {"log": self.log.settings(), "finished": set()}
 
     # ------------------------------------------------------------ Tune's hooks
 
     @hook
     def on_trial_start(self, iteration, trials, trial, **info):
-        for view in views(trial):
-            self.log.later("on_trial_start", lambda v: self.log.mark_running(self.log.child(v)), view)
+        for record in records_of([trial]):
+            self.log.later("on_trial_start", self.log.children.mark_running, record)
 
     @hook
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        for point in expand([trial], result):
-            view = TrialView.of(point)
-            if getattr(point, "error", None):  # a fused trial's point that failed alone
-                self.log.later("on_trial_result", self.log.log_error, view, point.error)
-                continue
-            own = result if point is trial else point.last_result
-            metrics = {k: v for k, v in own.items() if k not in NOT_METRICS and _number(v)}
-            self.log.later("on_trial_result", self.log.log_result, view, dict(own), metrics)
+        for record in records_of([trial], result):
+            if record.state == ERROR:  # a fused trial's point that failed alone
+                self.log.later("on_trial_result", self.log.children.log_error, record)
+            else:
+                self.log.later("on_trial_result", self.log.children.log_result, record, metrics_of(record))
 
     @hook
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        for point in expand([trial]):
-            own = checkpoint if point is trial else point_checkpoint(checkpoint, point.index)
-            self.log.later("on_checkpoint", self.log.log_checkpoint, TrialView.of(point), own)
+        for record in records_of([trial], checkpoint=checkpoint):
+            self.log.later("on_checkpoint", self.log.children.log_checkpoint, record)
 
     @hook
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.log.finished.add(trial.trial_id)
-        frame = frame_of(trials, self.log.finished)
-        for point in expand([trial]):
-            if getattr(point, "error", None):
-                self.log.later("on_trial_complete", self.log.log_error, TrialView.of(point), point.error)
-            else:
-                self.log.later("on_trial_complete", self.log.log_complete, TrialView.of(point), frame)
+        self.finished.add(trial.trial_id)
+        records = records_of(trials, finished=self.finished)
+        for record in records:
+            if record.ray_id != trial.trial_id:
+                continue
+            done = self.log.children.log_error if record.state == ERROR else self.log.children.log_complete
+            self.log.later("on_trial_complete", done, record)
+        self.log.later("on_trial_complete", self.log.parent.publish, frame_of(records), False)
 
     @hook
     def on_trial_recover(self, iteration, trials, trial, **info):
-        tags = {"tvae_sweep.retries": trial.num_failures,
-                "tvae_sweep.last_error": last_line(self.log.error_text(trial))}
-        for view in views(trial):
-            self.log.later("on_trial_recover", lambda v: self.log.runs.set_tags(self.log.child(v).run_id, tags), view)
+        for record in records_of([trial]):
+            self.log.later("on_trial_recover", self.log.children.log_retry, record)
 
     @hook
     def on_trial_error(self, iteration, trials, trial, **info):
-        text = self.log.error_text(trial)
-        for view in views(trial):
-            self.log.later("on_trial_error", self.log.log_error, view, text)
+        for record in records_of([trial]):
+            self.log.later("on_trial_error", self.log.children.log_error, record)
 
     @hook
     def on_experiment_end(self, trials, **info):
-        states = {point.trial_id: point.status for point in expand(trials)}
-        self.log.later("on_experiment_end", self.log.log_killed, states)
-
-
-def views(trial) -> list[TrialView]:
-    """The trial as the tracking sees it: itself, or each point of a fused trial."""
-    return [TrialView.of(point) for point in expand([trial])]
+        self.log.later("on_experiment_end", self.log.children.log_killed, records_of(trials))

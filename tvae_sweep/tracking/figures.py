@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from ..sweep.spec import SweepSpec
 from .aggregate import axis_values, finished, pareto_front, reported_metrics
@@ -102,8 +103,6 @@ def _short(value) -> str:
 
 def traversals_figure(images: list[tuple[str, Path]], columns: int | None = None) -> Figure | None:
     """Pictures (traversals, forecasts, maps) in a grid of `columns` (default: one row), each titled."""
-    from PIL import Image
-
     images = [(title, Path(p)) for title, p in images if p and Path(p).is_file()]
     if not images:
         return None
@@ -117,7 +116,7 @@ def traversals_figure(images: list[tuple[str, Path]], columns: int | None = None
     axes = fig.subplots(rows, columns, squeeze=False).flatten()
     for ax in axes:
         ax.axis("off")
-    for ax, (title, _), picture in zip(axes, images, pictures):
+    for ax, (title, _), picture in zip(axes, images, pictures, strict=False):  # the grid's last row may have gaps
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(title, fontsize=8)
     return fig

@@ -17,7 +17,8 @@ FIGURES = (("pareto.png", "Likelihood against equivariance ratio (Pareto front)"
            ("metrics_by_axis.png", "Each metric against each searched key"),
            ("best_traversals.png", "Traversals of the best trials"),
            ("forecasts.png", "Forecasts: each model's best trial, from half a test sequence (the paper's Figure 1)"),
-           ("topographic_maps.png", "Topographic maps: each model's best trial, units coloured by the digit class they prefer (Figure 3)"))
+           ("topographic_maps.png",
+            "Topographic maps: each model's best trial, units coloured by the digit class they prefer (Figure 3)"))
 
 
 def fmt(value) -> str:
@@ -33,7 +34,8 @@ def rows(table: pd.DataFrame, key: str) -> list[list[str]]:
     out, previous = [], object()
     for _, row in table.iterrows():
         value = row[key]
-        shown = NOT_SAMPLED if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) else fmt(value)
+        missing = value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+        shown = NOT_SAMPLED if missing else fmt(value)
         out.append([shown if shown != previous else "", row["metric"], *(fmt(row[s]) for s in STATS)])
         previous = shown
     return out
@@ -52,8 +54,11 @@ def text_table(table: pd.DataFrame, key: str) -> str:
     cells = rows(table, key)
     if not cells:
         return f"{key}: no finished trial yet"
-    widths = [max(len(c) for c in column) for column in zip(header, *cells)]
-    align = lambda row: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    widths = [max(len(c) for c in column) for column in zip(header, *cells, strict=True)]
+
+    def align(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
     return "\n".join([align(header), align(["-" * w for w in widths]), *map(align, cells)])
 
 
@@ -71,9 +76,14 @@ def wide_markdown(wide: pd.DataFrame, key: str) -> str:
     metrics = [c.removesuffix("_mean") for c in wide.columns if c.endswith("_mean")]
     plain = [m for m in metrics if not m.endswith(DERIVED)]
     with_init = [m for m in plain if f"{m}_init" in metrics]
-    cell = lambda row, m: f"{fmt(row[f'{m}_mean'])} ± {fmt(row[f'{m}_std'])}"
-    twin = lambda row, m: (f"{cell(row, m)} (init {cell(row, f'{m}_init')}; learned "
-                           f"{cell(row, f'{m}_learned') if f'{m}_learned_mean' in row else '-'})")
+
+    def cell(row: pd.Series, m: str) -> str:
+        return f"{fmt(row[f'{m}_mean'])} ± {fmt(row[f'{m}_std'])}"
+
+    def twin(row: pd.Series, m: str) -> str:
+        learned = cell(row, f"{m}_learned") if f"{m}_learned_mean" in row else "-"
+        return f"{cell(row, m)} (init {cell(row, f'{m}_init')}; learned {learned})"
+
     out = []
     for names, show in (([m for m in plain if m not in with_init], cell), (with_init, twin)):
         if not names:
@@ -91,7 +101,8 @@ def summary(frame: pd.DataFrame, spec: SweepSpec, result: Aggregates) -> list[st
         best = result.best
         config = ", ".join(f"{k.removeprefix('config/')}={fmt(v)}" for k, v in best.items()
                            if k.startswith("config/") and fmt(v) != "-")
-        lines.append(f"best trial by {metric} ({mode}): {best['trial_id']}, {metric} {fmt(best[f'final/{metric}'])}; {config}")
+        value = fmt(best[f"final/{metric}"])
+        lines.append(f"best trial by {metric} ({mode}): {best['trial_id']}, {metric} {value}; {config}")
     return lines
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from .store import client, experiment_id, sqlite_file
+
 SWEEP = "tvae_sweep.sweep"
 LAUNCH = "tvae_sweep.launch"
 ROLE = "tvae_sweep.role"  # "sweep" or "trial"
@@ -47,6 +49,14 @@ def _quote(value: str) -> str:
 
 def _clip(values: dict[str, Any], limit: int) -> dict[str, str]:
     return {k: str(v)[:limit] for k, v in values.items()}
+
+
+def _entities():
+    """MLflow's entities. MLflow is imported on a thread while Ray starts (store.prepare), so this
+    module, which the sweep commands import before that, does not import it at its top."""
+    from mlflow import entities  # noqa: PLC0415 MLflow loads on store.prepare's thread, beside Ray's start
+
+    return entities
 
 
 def _now_ms() -> int:
@@ -81,13 +91,11 @@ class SweepRuns:
     # ------------------------------------------------------------ lookups
 
     def _search(self, conditions: list[str], max_results: int | None = None) -> list:
-        from mlflow.entities import ViewType
-
         query = " and ".join(conditions)
         runs, token = [], None
         while True:
             page = self.client.search_runs([self.experiment_id], filter_string=query,
-                                           run_view_type=ViewType.ACTIVE_ONLY,
+                                           run_view_type=_entities().ViewType.ACTIVE_ONLY,
                                            max_results=max_results or 1000, page_token=token,
                                            order_by=["attributes.start_time ASC"])
             runs.extend(page)
@@ -148,13 +156,11 @@ class SweepRuns:
 
     def log_step(self, child: Child, step: int, metrics: dict[str, float], tags: dict[str, str] | None = None) -> bool:
         """Logs one epoch's metrics at `step`, unless that epoch is already logged."""
-        from mlflow.entities import Metric, RunTag
-
         if step <= child.last_step:
             return False
         stamp = _now_ms()
-        batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
-        tag_list = [RunTag(k, v) for k, v in _clip({**(tags or {}), LAST_STEP: step}, MAX_TAG).items()]
+        batch = [_entities().Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        tag_list = [_entities().RunTag(k, v) for k, v in _clip({**(tags or {}), LAST_STEP: step}, MAX_TAG).items()]
         self.client.log_batch(child.run_id, metrics=batch, tags=tag_list)
         child.last_step = step
         return True
@@ -175,17 +181,13 @@ class SweepRuns:
             self.log_params(run.info.run_id, missing)
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in _clip(params, MAX_PARAM).items()]
+        items = [_entities().Param(k, v) for k, v in _clip(params, MAX_PARAM).items()]
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run_id, params=items[i:i + BATCH])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
         if tags:
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _clip(tags, MAX_TAG).items()])
+            self.client.log_batch(run_id, tags=[_entities().RunTag(k, v) for k, v in _clip(tags, MAX_TAG).items()])
 
     def set_status(self, run_id: str, status: str) -> None:
         if status == RUNNING:
@@ -194,11 +196,10 @@ class SweepRuns:
             self.client.set_terminated(run_id, status=status, end_time=_now_ms())
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         stamp = _now_ms()
         if metrics:
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
+            batch = [_entities().Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+            self.client.log_batch(run_id, metrics=batch)
 
     def put_table(self, run_id: str, frame: pd.DataFrame, artifact_file: str) -> None:
         """Logs `frame` as an MLflow table, replacing an earlier version of it (log_table appends)."""
@@ -218,8 +219,6 @@ class SweepRuns:
 
 def locate(store, experiment: str, sweep) -> tuple[str | None, str | None]:
     """(experiment id, parent run id) of a sweep in `store`, without creating anything."""
-    from .store import client, experiment_id, sqlite_file
-
     db = sqlite_file(store.uri)
     if db is not None and not db.is_file():
         return None, None

@@ -6,14 +6,18 @@ results/mlartifacts). MLflow 3 refuses the old ./mlruns file store, so plain fol
 """
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
+from ..config import Setting
 from ..errors import HIDDEN, ConfigError, hidden_password, redact  # noqa: F401 (re-exported)
 
-ENV = "MLFLOW_TRACKING_URI"
+URI = Setting("--tracking-uri", "MLFLOW_TRACKING_URI", "tracking.uri")
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 # tells the MLflow 3 UI that this is a model-training experiment (it asks otherwise)
@@ -73,12 +77,8 @@ def _normalise(uri: str, source: str) -> str:
 def resolve(option: str | None, spec_uri: str | None, results_root: Path,
             spec_artifacts: str | None = None) -> Store:
     """The store to use: --tracking-uri, else $MLFLOW_TRACKING_URI, else the spec's, else the default."""
-    for value, source in ((option, "--tracking-uri"), (os.environ.get(ENV), ENV), (spec_uri, "tracking.uri")):
-        if value:
-            uri = _normalise(value, source)
-            break
-    else:
-        uri, source = default_uri(results_root), "the default store under the results folder"
+    uri, source = URI.pick(option, spec_uri, default_source="the default store under the results folder")
+    uri = default_uri(results_root) if uri is None else _normalise(uri, source)
     return Store(uri, source, artifact_root(uri, spec_artifacts))
 
 
@@ -102,8 +102,6 @@ def check(store: Store) -> None:
         if not os.access(db.parent, os.W_OK):
             raise ConfigError(f"{store.source} {store.shown}: {db.parent} is not writable")
     elif store.is_server:
-        import requests
-
         try:
             answer = requests.get(store.uri.rstrip("/") + "/health", timeout=10)
             answer.raise_for_status()
@@ -143,9 +141,7 @@ def settle() -> None:
 
 
 def _new_client(store: Store):
-    import logging
-
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # noqa: PLC0415 imported on prepare()'s thread, while Ray starts
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial ... tables"
 
@@ -158,15 +154,13 @@ def _new_client(store: Store):
 
 def experiment_id(mlflow_client, name: str, artifact_root: str | None, create: bool = True) -> str | None:
     """The id of experiment `name`, created (with an explicit artifact location) or restored if need be."""
-    from mlflow.exceptions import MlflowException
-
     found = mlflow_client.get_experiment_by_name(name)
     if found is None:
         if not create:
             return None
         try:
             return mlflow_client.create_experiment(name, artifact_location=artifact_root, tags=EXPERIMENT_TAGS)
-        except MlflowException:  # created meanwhile by another driver
+        except Exception:  # created meanwhile by another driver (MLflow's error), else raised again below
             found = mlflow_client.get_experiment_by_name(name)
             if found is None:
                 raise

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import requests
+
 from ..config import ConfigError
 from .store import Store
 
@@ -42,7 +44,8 @@ def command(store: Store, host: str, port: int, allowed_hosts: str | None) -> tu
     env = {"MLFLOW_BACKEND_STORE_URI": store.uri}
     if store.artifact_root:
         # new experiments made in the UI, and proxied uploads, go where the sweeps' artifacts are
-        env |= {"MLFLOW_DEFAULT_ARTIFACT_ROOT": store.artifact_root, "MLFLOW_ARTIFACTS_DESTINATION": store.artifact_root}
+        env |= {"MLFLOW_DEFAULT_ARTIFACT_ROOT": store.artifact_root,
+                "MLFLOW_ARTIFACTS_DESTINATION": store.artifact_root}
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
     return cmd, env
@@ -61,12 +64,11 @@ def check_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as e:
-            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); pass another --port") from None
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); "
+                              "pass another --port") from None
 
 
 def wait_until_up(process: subprocess.Popen, base: str) -> None:
-    import requests
-
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -1,0 +1,144 @@
+"""A trial as tvae-sweep knows it: one `TrialRecord` per trial, one per point of a fused trial.
+
+Ray's Trial is read here and nowhere else: `records_of` turns Ray's trials (live in a Tune hook, or
+as Ray saved them) into records, and the console, the tracking, the trials table, the pruner and
+`collect` read records only. Ray's state names are spelled here once. Importing this module loads
+no Ray: the trials are read by their attributes.
+"""
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .fusion import MEMBERS, PARAMS, POINTS, Point, point_folder
+
+# Ray's trial states
+PENDING, RUNNING, PAUSED, TERMINATED, ERROR = "PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR"
+FINISHED = (TERMINATED, ERROR)
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint folder (or a point's folder inside one) on its filesystem (None: this machine's)."""
+
+    path: str
+    filesystem: Any = None
+
+    @property
+    def kind(self) -> str:
+        return getattr(self.filesystem, "type_name", "local")
+
+    @property
+    def local(self) -> bool:
+        return self.kind == "local"
+
+    def location(self) -> str:
+        """The folder as a path or a URI, for people to read."""
+        return self.path if self.local else f"{self.kind}://{self.path}"
+
+    def folder(self, name: str) -> CheckpointRef:
+        return CheckpointRef(f"{self.path.rstrip('/')}/{name}", self.filesystem)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    trial_id: str  # Ray's trial id; <ray id>_p<i> for the i-th point of a fused trial
+    ray_id: str  # the Ray trial it belongs to
+    state: str  # one of Ray's states; a point that failed alone is ERROR in a trial that ran on
+    config: dict[str, Any]  # the searched values (a point's trial config)
+    last: dict[str, Any]  # the last report: the metrics and Ray's bookkeeping keys
+    best: dict[str, Any] = field(default_factory=dict)  # each metric's best over the trial's history
+    epochs: int = 0
+    time_s: float = float("nan")
+    node_id: str | None = None
+    error: str | None = None  # the last line of the error of a failed trial
+    checkpoint: CheckpointRef | None = None  # the latest checkpoint (a point's folder of it)
+    ray_state: str = ""  # the Ray trial's own state (a fused trial's, for its points)
+    name: str = ""  # Ray's name of the trial
+    path: str = ""  # the Ray trial's folder
+    retries: int = 0  # failures Ray recovered from
+    traceback: str | None = None  # the whole text of its error (or of the last one Ray recovered from)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+def last_line(text: str) -> str:
+    """The last line of a traceback: the exception and its message."""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "failed"
+
+
+def records_of(trials: Iterable, result: dict | None = None, checkpoint=None,
+               finished: Collection[str] = ()) -> list[TrialRecord]:
+    """Ray's trials as records, a fused trial as its points. `result` and `checkpoint`: a report or
+    checkpoint newer than the trial's own (for a single trial, in the hook that receives them);
+    `finished`: ids of trials that have ended though Ray has not marked them yet (a callback's
+    on_trial_complete runs before it does)."""
+    out = []
+    for trial in trials:
+        report = result if result is not None else (trial.last_result or {})
+        saved = checkpoint if checkpoint is not None else trial.checkpoint
+        ref = CheckpointRef(saved.path, saved.filesystem) if saved is not None else None
+        ray_state = TERMINATED if trial.trial_id in finished and trial.status != ERROR else trial.status
+        retries = getattr(trial, "num_failures", 0)
+        text = _error_text(trial) if ray_state == ERROR or retries else None
+        common = dict(ray_id=trial.trial_id, ray_state=ray_state, path=str(trial.path), retries=retries)
+        if POINTS in (trial.config or {}):
+            out += _points(trial, report, ref, text, common)
+        else:
+            out.append(_record(trial.trial_id, ray_state, dict(trial.config), report, ref, text,
+                               name=str(trial), **common))
+    return out
+
+
+def _points(trial, report: dict, ref: CheckpointRef | None, text: str | None, common: dict) -> list[TrialRecord]:
+    """A fused trial's points: each with its config, its own report, its folder of the checkpoint."""
+    members = report.get(MEMBERS) or []
+    whole = {k: v for k, v in report.items() if k != MEMBERS}
+    params = trial.config.get(PARAMS) or [{} for _ in trial.config[POINTS]]
+    out = []
+    for i, (point_params, point_config) in enumerate(zip(params, trial.config[POINTS], strict=True)):
+        own = members[i] if i < len(members) else {}
+        alone = own.get("error")  # a point that failed while the others went on
+        out.append(_record(f"{trial.trial_id}_p{i}", ERROR if alone else common["ray_state"],
+                           Point(point_params, point_config).trial_config, {**whole, **own},
+                           ref and ref.folder(point_folder(i)), alone or text, name=f"{trial}_p{i}", **common))
+    return out
+
+
+def _record(trial_id: str, state: str, config: dict, report: dict, checkpoint: CheckpointRef | None,
+            error: str | None, **common) -> TrialRecord:
+    last = dict(report)
+    return TrialRecord(trial_id=trial_id, state=state, config=config, last=last,
+                       best=dict(last.get("best") or {}),  # over the trial's history (trainable.best_metrics)
+                       epochs=last.get("training_iteration", 0), time_s=last.get("time_total_s", float("nan")),
+                       node_id=last.get("node_id"), error=last_line(error or "") if state == ERROR else None,
+                       checkpoint=checkpoint, traceback=error or None, **common)
+
+
+def _error_text(trial) -> str:
+    """A failed trial's error (traceback included): the error file Ray writes beside the trial's
+    results, else Ray's own record of it, else the driver's copy of the file (which reaches the
+    storage path later, at once after a lost node)."""
+    path = Path(trial.path) / "error.txt"
+    if path.is_file():
+        return path.read_text()
+    try:
+        text = trial.get_error()
+    except Exception:  # the pickled error may be unreadable
+        text = None
+    copy = getattr(trial, "error_file", None)
+    if not text and copy and Path(copy).is_file():
+        text = Path(copy).read_text()
+    return text or ""
+
+
+def saved_records(experiment_path: str) -> list[TrialRecord]:
+    """The records of the trials of the Ray experiment saved at `experiment_path`."""
+    from ray.tune import ExperimentAnalysis  # noqa: PLC0415 records and their readers (MLflow) load no Ray
+
+    return records_of(ExperimentAnalysis(experiment_path).trials)
