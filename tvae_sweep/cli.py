@@ -120,11 +120,12 @@ def train(configs: tuple[Path, ...], output: Path, overrides: tuple[str, ...], o
         bar = progress()
         epoch = next(iter(by_member.values()))["epoch"]
         bar.n = epoch * steps
-        shown = [(f"{name} " if name else "", metrics, ("train_loss",) if name else
-                  ("train_loss", "log_likelihood", "equivariance_error", "equivariance_ratio"))
-                 for name, metrics in by_member.items()]
-        bar.write(f"epoch {epoch}: " + "  ".join(f"{label}{k} {m[k]:.4g}" for label, m, keys in shown
-                                                  for k in keys if k in m))
+        parts = []  # a single run's headline metrics, or each member's training loss
+        for name, metrics in by_member.items():
+            keys = ("train_loss",) if name else ("train_loss", "log_likelihood", "equivariance_error",
+                                                 "equivariance_ratio")
+            parts += [f"{name + ' ' if name else ''}{k} {metrics[k]:.4g}" for k in keys if k in metrics]
+        bar.write(f"epoch {epoch}: " + "  ".join(parts))
 
     try:
         outcome = train_to_directory(members, output, overwrite=overwrite, on_epoch=on_epoch, on_step=on_step)
@@ -134,9 +135,10 @@ def train(configs: tuple[Path, ...], output: Path, overrides: tuple[str, ...], o
         if bars:
             bars[0].close()
     lines, failed = member_summary(outcome)
-    if not failed or lines:
-        click.echo("done: " + ", ".join(f"{output}/{name}/" for name in members if name)
-                   if "" not in members else f"done: {output}/metrics.json, {output}/traversal.png")
+    written = f"{output}/metrics.json, {output}/traversal.png" if "" in members else \
+        ", ".join(f"{output}/{name}/" for name in members)
+    if lines or not failed:
+        click.echo(f"done: {written}")
     for line in lines:
         click.echo(line)
     for name in failed:
