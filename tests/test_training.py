@@ -77,6 +77,22 @@ def test_the_init_metrics_are_measured_once_before_training_and_kept_by_the_chec
     assert resumed.init_metrics == fresh.init_metrics
 
 
+def test_a_single_runs_checkpoint_keeps_its_layout(tiny_config, tmp_path):
+    """state.pt at the top, nn.Linear's weights (out, in) and a scalar mu: checkpoints of single runs
+    written before the model held members load, and this one loads in their place."""
+    trainer = Trainer(tiny_config(train={"epochs": 1}))
+    list(trainer.epochs())
+    trainer.save_checkpoint(tmp_path)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    cfg = trainer.cfg.model
+    pixels, d = 3 * 28 * 28, cfg.latent_dim
+    assert state["model"]["z_encoder.net.0.weight"].shape == torch.nn.Linear(pixels, 3 * d).weight.shape
+    assert state["model"]["decoder.net.4.bias"].shape == (pixels,) and state["model"]["mu"].shape == ()
+    adam = state["optimizer"]["state"]  # by parameter: mu first (the model's own), then the layers'
+    assert adam[0]["exp_avg"].shape == () and adam[1]["exp_avg"].shape == (3 * d, pixels)
+    assert not (tmp_path / "failed.json").exists()
+
+
 def test_a_corrupt_checkpoint_is_refused_with_its_path(tiny_config, tmp_path):
     (tmp_path / "state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="state.pt"):
