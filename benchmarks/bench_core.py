@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tvae_sweep import ModelConfig, build_model
-from tvae_sweep.config import TrainConfig
-from tvae_sweep.model import topographic_energy
-from tvae_sweep.model.topographic import energy_by_rolls
+from tvae_sweep import DataConfig, ModelConfig, TrainConfig, build_model
+from tvae_sweep.data import build_data
+from tvae_sweep.metrics import equivariance_error, permute_frames, roll_prediction
+from tvae_sweep.model import FusedLinear, w_by_rolls
 from tvae_sweep.training import make_optimizer
 
 from .common import QUIET, Timings, interleaved, machine_line, publish
@@ -52,8 +52,9 @@ class ConvEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(x.reshape(-1, *self.image_shape))  # (N, 2D, 1, 1)
-        return out.flatten(1).chunk(2, dim=-1)
+        # x: (K, N, C*H*W), as the model's encoders take it
+        out = self.net(x.reshape(-1, *self.image_shape))  # (K*N, 2D, 1, 1)
+        return out.reshape(*x.shape[:-1], -1).chunk(2, dim=-1)
 
 
 class ConvDecoder(nn.Module):
@@ -69,7 +70,8 @@ class ConvDecoder(nn.Module):
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.net(t.reshape(t.shape[0], -1, 1, 1)).flatten(1)
+        # t: (K, N, D), as the model's decoder takes it
+        return self.net(t.reshape(-1, t.shape[-1], 1, 1)).reshape(*t.shape[:-1], -1)
 
 
 def conv_model(cfg: ModelConfig) -> nn.Module:
@@ -83,8 +85,8 @@ def conv_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
-def linears(module: nn.Module) -> list[nn.Linear]:
-    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+def linears(module: nn.Module) -> list[FusedLinear]:
+    return [m for m in module.modules() if isinstance(m, FusedLinear)]
 
 
 def convs(module: nn.Module) -> list[nn.Module]:
@@ -102,17 +104,18 @@ def copy_dense_into_conv(dense: nn.Module, conv: nn.Module, cfg: ModelConfig) ->
         pairs.append((dense.u_encoder, conv.u_encoder))
     for dense_part, conv_part in pairs:
         for lin, cv in zip(linears(dense_part), convs(conv_part), strict=True):
+            weight, bias = lin.weight[0], lin.bias[0]  # the one member's (in, out) and (out,)
             if isinstance(cv, nn.ConvTranspose2d):
-                cv.weight.copy_(lin.weight.t().reshape(cv.weight.shape))
+                cv.weight.copy_(weight.reshape(cv.weight.shape))
                 if cv.weight.shape[2:] == (1, 1):
-                    cv.bias.copy_(lin.bias)
+                    cv.bias.copy_(bias)
                 else:
-                    per_channel = lin.bias.reshape(c, h * w).mean(1)
+                    per_channel = bias.reshape(c, h * w).mean(1)
                     cv.bias.copy_(per_channel)
-                    lin.bias.copy_(per_channel.repeat_interleave(h * w))
+                    bias.copy_(per_channel.repeat_interleave(h * w))
             else:
-                cv.weight.copy_(lin.weight.reshape(cv.weight.shape))
-                cv.bias.copy_(lin.bias)
+                cv.weight.copy_(weight.t().reshape(cv.weight.shape))
+                cv.bias.copy_(bias)
 
 
 def same_function_error(cfg: ModelConfig, x: torch.Tensor) -> float:
@@ -239,17 +242,20 @@ def energy_steps(cfg: ModelConfig, batch: int) -> dict[str, Callable[[], None]]:
     """v = W(u^2) forward and backward on a (B, S, n_caps, cap_dim) u: as the model computes it
     (one product with the (S*D, S*D) matrix of W) and as the sum of rolls it replaced."""
     u = torch.rand(batch, cfg.seq_len, cfg.n_caps, cfg.cap_dim, requires_grad=True)
-    args = (cfg.coherence_window, cfg.n_off_diag, cfg.shift)
+    model = build_model(cfg)
 
-    def run(energy: Callable[..., torch.Tensor]) -> Callable[[], None]:
+    def by_rolls(u_sq: torch.Tensor) -> torch.Tensor:
+        return w_by_rolls(cfg, u_sq)
+
+    def run(energy: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
         def step() -> None:
-            energy(u * u, *args).sum().backward()
+            energy(u * u).sum().backward()
             u.grad = None
         return step
 
     with torch.no_grad():
-        torch.testing.assert_close(topographic_energy(u * u, *args), energy_by_rolls(u * u, *args))
-    return {"energy_matrix": run(topographic_energy), "energy_rolls": run(energy_by_rolls)}
+        torch.testing.assert_close(model.energy(u * u), by_rolls(u * u))
+    return {"energy_matrix": run(model.energy), "energy_rolls": run(by_rolls)}
 
 
 def step_flops(cfg: ModelConfig, n_images: int) -> float:
@@ -286,8 +292,6 @@ def evaluation_functions(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     """What an evaluation costs on a batch of test sequences x, in its two parts: the 10-sample
     log-likelihood, and the sequence metrics (a forward pass for t, equivariance error of t and of
     frame-shuffled t, roll prediction), as `Trainer.evaluate` computes them."""
-    from tvae_sweep.metrics import equivariance_error, permute_frames, roll_prediction
-
     torch.manual_seed(0)
     model = build_model(MNIST).eval()
     gen = torch.Generator().manual_seed(0)
@@ -306,9 +310,6 @@ def evaluation_functions(x: torch.Tensor) -> dict[str, Callable[[], object]]:
 
 
 def load_data(seed: int = 0):
-    from tvae_sweep.config import DataConfig
-    from tvae_sweep.data import build_data
-
     return build_data(DataConfig(), seq_len=MNIST.seq_len, device="cpu", seed=seed)
 
 

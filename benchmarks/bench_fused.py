@@ -3,15 +3,19 @@
     python -m benchmarks.bench_fused [--quick]
 
 Times, side by side and in alternating rounds, for K = 1, 2, 4, 8 members of the full-size MNIST
-TVAE at 8 sequences each (the paper's batch): one training step of K fused members
-(`FusedTVAE`, as `FusedTrainer` steps it), K single models stepped one after another in the same
-process, and the fused step's matrix products alone (its floor: the same batched products on the
-fused shapes). Each configuration's peak memory is measured in a fresh child process. Prints a
-table and writes it into benchmarks/RESULTS.md.
+TVAE at 8 sequences each (the paper's batch): one training step of K members as one model
+(`TopographicVAE` of K members, as `Trainer` steps it), K single models (K = 1) stepped one after
+another in the same process, and the fused step's matrix products alone (its floor: the same
+batched products on the fused shapes). Each configuration's peak memory is measured in a fresh
+child process. Prints a table and writes it into benchmarks/RESULTS.md.
+
+The torch.func.vmap alternative the fused model was chosen over is no longer timed: the model's
+layers make their weight gradient in a custom autograd Function, which vmap cannot batch.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import subprocess
 import sys
@@ -20,10 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tvae_sweep import ModelConfig, build_model
-from tvae_sweep.config import TrainConfig
+from tvae_sweep import ModelConfig, TrainConfig, build_model
 from tvae_sweep.graphed import GraphedStep
-from tvae_sweep.model.fused import FusedTVAE
+from tvae_sweep.model import TopographicVAE
 from tvae_sweep.training import make_optimizer
 
 from .bench_core import (
@@ -49,18 +52,19 @@ MEMORY_STEPS = 3         # steps a memory child takes before reading its peak
 def fused_step(cfg: ModelConfig, k: int, device: torch.device | str = "cpu",
                graph: bool = False, update: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """x (K, B, S, C, H, W) -> the K members' losses, after forward, backward and the trainer's
-    optimiser, as FusedTrainer._step; each member starts from a single model's initialisation and
-    draws its noise from its own generator (graphed: the default one, as FusedTrainer's).
+    optimiser, as Trainer._step; each member starts from a single model's initialisation and
+    draws its noise from its own generator (graphed: the default one, as Trainer's).
     update=False leaves out the optimiser's step (forward and backward only)."""
     device = torch.device(device)
     torch.manual_seed(0)
-    model = FusedTVAE([cfg] * k).to(device)
-    model.load_member_states([build_model(cfg).state_dict() for _ in range(k)])
+    model = TopographicVAE([cfg] * k)
+    model.load_member_states([build_model(cfg).member_state(0) for _ in range(k)])
+    model.to(device)
     optimizer = make_optimizer(model, TrainConfig(lr=LR, momentum=MOMENTUM, cuda_graph=graph), device)
     generators = [None] * k if graph else [torch.Generator(device).manual_seed(m) for m in range(k)]
 
     def step(x: torch.Tensor) -> torch.Tensor:
-        losses = model(x, generators)
+        losses = model.member_losses(x, generators)
         losses.sum().backward()
         if update:
             optimizer.step()
@@ -77,29 +81,6 @@ def fused_step(cfg: ModelConfig, k: int, device: torch.device | str = "cpu",
         return step(x)
 
     return eager
-
-
-def vmap_step(cfg: ModelConfig, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The alternative the fused model was chosen over: K single models' weights stacked by
-    torch.func and the single model's loss vmapped over them (noise drawn per member by vmap's
-    randomness="different", so a member cannot reproduce its single run), with the same SGD."""
-    from torch.func import functional_call, stack_module_state, vmap
-
-    torch.manual_seed(0)
-    params, buffers = stack_module_state([build_model(cfg) for _ in range(k)])
-    params = {name: p.detach().requires_grad_() for name, p in params.items()}
-    skeleton = build_model(cfg).to("meta")
-    optimizer = torch.optim.SGD(list(params.values()), lr=LR, momentum=MOMENTUM, fused=True)
-    losses = vmap(lambda p, b, x: functional_call(skeleton, (p, b), (x,)).loss, randomness="different")
-
-    def step(x: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = losses(params, buffers, x)
-        loss.sum().backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
 
 
 # ---------------------------------------------------------------- the floor
@@ -149,8 +130,7 @@ def child(mode: str, k: int) -> None:
     torch.manual_seed(0)
     x = (torch.rand(k, BATCH, MNIST.seq_len, *MNIST.image_shape) < 0.3).float()
     if mode == "fused":
-        step = fused_step(MNIST, k)
-        steps = [lambda: step(x)]
+        steps = [functools.partial(fused_step(MNIST, k), x)]
     elif mode == "singles":
         steps = [train_step(build_model(MNIST), x[m]) for m in range(k)]
     else:
@@ -182,11 +162,10 @@ def run(ks: tuple[int, ...], quiet_rounds: int, max_seconds: float) -> dict:
     n_images = BATCH * MNIST.seq_len
     fns: dict[str, Callable[[], object]] = {"single_floor": gemm_floor(MNIST, n_images)}
     for k in ks:
-        step, x = fused_step(MNIST, k), xs[:k].contiguous()
-        fns[f"fused|{k}"] = lambda step=step, x=x: step(x)
-        fns[f"backprop|{k}"] = lambda step=fused_step(MNIST, k, update=False), x=x: step(x)
+        x = xs[:k].contiguous()
+        fns[f"fused|{k}"] = functools.partial(fused_step(MNIST, k), x)
+        fns[f"backprop|{k}"] = functools.partial(fused_step(MNIST, k, update=False), x)
         fns[f"singles|{k}"] = lambda k=k: [s() for s in singles[:k]]
-        fns[f"vmap|{k}"] = lambda step=vmap_step(MNIST, k), x=x: step(x)
         fns[f"floor|{k}"] = fused_floor(MNIST, n_images, k)
     return {"ks": ks, "times": interleaved(fns, quiet_rounds, max_seconds), "memory": memory}
 
@@ -194,20 +173,19 @@ def run(ks: tuple[int, ...], quiet_rounds: int, max_seconds: float) -> dict:
 def table(result: dict) -> tuple[list[str], list[bool]]:
     t: Timings = result["times"]
     mem = result["memory"]
-    lines = ["| K members | fused ms/step | K singles ms | vmap ms | fused seq/s (all members) | singles seq/s "
+    lines = ["| K members | fused ms/step | K singles ms | fused seq/s (all members) | singles seq/s "
              "| fused/singles throughput | fused floor ms | K x single floor ms | fused/floor "
              "| forward+backward/floor | SGD update ms | peak MB fused | peak MB K singles | quiet rounds |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
              "| ---: |"]
     met = []
     for k in result["ks"]:
         fused, singles, floor = f"fused|{k}", f"singles|{k}", f"floor|{k}"
         ratio = t.ratio(fused, floor)
         met.append(ratio <= FLOOR_GOAL)
-        vmapped = f"vmap|{k}"
-        ms = {n: f"{t.median(n) * 1e3:.0f} ({t.fastest(n) * 1e3:.0f})" for n in (fused, singles, floor, vmapped)}
+        ms = {n: f"{t.median(n) * 1e3:.0f} ({t.fastest(n) * 1e3:.0f})" for n in (fused, singles, floor)}
         lines.append(
-            f"| {k} | {ms[fused]} | {ms[singles]} | {ms[vmapped]} | {k * BATCH / t.median(fused):.0f} "
+            f"| {k} | {ms[fused]} | {ms[singles]} | {k * BATCH / t.median(fused):.0f} "
             f"| {k * BATCH / t.median(singles):.0f} | {t.ratio(singles, fused):.2f}x "
             f"| {ms[floor]} | {k * t.median('single_floor') * 1e3:.0f} "
             f"| {ratio:.2f} ({yes(ratio <= FLOOR_GOAL)}) | {t.ratio(f'backprop|{k}', floor):.2f} "
@@ -232,11 +210,10 @@ def report(result: dict, loads: tuple[str, str]) -> str:
         "",
         *lines,
         "",
-        "- **fused**: one step of K members as one `FusedTVAE` (batched products over the members), "
-        "forward, backward and SGD, as `FusedTrainer` steps it. **K singles**: K separate single "
+        "- **fused**: one step of K members as one `TopographicVAE` (batched products over the "
+        "members), forward, backward and SGD, as `Trainer` steps it. **K singles**: K separate single "
         "models, each stepped once, one after another in this process (K single trials as separate "
-        "processes would share the same cores; their summed rate is at best this one). **vmap**: "
-        "the K single models stacked by torch.func and the loss vmapped over them, with the same SGD.",
+        "processes would share the same cores; their summed rate is at best this one).",
         "- **fused floor**: the fused step's matrix products alone, each of the single step's "
         "products (`bench_core.products`) as one `torch.bmm` over the K members' own weights, on "
         "preallocated tensors. **K x single floor**: K times the single step's floor "

@@ -15,15 +15,16 @@ Measures, on the GPU it finds:
   10-sample log-likelihood and equivariance metrics on 10,000 test sequences), from measured rates.
 
 With --fused, instead: K = 1, 3, 6, 15 members of the paper's Table 1 TVAE (ModelConfig(), 8
-sequences per member) as one FusedTVAE step, eager and CUDA-graphed, FP32 and TF32, in summed
-sequences/s and as a fraction of the matrix-product ceiling of the same precision measured in the
-same run; then, for each K in its fastest mode, FusedTrainer's epochs (the members' batch generation
-included); and the GPU-hours of the full Table 1 (18 members x 100 epochs x 60,000 sequences) at the
-best rate of each. Writes benchmarks/records/fused_<gpu>.json (or --out) and prints a table.
+sequences per member) as one model's step (TopographicVAE of K members), eager and CUDA-graphed,
+FP32 and TF32, in summed sequences/s and as a fraction of the matrix-product ceiling of the same
+precision measured in the same run; then, for each K in its fastest mode, Trainer's epochs (the
+members' batch generation included); and the GPU-hours of the full Table 1 (18 members x 100 epochs
+x 60,000 sequences) at the best rate of each. Writes benchmarks/records/fused_<gpu>.json (or --out) and prints a table.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -34,9 +35,7 @@ from pathlib import Path
 
 import torch
 
-from tvae_sweep import ModelConfig
-from tvae_sweep.config import DataConfig, RunConfig, TrainConfig
-from tvae_sweep.fused_training import FusedTrainer
+from tvae_sweep import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tvae_sweep.training import Trainer
 
 from .bench_core import step_flops as all_products_flops
@@ -68,8 +67,9 @@ def gemm_ceiling(n: int = 8192, device: str = "cuda", kinds: tuple[str, ...] = (
         torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
-        sync_time(lambda: a @ b, 3, device)
-        out[f"gemm_{name}_tflops"] = 2 * n**3 / sync_time(lambda: a @ b, 10, device) / 1e12
+        product = functools.partial(torch.matmul, a, b)
+        sync_time(product, 3, device)
+        out[f"gemm_{name}_tflops"] = 2 * n**3 / sync_time(product, 10, device) / 1e12
     torch.backends.cuda.matmul.allow_tf32 = False
     return out
 
@@ -104,7 +104,7 @@ def step_time(batch: int, tf32: bool, cuda_graph: bool = False) -> dict:
 def sample_time(batch: int) -> dict:
     """Milliseconds to generate one training batch of sequences on the GPU (part of every step)."""
     trainer = Trainer(run_config(batch))
-    draw = lambda: trainer.data.sample_train(batch, trainer.generator)
+    draw = functools.partial(trainer.data[0].sample_train, batch, trainer.batches[0])
     draw()
     return {f"sample_ms_b{batch}": sync_time(draw, 20) * 1e3}
 
@@ -161,10 +161,10 @@ def fused_step_rate(cfg: ModelConfig, k: int, batch: int, device: str, graph: bo
 
 
 def fused_trainer_rate(cfg: ModelConfig, k: int, batch: int, device: str, graph: bool, steps: int) -> float:
-    """Summed sequences/s of FusedTrainer's epochs of `steps` steps: the members' batches drawn too."""
+    """Summed sequences/s of Trainer's epochs of K members, `steps` steps: the members' batches drawn too."""
     data = DataConfig(train_sequences=batch * steps, test_sequences=batch)
     train = dict(batch_size=batch, device=torch.device(device).type, optimizer="sgd", cuda_graph=graph)
-    trainer = FusedTrainer([RunConfig(data=data, model=cfg, train=TrainConfig(seed=m, **train)) for m in range(k)])
+    trainer = Trainer([RunConfig(data=data, model=cfg, train=TrainConfig(seed=m, **train)) for m in range(k)])
     trainer.train_epoch()  # warm-up (and the graph's capture)
     return k * batch * steps / sync_time(trainer.train_epoch, 3, device)
 
@@ -196,7 +196,7 @@ def fused_mode(device: str, quick: bool) -> tuple[dict, list[str]]:
             mode = "graph" if graph else "eager"
             for k in ks:
                 key = f"fused_k{k}_{precision}_{mode}_sequences_per_s"
-                rate = attempt(res, key, lambda: fused_step_rate(cfg, k, batch, device, graph, steps))
+                rate = attempt(res, key, functools.partial(fused_step_rate, cfg, k, batch, device, graph, steps))
                 tflops = rate / batch * flops / 1e12
                 share = tflops / res[f"gemm_{precision}_tflops"]
                 res[f"fused_k{k}_{precision}_{mode}_ceiling_fraction"] = share
@@ -206,8 +206,8 @@ def fused_mode(device: str, quick: bool) -> tuple[dict, list[str]]:
     for k, (_, precision, graph) in best.items():
         set_tf32(precision == "tf32")
         rate = attempt(res, f"fused_k{k}_trainer_sequences_per_s",
-                       lambda: fused_trainer_rate(cfg, k, batch, device, graph, steps))
-        rows.append(f"| {k} | {precision} | {'graph' if graph else 'eager'}, FusedTrainer epochs "
+                       functools.partial(fused_trainer_rate, cfg, k, batch, device, graph, steps))
+        rows.append(f"| {k} | {precision} | {'graph' if graph else 'eager'}, Trainer epochs "
                     f"(batch generation included) | {rate:,.0f} | | |")
     set_tf32(False)
     steps_key = max((key for key in res if re.fullmatch(r"fused_k\d+_\w+_(eager|graph)_sequences_per_s", key)),

@@ -5,7 +5,8 @@
 Trains the paper's Table 1 TVAE (L = 13/36; the cpu profile's data and optimiser) under seeds
 0, 1, 2 as one fused model, once per precision (fp32, bf16 autocast, and tf32 on CUDA), and
 compares the final importance-sampled log-likelihood (evaluated in fp32 in every case) seed by
-seed with fp32's, beside the same models untrained and the test set's mean image. Writes a table into benchmarks/RESULTS.md.
+seed with fp32's, beside the same models untrained and the test set's mean image. Writes a table
+into benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 import torch
 
 from tvae_sweep.config import run_config_from_dict
-from tvae_sweep.fused_training import FusedTrainer, with_seed
+from tvae_sweep.training import Trainer, with_seed
 
 from .common import machine_line, publish
 
@@ -35,7 +36,7 @@ def config(precision: str, epochs: int, device: str):
 
 
 def train(precision: str, epochs: int, device: str) -> dict:
-    trainer = FusedTrainer([with_seed(config(precision, epochs, device), s) for s in SEEDS])
+    trainer = Trainer([with_seed(config(precision, epochs, device), s) for s in SEEDS])
     # the baseline: the same models untrained (evaluation has its own seeded randomness)
     untrained = [trainer.evaluate(m)["log_likelihood"] for m in range(len(SEEDS))]
     started = time.perf_counter()
@@ -56,11 +57,12 @@ def table(results: dict[str, dict]) -> list[str]:
             lines.append(f"| {name} | failed: {'; '.join(e for e in r['errors'] if e)} | | | | | | | |")
             continue
         ll = [f["log_likelihood"] for f in r["finals"]]
-        diff = [a["log_likelihood"] - b["log_likelihood"] for a, b in zip(r["finals"], base)]
+        diff = [a["log_likelihood"] - b["log_likelihood"] for a, b in zip(r["finals"], base, strict=True)]
         mean = {m: statistics.fmean(f[m] for f in r["finals"]) for m in METRICS}
         lines.append(f"| {name} | {statistics.fmean(ll):.2f} ± {statistics.stdev(ll):.2f} | "
                      f"{statistics.fmean(diff):+.2f} ± {statistics.stdev(diff):.2f} | "
-                     f"{statistics.fmean(r['untrained']):.2f} | {-mean['mean_image_nll']:.2f} | {mean['train_loss']:.2f} | "
+                     f"{statistics.fmean(r['untrained']):.2f} | {-mean['mean_image_nll']:.2f} | "
+                     f"{mean['train_loss']:.2f} | "
                      f"{mean['kl_z']:.3f} | {mean['equivariance_ratio_learned']:+.4f} | {r['s_per_epoch']:.1f} |")
     return lines
 

@@ -1,4 +1,4 @@
-"""Fused members: several runs of one shape as one batched model, each the same run as alone."""
+"""Members: several runs of one shape trained as one batched model, each the same run as alone."""
 from __future__ import annotations
 
 import json
@@ -10,14 +10,18 @@ import torch
 import yaml
 from click.testing import CliRunner
 from helpers import spec_raw, tiny_raw
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError, run_config_from_dict
-from tvae_sweep.fused_training import FusedTrainer, Replicates, check_members
-from tvae_sweep.sweep.fusion import fused_groups, ray_trials
+from tvae_sweep.model import FusedLinear, build_model
+from tvae_sweep.sweep.fusion import MEMBERS, POINTS, fused_groups, ray_trials
+from tvae_sweep.sweep.searcher import FusedGridSearch
 from tvae_sweep.sweep.space import num_trials, trial_run_config
+from tvae_sweep.sweep.trainable import Replicates
 from tvae_sweep.sweep.validation import load_spec, spec_from_dict
-from tvae_sweep.training import DivergenceError, Trainer
+from tvae_sweep.training import DivergenceError, Trainer, check_members, clip_per_member
 
 TIMES = ("train_time_s", "eval_time_s")
 
@@ -28,7 +32,7 @@ def config(model=None, train=None, **data):
 
 def assert_same_history(single: list[dict], member: list[dict]) -> None:
     assert len(single) == len(member) >= 1
-    for a, b in zip(single, member):
+    for a, b in zip(single, member, strict=True):
         assert set(a) == set(b)
         for key in a:
             if key not in TIMES:
@@ -37,7 +41,7 @@ def assert_same_history(single: list[dict], member: list[dict]) -> None:
 
 
 def single_history(cfg) -> list[dict]:
-    return list(Trainer(cfg).epochs())
+    return [result for (result,) in Trainer(cfg).epochs()]
 
 
 @pytest.mark.parametrize("members", [
@@ -49,34 +53,34 @@ def single_history(cfg) -> list[dict]:
 ], ids=["tvae", "vae", "tvae2d"])
 def test_each_member_is_the_run_of_its_config_alone(members):
     cfgs = [config(m.get("model"), m.get("train"), **m.get("data", {})) for m in members]
-    fused = FusedTrainer(cfgs)
+    fused = Trainer(cfgs)
     list(fused.epochs())
-    for cfg, history in zip(cfgs, fused.histories):
+    for cfg, history in zip(cfgs, fused.histories, strict=True):
         assert_same_history(single_history(cfg), history)
 
 
 def test_members_match_with_sgd_momentum_mu_lr_and_per_member_clipping():
     train = {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "mu_lr": 0.1, "grad_clip": 5.0}
     cfgs = [config(train={**train, "seed": s}) for s in (0, 1)]
-    fused = FusedTrainer(cfgs)
+    fused = Trainer(cfgs)
     list(fused.epochs())
-    for cfg, m in zip(cfgs, range(2)):
+    for m, cfg in enumerate(cfgs):
         single = Trainer(cfg)
         list(single.epochs())
         assert_same_history(single.history, fused.histories[m])
-        for name, weight in single.model.state_dict().items():
+        for name, weight in single.model.member_state(0).items():
             torch.testing.assert_close(fused.model.member_state(m)[name], weight, rtol=1e-4, atol=1e-5)
 
 
 def test_a_member_checkpoint_is_a_single_runs_and_resumes_either_way(tmp_path):
     cfgs = [config(train={"epochs": 3, "seed": s}) for s in (0, 1)]
     dirs = [tmp_path / f"m{s}" for s in (0, 1)]
-    fused = FusedTrainer(cfgs)
+    fused = Trainer(cfgs)
     next(iter(fused.epochs()))  # one epoch, then stop as a killed process would
     fused.save_checkpoints(dirs)
 
     # a fresh fused trainer resumes both members to the uninterrupted histories
-    resumed = FusedTrainer(cfgs)
+    resumed = Trainer(cfgs)
     resumed.load_checkpoints(dirs)
     list(resumed.epochs())
     # and a single trainer resumes a member's checkpoint as its own
@@ -93,7 +97,7 @@ def test_a_diverging_member_fails_alone_with_the_single_runs_reason():
     with pytest.raises(DivergenceError) as alone:
         list(Trainer(config(blowing_up)).epochs())
     cfgs = [config(), config(blowing_up), config(train={"seed": 4})]
-    fused = FusedTrainer(cfgs)
+    fused = Trainer(cfgs)
     list(fused.epochs())
     assert fused.errors == [None, str(alone.value), None]
     assert fused.histories[1] == []
@@ -110,7 +114,7 @@ def test_a_diverging_member_fails_alone_with_the_single_runs_reason():
 def test_members_put_together_by_hand_must_fit(change, expected):
     other = config(change.get("model"), change.get("train"), **change.get("data", {}))
     with pytest.raises(ConfigError, match=expected.replace(".", r"\.").replace("(", r"\(")):
-        FusedTrainer([config(), other])
+        Trainer([config(), other])
 
 
 def test_train_seeds_writes_a_single_runs_folder_per_seed_and_resumes(tmp_path):
@@ -176,9 +180,9 @@ def test_bad_seeds_are_one_line_and_write_nothing(tmp_path, seeds, expected):
 def test_replicates_report_each_metrics_mean_std_and_every_seeds_value():
     cfg = config(train={"seed": 4})
     replicated = Replicates(cfg, 3)
-    reports = list(replicated.epochs())
+    list(replicated.trainer.epochs())
     singles = {s: single_history(config(train={"seed": s}))[-1] for s in (4, 5, 6)}
-    final = reports[-1]
+    final = replicated.history[-1]
     for name in ("log_likelihood", "equivariance_ratio_learned", "train_loss"):
         values = [singles[s][name] for s in (4, 5, 6)]
         assert final[name] == pytest.approx(statistics.fmean(values), rel=1e-4, abs=2e-3)
@@ -191,7 +195,7 @@ def test_replicates_report_each_metrics_mean_std_and_every_seeds_value():
 def break_member(replicated: Replicates, m: int) -> None:
     """Makes member m's weights non-finite, as a diverging update would."""
     with torch.no_grad():
-        replicated.fused.model.decoder.net[0].weight[m].fill_(float("nan"))
+        replicated.trainer.model.decoder.net[0].weight[m].fill_(float("nan"))
 
 
 def test_replicates_go_on_without_a_failed_seed_and_resume_with_it_failed(tmp_path):
@@ -201,16 +205,17 @@ def test_replicates_go_on_without_a_failed_seed_and_resume_with_it_failed(tmp_pa
         replicated = Replicates(cfg, 3)
         if resume_from is not None:
             replicated.load_checkpoint(resume_from)
-        for report in replicated.epochs():
-            if report["epoch"] == 1:
+        for results in replicated.trainer.epochs():
+            epoch = results[0]["epoch"]
+            if epoch == 1:
                 break_member(replicated, 1)
-            replicated.save_checkpoint(tmp_path / f"after_{report['epoch']}")
-            if report["epoch"] == stop_after:
+            replicated.save_checkpoint(tmp_path / f"after_{epoch}")
+            if epoch == stop_after:
                 break
         return replicated
 
     whole = run()
-    assert whole.fused.errors == [None, "non-finite loss at epoch 2", None]
+    assert whole.trainer.errors == [None, "non-finite loss at epoch 2", None]
     history = whole.history
     assert "log_likelihood_seed1" in history[0] and "log_likelihood_seed1" not in history[-1]
     assert history[-1]["log_likelihood"] == pytest.approx(
@@ -218,14 +223,14 @@ def test_replicates_go_on_without_a_failed_seed_and_resume_with_it_failed(tmp_pa
 
     run(stop_after=2)
     resumed = run(resume_from=tmp_path / "after_2")
-    assert resumed.fused.errors == whole.fused.errors
+    assert resumed.trainer.errors == whole.trainer.errors
     assert_same_history(whole.history, resumed.history)
 
 
 def test_replicates_fail_when_every_seed_has():
     replicated = Replicates(config({"mu_init": 1e38}), 2)
     with pytest.raises(DivergenceError, match="non-finite loss at epoch 1"):
-        list(replicated.epochs())
+        list(replicated.trainer.epochs())
 
 
 # ---------------------------------------------------------------- search.fuse: grouping a grid
@@ -259,27 +264,28 @@ def test_points_of_other_shapes_or_settings_are_not_fused():
 def test_bf16_changes_the_training_step_and_leaves_evaluation_in_fp32():
     fp32, bf16 = Trainer(config()), Trainer(config(train={"precision": "bf16"}))
     assert bf16.evaluate() == fp32.evaluate()  # the same weights: evaluation does not depend on it
-    a, b = list(fp32.epochs())[-1], list(bf16.epochs())[-1]
+    a, b = list(fp32.epochs())[-1][0], list(bf16.epochs())[-1][0]
     assert a["train_loss"] != b["train_loss"]  # the step ran in bfloat16
     assert b["log_likelihood"] == pytest.approx(a["log_likelihood"], rel=0.02)
 
 
 def test_bf16_fused_members_follow_their_single_runs():
     cfgs = [config(train={"precision": "bf16", "seed": s}) for s in (0, 1)]
-    fused = FusedTrainer(cfgs)
+    fused = Trainer(cfgs)
     list(fused.epochs())
-    for cfg, history in zip(cfgs, fused.histories):
+    for cfg, history in zip(cfgs, fused.histories, strict=True):
         assert history[-1]["log_likelihood"] == pytest.approx(single_history(cfg)[-1]["log_likelihood"], rel=0.01)
 
 
 def test_tf32_is_refused_off_cuda():
-    with pytest.raises(ConfigError, match="train.precision: tf32 is a CUDA matrix-product mode: needs train.device cuda"):
+    with pytest.raises(ConfigError,
+                       match="train.precision: tf32 is a CUDA matrix-product mode: needs train.device cuda"):
         config(train={"precision": "tf32", "device": "cpu"})
     with pytest.raises(ConfigError, match="train.precision: must be one of fp32, tf32, bf16, got 'fp16'"):
         config(train={"precision": "fp16"})
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="tf32 is a CUDA matrix-product mode, and this run is on cpu"):
-            FusedTrainer([config(train={"precision": "tf32", "device": "auto"})])
+            Trainer([config(train={"precision": "tf32", "device": "auto"})])
 
 
 def test_configs_of_one_shape_train_fused_each_into_its_folder(tmp_path):
@@ -312,12 +318,6 @@ def test_configs_that_cannot_be_fused_are_one_line_and_write_nothing(tmp_path, s
 
 
 def test_the_fused_grid_searcher_suggests_each_group_once_and_records_each_point(tmp_path):
-    from optuna.trial import TrialState
-    from ray.tune.search import Searcher
-
-    from tvae_sweep.sweep.fusion import MEMBERS, POINTS
-    from tvae_sweep.sweep.searcher import FusedGridSearch
-
     spec = load_spec("search_spaces/paper_table1.yaml", ["search.fuse=true"])
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = FusedGridSearch(fused_groups(spec), ["log_likelihood"], ["max"], "t1", storage)
@@ -336,22 +336,6 @@ def test_the_fused_grid_searcher_suggests_each_group_once_and_records_each_point
     assert trials[14].state == TrialState.FAIL
 
 
-@pytest.mark.parametrize("seq_len, cap_dim", [(6, 6), (40, 30)], ids=["one matrix", "rolls (S*D > DENSE_LIMIT)"])
-def test_the_fused_energy_is_each_members_own_w(seq_len, cap_dim):
-    from tvae_sweep import ModelConfig
-    from tvae_sweep.model import topographic_energy
-    from tvae_sweep.model.fused import FusedTVAE
-
-    shape = {"n_caps": 2, "cap_dim": cap_dim, "seq_len": seq_len, "image_shape": (1, 4, 4)}
-    members = [ModelConfig(coherence_window=3, n_off_diag=1, shift=1, **shape),
-               ModelConfig(coherence_window=5, n_off_diag=0, shift=0, **shape)]
-    u_sq = torch.rand(2, 3, seq_len, 2, cap_dim, dtype=torch.float64)
-    fused = FusedTVAE(members).double().energy(u_sq)
-    for m, cfg in enumerate(members):
-        alone = topographic_energy(u_sq[m], cfg.coherence_window, cfg.n_off_diag, cfg.shift)
-        torch.testing.assert_close(fused[m], alone)
-
-
 def affine_grads(layer, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of a FusedLinear through `layer.forward`; returns (input gradient, weight.grad)."""
     x = x.detach().requires_grad_()
@@ -360,8 +344,6 @@ def affine_grads(layer, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tens
 
 
 def test_a_fused_linears_weight_gradient_is_autograds_made_in_its_own_buffer():
-    from tvae_sweep.model.fused import FusedLinear
-
     torch.manual_seed(0)
     layer = FusedLinear(3, 5, 4)
     torch.nn.init.normal_(layer.weight)
@@ -397,8 +379,6 @@ def test_a_fused_linears_weight_gradient_is_autograds_made_in_its_own_buffer():
 
 
 def test_under_autocast_a_fused_linear_leaves_the_weight_gradient_to_autograd():
-    from tvae_sweep.model.fused import FusedLinear
-
     layer = FusedLinear(2, 4, 3)
     torch.nn.init.normal_(layer.weight)
     torch.nn.init.zeros_(layer.bias)
@@ -407,3 +387,18 @@ def test_under_autocast_a_fused_linear_leaves_the_weight_gradient_to_autograd():
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert layer.grad_buffer is None and layer.weight.grad.dtype == torch.float32
+
+
+def test_one_members_clipping_is_clip_grad_norm():
+    torch.manual_seed(0)
+    x = torch.rand(2, 6, 3, 28, 28)
+    grads = []
+    for clip in (clip_per_member, torch.nn.utils.clip_grad_norm_):
+        torch.manual_seed(1)
+        model = build_model(config().model)
+        model(x).loss.backward()
+        clip(list(model.parameters()), 0.5)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert sum(float(g.norm()) ** 2 for g in grads[0]) ** 0.5 == pytest.approx(0.5, rel=1e-4)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)

@@ -21,7 +21,7 @@ from tvae_sweep.metrics import (
     roll_gain,
     topographic_agreement,
 )
-from tvae_sweep.model import build_model
+from tvae_sweep.model import ModelConfig, build_model
 from tvae_sweep.training import Trainer
 
 
@@ -55,9 +55,9 @@ def test_equivariance_error_matches_a_plain_pairwise_loop():
     t = torch.randn(2, 5, 3, 6)
     t_hat = t / t.norm(dim=-1, keepdim=True)
     expected = torch.zeros(2)
-    for l in range(5):
-        for m in range(l + 1, 5):
-            expected += (torch.roll(t_hat[:, l], 2 * (m - l), dims=-1) - t_hat[:, m]).abs().sum(dim=(1, 2))
+    for k in range(5):
+        for m in range(k + 1, 5):
+            expected += (torch.roll(t_hat[:, k], 2 * (m - k), dims=-1) - t_hat[:, m]).abs().sum(dim=(1, 2))
     torch.testing.assert_close(equivariance_error(t, shift=2), expected)
 
 
@@ -142,13 +142,19 @@ def one_hot_sequences(b=5, s=8, d=8, seed=0):
 
 def test_roll_gain_is_zero_for_a_decoder_that_ignores_its_latent():
     x, t = one_hot_sequences()
-    ignores = lambda latent: torch.zeros(*latent.shape[:2], 1, 1, 8)
+
+    def ignores(latent):
+        return torch.zeros(*latent.shape[:2], 1, 1, 8)
+
     assert torch.equal(roll_gain(ignores, bernoulli_nll, t, x, shift=1), torch.zeros(5))
 
 
 def test_a_code_that_rolls_exactly_has_a_ratio_near_0_and_a_positive_roll_gain():
     x, t = one_hot_sequences()
-    reads = lambda latent: 10.0 * (2 * latent - 1).view(*latent.shape[:2], 1, 1, 8)  # decodes t as the image
+
+    def reads(latent):  # decodes t as the image
+        return 10.0 * (2 * latent - 1).view(*latent.shape[:2], 1, 1, 8)
+
     gain = roll_gain(reads, bernoulli_nll, t, x, shift=1)
     assert (gain > 10).all()  # the roll predicts each later frame; a copy misses two pixels of it
     assert float(equivariance_ratio(t + 0.01 * torch.randn_like(t), shift=1)) < 0.05
@@ -159,7 +165,8 @@ def test_a_code_that_rolls_exactly_has_a_ratio_near_0_and_a_positive_roll_gain()
 def test_mean_image_nll_is_the_nll_of_the_mean_image():
     x = torch.rand(50, 3, 4, 4, generator=torch.Generator().manual_seed(0)).round()
     mean = x.mean(0)
-    direct = F.binary_cross_entropy(mean.clamp(1e-7, 1 - 1e-7).expand_as(x), x, reduction="none").flatten(1).sum(1).mean()
+    direct = F.binary_cross_entropy(mean.clamp(1e-7, 1 - 1e-7).expand_as(x), x,
+                                    reduction="none").flatten(1).sum(1).mean()
     assert mean_image_nll(mean) == pytest.approx(float(direct), rel=1e-5)
     assert mean_image_nll(torch.ones(3, 4, 4)) < 1e-4  # a constant data set costs nothing
 
@@ -209,8 +216,6 @@ def test_log_likelihood_per_frame_is_the_original_estimator():
 
 
 def tiny_model_config():
-    from tvae_sweep.config import ModelConfig
-
     return ModelConfig(variant="tvae", n_caps=2, cap_dim=4, seq_len=4, coherence_window=3, n_off_diag=1,
                        image_shape=(1, 6, 6))
 
@@ -232,7 +237,7 @@ def test_the_registry_lists_what_a_trainer_reports_and_nothing_it_does_not(tiny_
     for model in ({}, {"variant": "vae"}):
         cfg = tiny_config(model={"n_caps": 2, "cap_dim": 18, "seq_len": 18, "coherence_window": 5, **model},
                           data={"test_sequences": 24}, train={"epochs": 1})
-        final = list(Trainer(cfg).epochs())[-1]
+        ((final,),) = list(Trainer(cfg).epochs())
         reported = {k for k in final if base_metric(k) is not None}
         assert reported == set(reported_metrics(cfg)), model
     assert "kl_u" not in final and "active_units_u" not in final  # the VAE has no u: absent, not 0

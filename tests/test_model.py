@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tvae_sweep import ModelConfig, build_model
-from tvae_sweep.model import topographic, topographic_energy, torus_energy, window_offsets
+from tvae_sweep.model import TopographicVAE, topographic, window_offsets
 
 
 @pytest.fixture(params=["matrix", "rolls"])
@@ -11,6 +11,21 @@ def energy_form(request, monkeypatch):
     if request.param == "rolls":
         monkeypatch.setattr(topographic, "DENSE_LIMIT", 0)
     return request.param
+
+
+def topographic_energy(u_sq, coherence_window, n_off_diag, shift):
+    """v = W(u^2) as a sequence model of u_sq's shape (B, S, C, D) computes it."""
+    _, s, c, d = u_sq.shape
+    cfg = ModelConfig(n_caps=c, cap_dim=d, seq_len=s, coherence_window=coherence_window, n_off_diag=n_off_diag,
+                      shift=shift, image_shape=(1, 2, 2))
+    return build_model(cfg).to(u_sq.dtype).energy(u_sq)
+
+
+def torus_energy(u_sq, window):
+    """v = W(u^2) as the 2-D model computes it, u_sq (B, S, C, D) with D a square number."""
+    _, s, c, d = u_sq.shape
+    cfg = ModelConfig(variant="tvae2d", n_caps=c, cap_dim=d, seq_len=s, torus_window=window, image_shape=(1, 2, 2))
+    return build_model(cfg).to(u_sq.dtype).energy(u_sq)
 
 
 def dense_operator(seq_len, cap_dim, k, n_off_diag, shift):
@@ -133,3 +148,61 @@ def test_more_importance_samples_give_a_higher_bound_on_average():
     one = torch.stack([model.log_likelihood(x, n_samples=1) for _ in range(20)]).mean()
     ten = torch.stack([model.log_likelihood(x, n_samples=10) for _ in range(20)]).mean()
     assert ten > one
+
+
+MEMBERS = {
+    "tvae": [dict(TINY), dict(TINY, coherence_window=1, n_off_diag=0, shift=0, mu_init=2.0),
+             dict(TINY, coherence_window=4, shift=2)],
+    "vae": [dict(TINY, variant="vae"), dict(TINY, variant="vae", mu_init=1.0)],
+    "tvae2d": [dict(TINY, variant="tvae2d", cap_dim=9, torus_window=3, mu_init=mu) for mu in (5.0, 2.0)],
+}
+
+
+@pytest.mark.parametrize("variant", list(MEMBERS))
+def test_each_members_loss_is_its_own_models(variant, energy_form):
+    """K members as one model: member m's loss is that of member m alone (its own W, mu and noise)."""
+    members = [ModelConfig(**m) for m in MEMBERS[variant]]
+    torch.manual_seed(0)
+    model = TopographicVAE(members).double()
+    x = torch.rand(len(members), 2, 4, 1, 6, 6, dtype=torch.float64)
+    losses = model.member_losses(x, [torch.Generator().manual_seed(10 + m) for m in range(len(members))])
+    assert losses.shape == (len(members),)
+    for m in range(len(members)):
+        torch.manual_seed(10 + m)  # the global RNG, seeded as member m's generator
+        alone = model.member(m)(x[m]).loss
+        torch.testing.assert_close(losses[m], alone)
+    assert len(set(losses.tolist())) == len(members)
+
+
+def test_a_member_state_is_in_a_single_runs_layout_and_loads_back():
+    """A single run's checkpoint holds nn.Linear's layout, weights (out, in), mu a scalar."""
+    cfg = ModelConfig(**TINY)
+    model = TopographicVAE([cfg, ModelConfig(**dict(TINY, mu_init=1.0))])
+    state = model.member_state(1)
+    d, pixels = cfg.latent_dim, 36
+    assert state["z_encoder.net.0.weight"].shape == torch.nn.Linear(pixels, 3 * d).weight.shape
+    assert state["decoder.net.4.weight"].shape == (pixels, 3 * d) and state["decoder.net.4.bias"].shape == (pixels,)
+    assert state["mu"].shape == () and float(state["mu"]) == 1.0
+    single = build_model(cfg)
+    single.load_member_states([state])
+    torch.testing.assert_close(single.member_state(0), state)
+    assert single.member(0) is single
+    with pytest.raises(KeyError):
+        single.load_member_states([{k: v for k, v in state.items() if k != "mu"}])
+
+
+def test_a_model_of_members_refuses_a_single_runs_methods():
+    model = TopographicVAE([ModelConfig(**TINY)] * 2)
+    with pytest.raises(ValueError, match="a model of 2 members: take member"):
+        model(torch.rand(2, 4, 1, 6, 6))
+    assert model.member(1).k == 1
+
+
+def test_a_shorter_sequence_than_the_config_is_encoded_with_its_own_w(energy_form):
+    """Forecast pictures encode the first frames alone: W is made for the frames given."""
+    model = build_model(ModelConfig(**TINY))
+    b, s, c, d = 2, 3, 3, 4
+    u_sq = torch.rand(b, s, c, d, dtype=torch.float64)
+    w = dense_operator(s, d, TINY["coherence_window"], TINY["n_off_diag"], TINY["shift"]).double()
+    expected = (u_sq.permute(0, 2, 1, 3).reshape(b, c, s * d) @ w.T).reshape(b, c, s, d).permute(0, 2, 1, 3)
+    torch.testing.assert_close(model.double().energy(u_sq), expected)

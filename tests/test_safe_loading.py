@@ -7,11 +7,13 @@ import ast
 import pickle
 from pathlib import Path
 
+import torch
 import yaml
 from click.testing import CliRunner
 from helpers import tiny_raw
 
 from tvae_sweep.cli import main
+from tvae_sweep.config import dump_yaml, load_run_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tvae_sweep"
 SAFE_YAML = {"safe_load", "safe_load_all", "safe_dump", "safe_dump_all", "YAMLError"}
@@ -77,8 +79,6 @@ class _RunsCode:
 
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
-    from tvae_sweep.config import dump_yaml, load_run_config
-
     marker = tmp_path / "ran"
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_raw(train={"epochs": 1})))
@@ -86,8 +86,6 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     (output / "checkpoint").mkdir(parents=True)
     dump_yaml(load_run_config(config).to_dict(), output / "config.yaml")
     state = output / "checkpoint" / "state.pt"
-    import torch
-
     torch.save({"model": _RunsCode(marker)}, state)  # torch.save pickles the object as it is
     pickle.loads(pickle.dumps(_RunsCode(tmp_path / "control")))  # unpickled unsafely, it does run
     assert (tmp_path / "control").exists()

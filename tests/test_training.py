@@ -36,7 +36,7 @@ def test_evaluation_reports_every_metric_and_is_repeatable(tiny_config):
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tiny_config, tmp_path):
     cfg = tiny_config(train={"epochs": 3, "eval_every": 2})
     straight = Trainer(cfg)
-    history = list(straight.epochs())
+    history = [result for (result,) in straight.epochs()]  # one member: one result an epoch
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert "log_likelihood" in history[1] and "log_likelihood" in history[2] and "log_likelihood" not in history[0]
 
@@ -46,13 +46,16 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tiny_config, tm
     first.save_checkpoint(tmp_path)
     resumed = Trainer(cfg)
     resumed.load_checkpoint(tmp_path)
-    rest = list(resumed.epochs())
-    strip = lambda hs: [{k: v for k, v in h.items() if not k.endswith("time_s")} for h in hs]
+    rest = [result for (result,) in resumed.epochs()]
+
+    def strip(hs):
+        return [{k: v for k, v in h.items() if not k.endswith("time_s")} for h in hs]
+
     assert strip(resumed.history) == strip(history)
     assert [h["epoch"] for h in rest] == [2, 3]
-    assert resumed.init_metrics == straight.init_metrics and "equivariance_ratio" in straight.init_metrics
+    assert resumed.init_metrics == straight.init_metrics and "equivariance_ratio" in straight.init_metrics[0]
     assert rest[-1]["equivariance_ratio_init"] == history[-1]["equivariance_ratio_init"]
-    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -60,7 +63,7 @@ def test_the_init_metrics_are_measured_once_before_training_and_kept_by_the_chec
     cfg = tiny_config(train={"epochs": 2})
     fresh = Trainer(cfg)
     measured = fresh.evaluate(likelihood=False)  # the untrained model, as measure_init sees it
-    first = next(fresh.epochs())
+    (first,) = next(fresh.epochs())
     for name in ("equivariance_error", "equivariance_ratio", "roll_nll_gap", "roll_gain"):
         assert first[f"{name}_init"] == measured[name]
         assert first[f"{name}_learned"] == pytest.approx(first[name] - measured[name])
@@ -69,9 +72,25 @@ def test_the_init_metrics_are_measured_once_before_training_and_kept_by_the_chec
 
     resumed = Trainer(cfg)
     resumed.load_checkpoint(tmp_path)
-    resumed.evaluate = lambda likelihood=True: pytest.fail("measured again") if not likelihood else {}
+    resumed.evaluate = lambda m=0, likelihood=True: pytest.fail("measured again") if not likelihood else {}
     resumed.measure_init()
     assert resumed.init_metrics == fresh.init_metrics
+
+
+def test_a_single_runs_checkpoint_keeps_its_layout(tiny_config, tmp_path):
+    """state.pt at the top, nn.Linear's weights (out, in) and a scalar mu: checkpoints of single runs
+    written before the model held members load, and this one loads in their place."""
+    trainer = Trainer(tiny_config(train={"epochs": 1}))
+    list(trainer.epochs())
+    trainer.save_checkpoint(tmp_path)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    cfg = trainer.cfg.model
+    pixels, d = 3 * 28 * 28, cfg.latent_dim
+    assert state["model"]["z_encoder.net.0.weight"].shape == torch.nn.Linear(pixels, 3 * d).weight.shape
+    assert state["model"]["decoder.net.4.bias"].shape == (pixels,) and state["model"]["mu"].shape == ()
+    adam = state["optimizer"]["state"]  # by parameter: mu first (the model's own), then the layers'
+    assert adam[0]["exp_avg"].shape == () and adam[1]["exp_avg"].shape == (3 * d, pixels)
+    assert not (tmp_path / "failed.json").exists()
 
 
 def test_a_corrupt_checkpoint_is_refused_with_its_path(tiny_config, tmp_path):
@@ -93,7 +112,7 @@ def test_a_diverging_run_stops_with_the_epoch(tiny_config):
 ])
 def test_every_variant_trains_and_evaluates(tiny_config, variant, extra):
     trainer = Trainer(tiny_config(model={"variant": variant, **extra}, train={"epochs": 1}))
-    (metrics,) = list(trainer.epochs())
+    ((metrics,),) = list(trainer.epochs())
     assert metrics["log_likelihood"] < 0 and metrics["equivariance_error"] > 0
 
 
@@ -101,7 +120,7 @@ def test_tvae2d_trains_on_static_grayscale_digits(tiny_config):
     cfg = tiny_config(data={"transforms": [], "grayscale": True},
                       model={"variant": "tvae2d", "n_caps": 1, "cap_dim": 16, "seq_len": 1, "torus_window": 3},
                       train={"epochs": 1})
-    (metrics,) = list(Trainer(cfg).epochs())
+    ((metrics,),) = list(Trainer(cfg).epochs())
     assert metrics["log_likelihood"] < 0
     assert "equivariance_error" not in metrics  # no time axis, no equivariance
 
@@ -147,7 +166,7 @@ def test_tvae2d_run_draws_its_topographic_map(tmp_path):
 
 def test_forecast_decodes_unseen_frames_from_the_seen_ones_only(tiny_config):
     trainer = Trainer(tiny_config(train={"epochs": 1}))
-    x = trainer.data.test_set().x[:2]
+    x = trainer.data[0].test_set().x[:2]
     seen = 3
     rows = forecast_rows(trainer.model, x, seen)
     assert len(rows) == 4 and rows[1].shape == x[0].shape
@@ -166,7 +185,8 @@ def test_forecast_decodes_unseen_frames_from_the_seen_ones_only(tiny_config):
 
 def test_a_sequence_run_draws_its_forecast(tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", str(write_config(tmp_path)), "--output", str(out), "--set", "train.epochs=1"])
+    result = CliRunner().invoke(main, ["train", str(write_config(tmp_path)), "--output", str(out),
+                                       "--set", "train.epochs=1"])
     assert result.exit_code == 0, result.output
     assert (out / "forecast.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "topographic_map.png").exists()
@@ -204,7 +224,7 @@ def test_mu_learns_at_its_own_rate_when_given_one(tiny_config, tmp_path):
     for mu_lr in (None, 0.5):
         trainer = Trainer(tiny_config(train={"epochs": 1, "mu_lr": mu_lr}))
         list(trainer.epochs())
-        moved[mu_lr] = abs(float(trainer.model.mu) - 30.0)
+        moved[mu_lr] = abs(float(trainer.model.mu.detach()) - 30.0)
     assert moved[None] < 0.05 < 1.0 < moved[0.5]  # Adam moves each parameter by about its lr per step
     trainer.save_checkpoint(tmp_path)
     resumed = Trainer(tiny_config(train={"epochs": 2, "mu_lr": 0.5}))

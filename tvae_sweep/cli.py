@@ -77,7 +77,8 @@ def entry_point() -> None:
 
 
 @main.command()
-@click.argument("configs", metavar="CONFIG...", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("configs", metavar="CONFIG...", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for config.yaml, metrics.json, checkpoint/ and traversal.png.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -93,24 +94,21 @@ def train(configs: tuple[Path, ...], output: Path, overrides: tuple[str, ...], o
     OUTPUT/<its name>/. Running the same command into the same OUTPUT again resumes from the
     checkpoints.
     """
-    if seeds is not None or len(configs) > 1:
-        return train_fused(configs, output, overrides, overwrite, seeds)
-    config = configs[0]
     from tqdm import tqdm
 
-    from .config import load_run_config
     from .data import check_sources
-    from .train_folder import train_to_directory
-    from .training import CheckpointError, DivergenceError, steps_per_epoch
+    from .train_folder import load_members, member_summary, train_to_directory
+    from .training import CheckpointError, steps_per_epoch
 
-    cfg = load_run_config(config, overrides)
-    check_sources(cfg.data)
-    steps = steps_per_epoch(cfg)
+    members = load_members(list(configs), list(overrides), seeds)
+    first = next(iter(members.values()))
+    check_sources(first.data)
+    steps = steps_per_epoch(first)
     bars = []  # the progress bar, shown from the first step on (not before a refused start)
 
     def progress():
         if not bars:
-            bars.append(tqdm(total=cfg.train.epochs * steps, unit="step", dynamic_ncols=True, file=sys.stderr))
+            bars.append(tqdm(total=first.train.epochs * steps, unit="step", dynamic_ncols=True, file=sys.stderr))
         return bars[0]
 
     def on_step(step: int, loss: float) -> None:
@@ -118,51 +116,34 @@ def train(configs: tuple[Path, ...], output: Path, overrides: tuple[str, ...], o
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.1f}", refresh=False)
 
-    def on_epoch(metrics: dict) -> None:
-        bar = progress()
-        bar.n = metrics["epoch"] * steps
-        shown = {k: metrics[k] for k in ("train_loss", "log_likelihood", "equivariance_error",
-                                          "equivariance_ratio") if k in metrics}
-        bar.write(f"epoch {metrics['epoch']}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
-
-    try:
-        final = train_to_directory(cfg, output, overwrite=overwrite, on_epoch=on_epoch, on_step=on_step)
-    except CheckpointError as e:
-        raise ConfigError(f"{e}; delete it, or pass --overwrite to start afresh") from None
-    except DivergenceError as e:
-        progress().close()
-        click.echo(f"tvae-sweep: error: {e}; lower train.lr or set train.grad_clip", err=True)
-        sys.exit(1)
-    progress().close()
-    click.echo(f"done: {output}/metrics.json, {output}/traversal.png")
-    for key in sorted(final):
-        if key != "epoch":
-            click.echo(f"  {key:28s} {final[key]:.6g}")
-
-
-def train_fused(configs: tuple[Path, ...], output: Path, overrides: tuple[str, ...], overwrite: bool,
-                seeds: str | None) -> None:
-    from .data import check_sources
-    from .train_folder import fused_members, member_summary, train_members_to_directory
-    from .training import CheckpointError
-
-    members = fused_members(configs, overrides, seeds)
-    check_sources(next(iter(members.values())).data)
-
     def on_epoch(by_member: dict[str, dict]) -> None:
-        click.echo(f"epoch {next(iter(by_member.values()))['epoch']}: " + "  ".join(
-            f"{name} loss {m['train_loss']:.4g}" for name, m in by_member.items()), err=True)
+        bar = progress()
+        epoch = next(iter(by_member.values()))["epoch"]
+        bar.n = epoch * steps
+        parts = []  # a single run's headline metrics, or each member's training loss
+        for name, metrics in by_member.items():
+            keys = ("train_loss",) if name else ("train_loss", "log_likelihood", "equivariance_error",
+                                                 "equivariance_ratio")
+            parts += [f"{name + ' ' if name else ''}{k} {metrics[k]:.4g}" for k in keys if k in metrics]
+        bar.write(f"epoch {epoch}: " + "  ".join(parts))
 
     try:
-        outcome = train_members_to_directory(members, output, overwrite=overwrite, on_epoch=on_epoch)
+        outcome = train_to_directory(members, output, overwrite=overwrite, on_epoch=on_epoch, on_step=on_step)
     except CheckpointError as e:
         raise ConfigError(f"{e}; delete it, or pass --overwrite to start afresh") from None
+    finally:
+        if bars:
+            bars[0].close()
     lines, failed = member_summary(outcome)
-    click.echo(f"done: {', '.join(f'{output}/{name}/' for name in members)}")
+    written = f"{output}/metrics.json, {output}/traversal.png" if "" in members else \
+        ", ".join(f"{output}/{name}/" for name in members)
+    if lines or not failed:
+        click.echo(f"done: {written}")
     for line in lines:
         click.echo(line)
     for name in failed:
-        click.echo(f"tvae-sweep: error: {name}: {outcome[name]}; lower train.lr or set train.grad_clip", err=True)
+        click.echo(f"tvae-sweep: error: {name + ': ' if name else ''}{outcome[name]}; "
+                   "lower train.lr or set train.grad_clip", err=True)
     if failed:
         sys.exit(1)
 

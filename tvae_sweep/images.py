@@ -82,7 +82,7 @@ def forecast_rows(model, x: torch.Tensor, seen: int) -> list[torch.Tensor]:
 
 
 def save_png(canvas: np.ndarray, path: str | Path, scale: int = 2) -> Path:
-    from PIL import Image  # imported here: the core needs Pillow only to write pictures
+    from PIL import Image  # noqa: PLC0415 the core needs Pillow only to write pictures
 
     img = Image.fromarray(canvas)
     if scale > 1:
@@ -127,3 +127,8 @@ def save_pictures(model, test, directory: str | Path) -> list[Path]:
     if has_map(cfg.n_caps, cfg.cap_dim, cfg.seq_len):
         saved.append(save_topographic_map(model, test.x, test.label, directory / MAP_FILE))
     return saved
+
+
+def save_member_pictures(trainer, m: int, directory: str | Path) -> list[Path]:
+    """save_pictures of a trainer's member m (training.Trainer), on its own test set."""
+    return save_pictures(trainer.model.member(m), trainer.data[m].test_set(), directory)

@@ -1,12 +1,22 @@
-"""Train and evaluate one configuration on one device; checkpoint and resume exactly.
+"""Train and evaluate runs on one device; checkpoint and resume exactly.
 
-The same loop serves `tvae-sweep train` and every sweep trial: `Trainer.epochs()` yields one dict
-of metrics per epoch, and `save_checkpoint` / `load_checkpoint` carry the whole state (model,
-optimiser, epoch, RNG states, history), so a resumed run gives the numbers of an uninterrupted one.
+One loop serves `tvae-sweep train` (one config, several, or one under --seeds) and every sweep
+trial (a single run, a replicated one, a fused group of grid points): `Trainer` trains a list of
+member runs of one network shape as one model (model.TopographicVAE with K members), and a single
+run is the list of one. Member m is the run of its config alone: its weights start from that run's
+initialisation under its seed, it draws its batches and its sampling noise from its own generators,
+and it is evaluated, checkpointed and pictured as that run. The members share one optimiser, whose
+update is elementwise, so the shared step is each member's own step. A member whose loss stops
+being finite fails alone, with the reason a single run gives, and its siblings train on.
+
+`Trainer.epochs()` yields each epoch's result per member; the checkpoint is a folder per member,
+each a single run's (state.pt: model, optimiser, epoch, RNG states, history), so a resumed run
+gives the numbers of an uninterrupted one, and a single run's folder is its one member's.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -15,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, RunConfig, TrainConfig
+from .config import SHAPE_KEYS, ConfigError, RunConfig, TrainConfig, run_config_from_dict
 from .data import SequenceData, build_data
+from .data.sequences import load_sources
 from .graphed import GraphedStep
 from .metrics import (
     active_units,
@@ -32,8 +43,8 @@ from .metrics import (
     scopes,
     topographic_agreement,
 )
-from .model import TopographicVAE, build_model
-from .model.tvae import gaussian_kl
+from .model import TopographicVAE, check_fusable
+from .model.tvae import from_members, gaussian_kl, to_member
 from .seeding import fixed_rng
 
 CHECKPOINT_FILE = "state.pt"
@@ -113,7 +124,8 @@ def graphed_step(t: TrainConfig, device: torch.device, step: Callable[[torch.Ten
     return GraphedStep(step, lambda: optimizer.zero_grad(set_to_none=True))
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, t: TrainConfig, graphed: GraphedStep | None) -> None:
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict, t: TrainConfig,
+                      graphed: GraphedStep | None) -> None:
     """Loads an optimiser state with the config's hyperparameters (a PBT trial may carry a new lr).
     New state tensors: a captured step is captured again."""
     optimizer.load_state_dict(state)
@@ -213,23 +225,115 @@ def evaluated(evaluate_model: Callable[[], dict], init: dict) -> dict:
     return {**measured, **learned(measured, init), "eval_time_s": time.perf_counter() - started}
 
 
+# optimiser state entries the members share (Adam's step count); every other entry of a parameter's
+# state is a buffer of its shape, the member axis first
+SHARED_STATE = ("step",)
+FAILED_FILE = "failed.json"  # in a checkpoint of member folders: the failed members, why, and their records
+
+
+def shared_settings(cfg: RunConfig) -> dict:
+    """What the members of one trainer share: the data, the training settings but the seed, the network's shapes."""
+    d = cfg.to_dict()
+    return {"data": d["data"], "train": {k: v for k, v in d["train"].items() if k != "seed"},
+            "model": {k: d["model"][k] for k in SHAPE_KEYS}}
+
+
+def check_members(cfgs: list[RunConfig]) -> None:
+    """Refuses runs that cannot share one trainer, naming the first setting they differ in."""
+    if not cfgs:
+        raise ConfigError("fused members: none given")
+    check_fusable([c.model for c in cfgs])
+    settings = [shared_settings(c) for c in cfgs]
+    for section in ("data", "train"):
+        for key, value in settings[0][section].items():
+            values = [s[section][key] for s in settings]
+            if any(v != value for v in values):
+                raise ConfigError(f"{section}.{key}: fused members share it, got "
+                                  f"{', '.join(dict.fromkeys(map(str, values)))}")
+
+
+def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
+    raw = cfg.to_dict()
+    raw["train"]["seed"] = seed
+    return run_config_from_dict(raw)
+
+
+def noise_generator(device: torch.device, seed: int, graphed: bool) -> torch.Generator | None:
+    """The generator of a member's sampling noise, in the state a run's global RNG has once its model
+    is built (call right after building the member's model under `seed`). A CUDA graph replays the
+    default generator only, so graphed members share it (None)."""
+    if graphed:
+        return None
+    if device.type == "cpu":
+        generator = torch.Generator()
+        generator.set_state(torch.get_rng_state())
+        return generator
+    return torch.Generator(device).manual_seed(seed)  # the CUDA RNG is untouched by the CPU initialisation
+
+
+def clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
+    """clip_grad_norm_ of each member alone: every member's gradients scaled to at most max_norm
+    (K = 1: clip_grad_norm_ of the model)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (K,)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+
+
 class Trainer:
-    def __init__(self, cfg: RunConfig, data: SequenceData | None = None, device: torch.device | None = None):
-        self.cfg = cfg
-        t = cfg.train
+    """Trains `members` (one RunConfig, or a list of them sharing shared_settings) as one model."""
+
+    def __init__(self, members: RunConfig | list[RunConfig], device: torch.device | None = None, sources=None):
+        cfgs = [members] if isinstance(members, RunConfig) else list(members)
+        check_members(cfgs)
+        self.cfgs = cfgs
+        t = self.train_cfg = cfgs[0].train
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = device or resolve_device(t.device)
         check_precision(t, self.device)
-        torch.manual_seed(t.seed)
-        self.model = build_model(cfg.model).to(self.device)
+        sources = sources or load_sources(cfgs[0].data)
+        models, self.noise, self.data = [], [], []
+        for cfg in cfgs:
+            torch.manual_seed(cfg.train.seed)
+            models.append(TopographicVAE(cfg.model))  # the run's own initialisation
+            self.noise.append(noise_generator(self.device, cfg.train.seed, t.cuda_graph))
+            self.data.append(build_data(cfg.data, cfg.model.seq_len, self.device, cfg.train.seed, sources=sources))
+        self.model = models[0] if len(models) == 1 else self._stacked(models)
+        self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, t, self.device)
-        self.data = data or build_data(cfg.data, cfg.model.seq_len, self.device, t.seed)
-        self.generator = torch.Generator(self.device).manual_seed(t.seed + 1)
+        self.batches = [torch.Generator(self.device).manual_seed(c.train.seed + 1) for c in cfgs]
         self.graphed = graphed_step(t, self.device, self._step, self.optimizer)
         self.epoch = 0
-        self.history: list[dict] = []
-        self.init_metrics: dict[str, float] | None = None  # see measure_init
+        self.histories: list[list[dict]] = [[] for _ in cfgs]
+        self.init_metrics: list[dict | None] = [None] * len(cfgs)  # see measure_init
+        self.errors: list[str | None] = [None] * len(cfgs)  # why a member failed
+        self.living = torch.ones(len(cfgs), device=self.device)  # 0 for a failed member
+
+    def _stacked(self, models: list[TopographicVAE]) -> TopographicVAE:
+        with torch.random.fork_rng(devices=[]):  # its own initialisation is replaced: leave the RNG alone
+            model = TopographicVAE([c.model for c in self.cfgs])
+        model.load_member_states([m.member_state(0) for m in models])
+        return model
+
+    @property
+    def k(self) -> int:
+        return len(self.cfgs)
+
+    @property
+    def cfg(self) -> RunConfig:
+        """The first member's config (a single run's)."""
+        return self.cfgs[0]
+
+    @property
+    def history(self) -> list[dict]:
+        """The first member's history (a single run's)."""
+        return self.histories[0]
+
+    @property
+    def alive(self) -> list[int]:
+        return [m for m in range(self.k) if self.errors[m] is None]
 
     @property
     def steps_per_epoch(self) -> int:
@@ -237,112 +341,220 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        return self.epoch >= self.cfg.train.epochs
+        return self.epoch >= self.train_cfg.epochs or not self.alive
 
     # ------------------------------------------------------------ training
 
-    def train_epoch(self, on_step: Callable[[int, float], None] | None = None) -> dict:
-        t = self.cfg.train
+    def train_epoch(self, on_step: Callable[[int, float], None] | None = None) -> list[float]:
+        """One epoch of every member; returns each member's mean training loss."""
+        t, steps = self.train_cfg, self.steps_per_epoch
         self.model.train()
-        total = torch.zeros((), device=self.device)
-        for step in range(self.steps_per_epoch):
-            batch = self.data.sample_train(t.batch_size, self.generator)
+        total = torch.zeros(self.k, device=self.device)
+        for step in range(steps):
+            batches = [d.sample_train(t.batch_size, g).x for d, g in zip(self.data, self.batches, strict=True)]
+            x = batches[0].unsqueeze(0) if self.k == 1 else torch.stack(batches)  # (K, B, S, C, H, W)
             if self.graphed is not None:
-                loss = self.graphed(batch.x)
+                losses = self.graphed(x)
             else:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = self._step(batch.x)
-            total += loss
+                losses = self._step(x)
+            total += losses
             if on_step is not None:
-                on_step(step, float(loss))
-        train_loss = float(total) / self.steps_per_epoch
-        if not math.isfinite(train_loss):
-            raise DivergenceError(f"non-finite loss at epoch {self.epoch + 1}")
-        return {"train_loss": train_loss}
+                on_step(step, float(losses[self.alive].mean()))
+        return (total / steps).tolist()
 
     def _step(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward, backward and the optimiser step on zeroed gradients; returns the detached loss."""
-        t = self.cfg.train
+        """Forward, backward and the optimiser step of every member; returns the members' losses.
+
+        The summed loss gives each member the gradient of its own loss (the members share no weight);
+        a failed member's loss is weighted 0 (a mask on the device, which a captured step reads too)."""
+        t = self.train_cfg
         with step_precision(t):
             with forward_precision(t, self.device):
-                loss = self.model(x).loss
-            loss.backward()
+                losses = self.model.member_losses(x, self.noise)
+            (losses * self.living).sum().backward()
             if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                clip_per_member(list(self.model.parameters()), t.grad_clip)
             self.optimizer.step()
-        return loss.detach()
+        return losses.detach()
 
-    def epochs(self, on_step: Callable[[int, float], None] | None = None) -> Iterator[dict]:
-        """Trains the remaining epochs, yielding each epoch's metrics (evaluated ones included)."""
+    def epochs(self, on_step: Callable[[int, float], None] | None = None) -> Iterator[list[dict]]:
+        """Trains the remaining epochs, yielding each epoch's result per member: the metrics appended
+        to its history (evaluated ones included), or {"epoch", "error"} for a member that has failed.
+        Once every member has failed, raises DivergenceError with the first one's reason instead."""
         self.measure_init()
         while not self.finished:
             started = time.perf_counter()
-            metrics = self.train_epoch(on_step)
+            losses = self.train_epoch(on_step)
+            for m in self.alive:
+                if not math.isfinite(losses[m]):
+                    self.fail(m, f"non-finite loss at epoch {self.epoch + 1}")
             self.epoch += 1
-            metrics["train_time_s"] = time.perf_counter() - started
-            if evaluation_due(self.epoch, self.cfg.train):
-                metrics.update(evaluated(self.evaluate, self.init_metrics))
-            metrics = {"epoch": self.epoch, **metrics}
-            self.history.append(metrics)
-            yield metrics
+            if not self.alive:
+                break
+            elapsed = time.perf_counter() - started  # the epoch's time, shared by the members
+            due = evaluation_due(self.epoch, self.train_cfg)
+            for m in self.alive:
+                metrics = {"train_loss": losses[m], "train_time_s": elapsed}
+                if due:
+                    metrics.update(evaluated(functools.partial(self.evaluate, m), self.init_metrics[m]))
+                self.histories[m].append({"epoch": self.epoch, **metrics})
+            yield [self.result(m) for m in range(self.k)]
+        if not self.alive:
+            raise DivergenceError(next(e for e in self.errors if e))
+
+    def result(self, m: int) -> dict:
+        """Member m's result of the epoch just trained."""
+        if self.errors[m] is not None:
+            return {"epoch": self.epoch, "error": self.errors[m]}
+        return self.histories[m][-1]
+
+    def fail(self, m: int, reason: str) -> None:
+        self.errors[m] = reason
+        self.living[m] = 0.0
 
     # ------------------------------------------------------------ evaluation
 
-    def evaluate(self, likelihood: bool = True) -> dict:
-        return evaluate(self.model, self.data, self.cfg, self.device, likelihood)
+    def evaluate(self, m: int = 0, likelihood: bool = True) -> dict:
+        return evaluate(self.model.member(m), self.data[m], self.cfgs[m], self.device, likelihood)
 
     def measure_init(self) -> None:
-        """The built-in part of every equivariance metric: measured once, on the model before any
-        training (same seed and test set), and kept with the checkpoint (TVAE-SPEC 3.1)."""
-        if self.init_metrics is None:
-            self.init_metrics = init_metrics(self.evaluate(likelihood=False)) if self.epoch == 0 else {}
+        """The built-in part of every equivariance metric: measured once per member, on its model
+        before any training (same seed and test set), and kept with the checkpoint (TVAE-SPEC 3.1)."""
+        for m in range(self.k):
+            if self.init_metrics[m] is None:
+                self.init_metrics[m] = init_metrics(self.evaluate(m, likelihood=False)) if self.epoch == 0 else {}
 
-    # ------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------ checkpoints: a single run's per member
 
-    def state_dict(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "data": self.generator.get_state()}
+    def member_state_dict(self, m: int) -> dict:
+        """Member m's training state, as a single run of its config saves it."""
+        opt = self.optimizer.state_dict()
+        names = [name for name, _ in self.model.named_parameters()]  # the optimiser's parameter order
+        noise = self.noise[m]
+        rng = {"data": self.batches[m].get_state()}
         if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            rng["torch"] = torch.get_rng_state()
+            rng["cuda"] = noise.get_state() if noise is not None else torch.cuda.get_rng_state(self.device)
+        else:
+            rng["torch"] = noise.get_state() if noise is not None else torch.get_rng_state()
+        state = {i: {k: v if k in SHARED_STATE else to_member(names[i], v[m]) for k, v in slot.items()}
+                 for i, slot in opt["state"].items()}
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.model.member_state(m),
+            "optimizer": {"state": state, "param_groups": opt["param_groups"]},
             "epoch": self.epoch,
             "rng": rng,
-            "history": json.dumps(self.history),
-            "init_metrics": json.dumps(self.init_metrics),
-            "config": json.dumps(self.cfg.to_dict()),
+            "history": json.dumps(self.histories[m]),
+            "init_metrics": json.dumps(self.init_metrics[m]),
+            "config": json.dumps(self.cfgs[m].to_dict()),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restores the state; hyperparameters stay the config's (a PBT trial may carry a new lr).
+    def save_checkpoints(self, directories: list[str | Path]) -> None:
+        """Member m's checkpoint into directories[m], each written atomically; failed members are not saved."""
+        for m in self.alive:
+            write_checkpoint(self.member_state_dict(m), directories[m])
 
-        A pruned state (model weights only, see prune_checkpoint) restores a finished run, which
-        trains no further; it cannot continue an unfinished one."""
-        if "optimizer" not in state:
-            self.model.load_state_dict(state["model"])
-            self.epoch, self.history = int(state["epoch"]), json.loads(state["history"])
-            self.init_metrics = json.loads(state.get("init_metrics", "{}")) or {}
+    def load_checkpoints(self, directories: list[str | Path | None]) -> None:
+        """Resumes every member from its single-run checkpoint; they must be at one epoch. A member
+        without one (None) must have been marked failed (see fail) and keeps its history.
+
+        A pruned checkpoint (weights and record only, see prune_checkpoint) restores a finished run,
+        which trains no further; it cannot continue an unfinished one."""
+        if any(d is None and self.errors[m] is None for m, d in enumerate(directories)):
+            raise CheckpointError("fused checkpoints: a member that has not failed has no checkpoint")
+        given = {m: Path(d) for m, d in enumerate(directories) if d is not None}
+        if not given:
             return
-        self.model.load_state_dict(state["model"])
-        restore_optimizer(self.optimizer, state["optimizer"], self.cfg.train, self.graphed)
-        self.epoch = int(state["epoch"])
-        self.history = json.loads(state["history"])
-        self.init_metrics = json.loads(state.get("init_metrics", "{}")) or {}  # {}: a run older than them
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["data"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-
-    def save_checkpoint(self, directory: str | Path) -> Path:
-        return write_checkpoint(self.state_dict(), directory)
-
-    def load_checkpoint(self, directory: str | Path) -> None:
-        state = read_checkpoint(directory, self.device, self.cfg.train.epochs)
+        states = {m: read_checkpoint(d, self.device, self.train_cfg.epochs) for m, d in given.items()}
+        epochs = {int(s["epoch"]) for s in states.values()}
+        if len(epochs) > 1:
+            where = ", ".join(f"{d.parent.name}: {int(states[m]['epoch'])}" for m, d in given.items())
+            raise CheckpointError(f"fused members' checkpoints are at different epochs ({where}); "
+                                  "resume them one by one, or start again with --overwrite")
         try:
-            self.load_state_dict(state)
+            self._restore(states)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise CheckpointError(f"{Path(directory) / CHECKPOINT_FILE}: holds no training state of this config "
-                                  f"({type(e).__name__})") from None
+            where = ", ".join(str(d / CHECKPOINT_FILE) for d in given.values())
+            what = "holds no training state of this config" if len(given) == 1 else \
+                "hold no training state of these configs"
+            raise CheckpointError(f"{where}: {what} ({type(e).__name__})") from None
+        self.epoch = epochs.pop()
+
+    def _restore(self, states: dict[int, dict]) -> None:
+        """The members' states read from their checkpoints (a failed member's weights: any member's)."""
+        any_state = next(iter(states.values()))
+        full = [states.get(m, any_state) for m in range(self.k)]
+        self.model.load_member_states([s["model"] for s in full])
+        if all("optimizer" in s for s in states.values()):
+            self._load_optimizer([s["optimizer"] for s in full])
+            for m, s in states.items():
+                self._restore_rng(m, s["rng"])
+        for m, s in states.items():
+            self.histories[m] = json.loads(s["history"])
+            self.init_metrics[m] = json.loads(s.get("init_metrics", "{}")) or {}  # {}: a run older than them
+        for m in set(range(self.k)) - set(states):
+            self.init_metrics[m] = {}
+
+    def _restore_rng(self, m: int, rng: dict) -> None:
+        self.batches[m].set_state(rng["data"])
+        key = "cuda" if self.device.type == "cuda" else "torch"
+        if self.noise[m] is not None:
+            self.noise[m].set_state(rng[key])
+        elif key in rng:  # graphed: the members share the default generator
+            torch.cuda.set_rng_state(rng[key], self.device)
+
+    def _load_optimizer(self, states: list[dict]) -> None:
+        names = [name for name, _ in self.model.named_parameters()]
+        stacked = {i: {k: v if k in SHARED_STATE else from_members(names[i], [s["state"][i][k] for s in states])
+                       for k, v in slot.items()}
+                   for i, slot in states[0]["state"].items()}
+        restore_optimizer(self.optimizer, {"state": stacked, "param_groups": states[0]["param_groups"]},
+                          self.train_cfg, self.graphed)
+
+    # ------------------------------------------------------------ one checkpoint folder
+
+    def save_checkpoint(self, directory: str | Path, folders: list[str] | None = None) -> None:
+        """The checkpoint in `directory`: a single run's state.pt there (folders None, one member),
+        or member m's in directory/folders[m]/ and the failed members' reasons and records in
+        failed.json (a failed member's weights are not kept)."""
+        directory = Path(directory)
+        if folders is None:
+            self._single_member("save_checkpoint")
+            self.save_checkpoints([directory])
+            return
+        self.save_checkpoints([directory / f for f in folders])
+        failed = {f: {"error": e, "history": h}
+                  for f, e, h in zip(folders, self.errors, self.histories, strict=True) if e}
+        (directory / FAILED_FILE).write_text(json.dumps(failed))
+
+    def load_checkpoint(self, directory: str | Path, folders: list[str] | None = None) -> None:
+        """Resumes what save_checkpoint wrote: failed members stay failed, with their records."""
+        directory = Path(directory)
+        if folders is None:
+            self._single_member("load_checkpoint")
+            self.load_checkpoints([directory])
+            return
+        path = directory / FAILED_FILE
+        failed = json.loads(path.read_text()) if path.is_file() else {}
+        for m, folder in enumerate(folders):
+            if folder in failed:
+                self.fail(m, failed[folder]["error"])
+                self.histories[m] = failed[folder]["history"]
+        self.load_checkpoints([None if f in failed else directory / f for f in folders])
+
+    def _single_member(self, what: str) -> None:
+        if self.k != 1:
+            raise ValueError(f"{what}: {self.k} members need a folder each")
+
+
+def state_files(folder: str | Path) -> list[Path]:
+    """The training states in a checkpoint folder: a single run's, or each member's (seed_<s>/ of a
+    replicated trial, point_<i>/ of a fused one)."""
+    folder = Path(folder)
+    if (folder / CHECKPOINT_FILE).is_file():
+        return [folder / CHECKPOINT_FILE]
+    return sorted(p for p in folder.glob(f"*/{CHECKPOINT_FILE}"))
 
 
 def write_checkpoint(state: dict, directory: str | Path) -> Path:

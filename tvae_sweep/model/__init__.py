@@ -1,7 +1,8 @@
-"""Model package: the TVAE, its baselines and the topographic operators."""
+"""Model package: the TVAE, its baselines and the topographic operators, K members at once."""
 from ..config import ModelConfig
-from .topographic import topographic_energy, torus_energy, window_offsets
-from .tvae import ModelOutput, Posterior, TopographicVAE
+from .networks import FusedLinear
+from .topographic import w_by_rolls, window_offsets
+from .tvae import ModelOutput, Posterior, TopographicVAE, check_fusable
 
 
 def build_model(cfg: ModelConfig) -> TopographicVAE:
@@ -9,5 +10,5 @@ def build_model(cfg: ModelConfig) -> TopographicVAE:
     return TopographicVAE(cfg)
 
 
-__all__ = ["ModelConfig", "ModelOutput", "Posterior", "TopographicVAE", "build_model",
-           "topographic_energy", "torus_energy", "window_offsets"]
+__all__ = ["FusedLinear", "ModelConfig", "ModelOutput", "Posterior", "TopographicVAE", "build_model",
+           "check_fusable", "w_by_rolls", "window_offsets"]

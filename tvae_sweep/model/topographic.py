@@ -10,12 +10,15 @@ Both axes are circular. W is linear in u^2 and acts on each capsule's S*D units 
 sizes a TVAE uses it is one product with an (S*D, S*D) 0/1 matrix (counts where the window wraps
 onto itself): one matrix product instead of k*(2K+1) rolls, forward and backward. Beyond
 DENSE_LIMIT units per capsule the matrix would cost more than the rolls, and the rolls are used.
+The 2-D model's W is the same kind of matrix over one frame's torus. w_matrix_t is the one plan.
 """
 from __future__ import annotations
 
 from functools import lru_cache
 
 import torch
+
+from ..config import ModelConfig
 
 DENSE_LIMIT = 1024  # units per capsule (S*D) up to which W is applied as one dense matrix
 
@@ -58,18 +61,30 @@ def _counts(n: int, rows: torch.Tensor, cols: torch.Tensor, device: torch.device
     return w.t().contiguous().to(device)
 
 
-def topographic_energy(u_sq: torch.Tensor, coherence_window: int, n_off_diag: int, shift: int) -> torch.Tensor:
-    """v = W(u^2) for u_sq of shape (B, S, C, D); returns the same shape."""
-    b, s, c, d = u_sq.shape
-    if s * d > DENSE_LIMIT:
-        return energy_by_rolls(u_sq, coherence_window, n_off_diag, shift)
-    w_t = coherence_matrix_t(s, d, coherence_window, n_off_diag, shift, u_sq.device, u_sq.dtype)
-    flat = u_sq.transpose(1, 2).reshape(b * c, s * d)  # one row per capsule: (frame, position)
-    return (flat @ w_t).reshape(b, c, s, d).transpose(1, 2)
+def w_units(cfg: ModelConfig, seq_len: int) -> int:
+    """The units W acts on together: a capsule's frames and positions (S*D), or one frame's torus (D)."""
+    return cfg.cap_dim if cfg.variant == "tvae2d" else seq_len * cfg.cap_dim
+
+
+def w_matrix_t(cfg: ModelConfig, seq_len: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    """The plan of W for sequences of `seq_len` frames, the one rule for every model: W^T as one dense
+    (n, n) matrix up to DENSE_LIMIT units, None beyond (W is then applied as rolls, w_by_rolls)."""
+    if w_units(cfg, seq_len) > DENSE_LIMIT:
+        return None
+    if cfg.variant == "tvae2d":
+        return torus_matrix_t(round(cfg.cap_dim ** 0.5), cfg.torus_window, device, dtype)
+    return coherence_matrix_t(seq_len, cfg.cap_dim, cfg.coherence_window, cfg.n_off_diag, cfg.shift, device, dtype)
+
+
+def w_by_rolls(cfg: ModelConfig, u_sq: torch.Tensor) -> torch.Tensor:
+    """v = W(u^2) as sums of circular rolls, u_sq (B, S, C, D): the form beyond DENSE_LIMIT units."""
+    if cfg.variant == "tvae2d":
+        return torus_by_rolls(u_sq, cfg.torus_window)
+    return energy_by_rolls(u_sq, cfg.coherence_window, cfg.n_off_diag, cfg.shift)
 
 
 def energy_by_rolls(u_sq: torch.Tensor, coherence_window: int, n_off_diag: int, shift: int) -> torch.Tensor:
-    """The same v as a sum of circular rolls: cheaper than the matrix when S*D is large."""
+    """The sequence model's v as a sum of circular rolls: cheaper than the matrix when S*D is large."""
     # within-capsule neighbourhood: w[..., d] = sum_e u_sq[..., d + e]
     w = u_sq
     for e in range(1, n_off_diag + 1):
@@ -81,16 +96,11 @@ def energy_by_rolls(u_sq: torch.Tensor, coherence_window: int, n_off_diag: int, 
     return v
 
 
-def torus_energy(u_sq: torch.Tensor, window: int) -> torch.Tensor:
-    """v for the 2-D model: a window x window box sum of u^2 on a square torus.
-
-    u_sq has shape (..., D) with D a square number; the capsule is laid out as a side x side grid.
-    """
-    d = u_sq.shape[-1]
-    side = round(d ** 0.5)
-    if d > DENSE_LIMIT:
-        grid = u_sq.reshape(*u_sq.shape[:-1], side, side)
-        rows = sum(torch.roll(grid, -o, dims=-2) for o in window_offsets(window))
-        box = sum(torch.roll(rows, -o, dims=-1) for o in window_offsets(window))
-        return box.reshape(u_sq.shape)
-    return u_sq @ torus_matrix_t(side, window, u_sq.device, u_sq.dtype)
+def torus_by_rolls(u_sq: torch.Tensor, window: int) -> torch.Tensor:
+    """The 2-D model's v as rolls: a window x window box sum of u^2 on a square torus, u_sq (..., D)
+    with D a square number laid out as a side x side grid."""
+    side = round(u_sq.shape[-1] ** 0.5)
+    grid = u_sq.reshape(*u_sq.shape[:-1], side, side)
+    rows = sum(torch.roll(grid, -o, dims=-2) for o in window_offsets(window))
+    box = sum(torch.roll(rows, -o, dims=-1) for o in window_offsets(window))
+    return box.reshape(u_sq.shape)

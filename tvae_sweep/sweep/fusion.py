@@ -3,7 +3,7 @@
 The grid's points are grouped before the sweep starts (`fused_groups`): points whose data and
 training settings are the same (the seed apart) and whose networks have one shape. Each group is
 one Ray trial, whose config lists its points; it trains them as one fused model
-(fused_training.FusedTrainer), reports each point's metrics under MEMBERS and keeps each point's
+(one training.Trainer of several members), reports each point's metrics under MEMBERS and keeps each point's
 checkpoint and pictures in point_<i>/. Downstream a point is a trial of its own (a TrialRecord,
 sweep/records.py): its row in the trials table, its MLflow child run and its Optuna trial.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from ..fused_training import shared_settings
+from ..training import shared_settings
 from .space import DefineByRun, grid_points, num_trials, trial_run_config
 from .spec import SweepSpec
 

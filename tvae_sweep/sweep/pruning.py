@@ -22,8 +22,7 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import Callback
 
-from ..fused_training import state_files
-from ..training import prune_checkpoint
+from ..training import prune_checkpoint, state_files
 from .layout import disk_usage
 from .records import ERROR, TERMINATED, TrialRecord, records_of
 from .results import ranked

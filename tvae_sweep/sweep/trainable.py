@@ -14,11 +14,9 @@ import ray
 import torch
 from ray import tune
 
-from ..data import build_data
-from ..fused_training import FusedTrainer, Replicates, load_members, save_members
-from ..images import save_pictures
-from ..metrics import best_of, is_metric
-from ..training import DivergenceError, Trainer
+from ..images import save_member_pictures
+from ..metrics import best_of, is_metric, over_seeds
+from ..training import DivergenceError, Trainer, with_seed
 from .fake_gpu import fake_gpu
 from .fusion import MEMBERS, POINTS, point_folder
 from .space import trial_run_config
@@ -69,78 +67,118 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], sources: Any = Non
     if diverged.is_file():  # a retry would diverge again at the same epoch: fail at once
         raise DivergenceError(diverged.read_text())
 
-    trainer = make_trainer(config, base, sources, replicates, threads, device)
+    trial = make_trial(config, base, sources, replicates, threads, device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            trainer.load_checkpoint(directory)
+            trial.load_checkpoint(directory)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "device": str(device),
              "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
 
     try:
-        for _ in trainer.epochs():
-            report_epoch(trainer, where)
-        if isinstance(trainer, FusedPoints) and not trainer.fused.alive:
-            raise DivergenceError(f"every point failed: {trainer.fused.errors[0]}")
+        for _ in trial.trainer.epochs():
+            report_epoch(trial, where)
     except DivergenceError as e:
-        diverged.write_text(str(e))
-        raise
+        error = trial.failed(e, where)
+        diverged.write_text(str(error))
+        raise error from None
 
 
-def make_trainer(config: dict[str, Any], base: dict[str, Any], sources: Any, replicates: int, threads: int,
-                 device: torch.device):
+def make_trial(config: dict[str, Any], base: dict[str, Any], sources: Any, replicates: int, threads: int,
+               device: torch.device) -> TrialMembers:
+    """The trial's members on one trainer: a fused trial's points, a config under `replicates` seeds, or one run."""
     def run_of(point: dict[str, Any]):
         run = trial_run_config(base, point)
         run.train.num_threads = threads
         return run
 
     if POINTS in config:
-        return FusedPoints(FusedTrainer([run_of(p) for p in config[POINTS]], device, sources))
+        return FusedPoints(Trainer([run_of(p) for p in config[POINTS]], device, sources))
     run = run_of(config)
     if replicates > 1:
         return Replicates(run, replicates, device, sources)
-    return Trainer(run, data=build_data(run.data, run.model.seq_len, device, run.train.seed, sources=sources),
-                   device=device)
+    return TrialMembers(Trainer(run, device, sources))
 
 
-class FusedPoints:
+class TrialMembers:
+    """A trial's members on the one trainer, seen as Ray sees the trial: its checkpoint (a single
+    run's here; a folder per member in the views below) and its report."""
+
+    folders: list[str] | None = None
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def save_checkpoint(self, directory: str | Path) -> None:
+        self.trainer.save_checkpoint(directory, self.folders)
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        self.trainer.load_checkpoint(directory, self.folders)
+
+    def report(self, directory: str | Path) -> dict:
+        """The run's metrics and best metrics, its pictures after the last epoch."""
+        if self.trainer.finished:
+            save_member_pictures(self.trainer, 0, directory)
+        return report_of(self.trainer.history)
+
+    def failed(self, error: DivergenceError, where: dict) -> DivergenceError:
+        """The error the trial fails with once every member has."""
+        return error
+
+
+class Replicates(TrialMembers):
+    """One config trained under `k` seeds (train.seed, train.seed + 1, ...) as one model, seen as
+    one run: its history reports each metric's mean over the seeds that have not failed, with
+    `<m>_std` and `<m>_seed<s>` beside it (metrics.over_seeds). It fails only when every seed has.
+
+    The checkpoint is one folder per seed (seed_<s>/, a single run's checkpoint each) and
+    failed.json; the pictures are those of the first seed that has not failed."""
+
+    def __init__(self, cfg, k: int, device: torch.device | None = None, sources: Any = None):
+        self.seeds = [cfg.train.seed + i for i in range(k)]
+        self.folders = [f"seed_{s}" for s in self.seeds]
+        super().__init__(Trainer([with_seed(cfg, s) for s in self.seeds], device, sources))
+
+    @property
+    def history(self) -> list[dict]:
+        h = self.trainer.histories
+        return [over_seeds({s: h[m][i] for m, s in enumerate(self.seeds) if i < len(h[m])})
+                for i in range(max(map(len, h)))]
+
+    def report(self, directory: str | Path) -> dict:
+        if self.trainer.finished:
+            save_member_pictures(self.trainer, self.trainer.alive[0], directory)
+        return report_of(self.history)
+
+
+class FusedPoints(TrialMembers):
     """A fused trial's points, trained as one: each point's checkpoint, pictures and report its own."""
 
-    def __init__(self, fused: FusedTrainer):
-        self.fused = fused
-        self.folders = [point_folder(i) for i in range(fused.k)]
+    def __init__(self, trainer: Trainer):
+        super().__init__(trainer)
+        self.folders = [point_folder(i) for i in range(trainer.k)]
 
-    def epochs(self):
-        return self.fused.epochs()
-
-    def save_checkpoint(self, directory: str) -> None:
-        save_members(self.fused, directory, self.folders)
-
-    def load_checkpoint(self, directory: str) -> None:
-        load_members(self.fused, directory, self.folders)
-
-    def report(self, directory: str) -> dict:
+    def report(self, directory: str | Path) -> dict:
         """Each point's report under MEMBERS (a failed point's with its error), its pictures after the last epoch."""
-        members = []
-        for m, (history, error) in enumerate(zip(self.fused.histories, self.fused.errors)):
-            if error is None and self.fused.finished:
-                save_pictures(self.fused.member_model(m), self.fused.data[m].test_set(), Path(directory) / self.folders[m])
+        t, members = self.trainer, []
+        for m, (history, error) in enumerate(zip(t.histories, t.errors, strict=True)):
+            if error is None and t.finished:
+                save_member_pictures(t, m, Path(directory) / self.folders[m])
             members.append({**report_of(history), **({"error": error} if error else {})})
-        return {"epoch": self.fused.epoch, MEMBERS: members}
+        return {"epoch": t.epoch, MEMBERS: members}
+
+    def failed(self, error: DivergenceError, where: dict) -> DivergenceError:
+        """Every point failed: their last epoch is reported still (each point's error), then the trial fails."""
+        report_epoch(self, where)
+        return DivergenceError(f"every point failed: {error}")
 
 
 def report_of(history: list[dict]) -> dict:
     return {**carried_metrics(history), "best": best_metrics(history)}
 
 
-def report_epoch(trainer: Trainer | Replicates | FusedPoints, where: dict) -> None:
+def report_epoch(trial: TrialMembers, where: dict) -> None:
     """Reports the epoch's metrics with a checkpoint (and, after the last epoch, its pictures)."""
     with tempfile.TemporaryDirectory() as directory:
-        trainer.save_checkpoint(directory)
-        if isinstance(trainer, FusedPoints):
-            report = trainer.report(directory)
-        else:
-            if trainer.finished:
-                save_pictures(trainer.model, trainer.data.test_set(), directory)
-            report = report_of(trainer.history)
-        tune.report({**report, **where}, checkpoint=tune.Checkpoint.from_directory(directory))
+        trial.save_checkpoint(directory)
+        tune.report({**trial.report(directory), **where}, checkpoint=tune.Checkpoint.from_directory(directory))
