@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,3 +30,21 @@ def test_the_trial_log_runs_without_ray():
     code = "import sys; import tvae_sweep.tracking.trial_log; print('ray' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
+def test_every_module_is_in_a_layer():
+    """A new module must be placed in the contracts: each top-level module or package in the
+    package's layers, each module of a package with a layers contract in one of its layers."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layered: dict[str, set[str]] = {}  # container -> the modules its layers name
+    for contract in (c for c in contracts if c["type"] == "layers"):
+        for container in contract.get("containers", ["tvae_sweep"]):
+            names = {n.strip().strip("()") for layer in contract["layers"] for n in layer.split("|")}
+            layered.setdefault(container, set()).update(n.removeprefix(f"{container}.") for n in names)
+    package = ROOT / "tvae_sweep"
+    top = {p.stem for p in package.glob("*.py") if p.stem != "__init__"} | {
+        p.parent.name for p in package.glob("*/__init__.py")}
+    assert top - layered["tvae_sweep"] == set()
+    for sub in (p.parent for p in package.glob("*/__init__.py")):
+        modules = {p.stem for p in sub.glob("*.py") if p.stem != "__init__"}
+        assert modules - layered[f"tvae_sweep.{sub.name}"] == set(), sub.name
