@@ -157,7 +157,9 @@ def test_a_code_that_rolls_exactly_has_a_ratio_near_0_and_a_positive_roll_gain()
 
     gain = roll_gain(reads, bernoulli_nll, t, x, shift=1)
     assert (gain > 10).all()  # the roll predicts each later frame; a copy misses two pixels of it
-    assert float(equivariance_ratio(t + 0.01 * torch.randn_like(t), shift=1)) < 0.05
+    noise = 0.01 * torch.randn(t.shape, generator=torch.Generator().manual_seed(0))  # seeded: the ratio is
+    # about 0.045 over noise draws, so an unseeded draw could cross the bound
+    assert float(equivariance_ratio(t + noise, shift=1, generator=torch.Generator().manual_seed(0))) < 0.05
     # rolled the wrong way, only the pairs half a cycle apart are predicted
     assert (roll_gain(reads, bernoulli_nll, t, x, shift=-1) < gain / 4).all()
 

@@ -42,7 +42,10 @@ def test_resume_after_sigkill_keeps_finished_trials_and_completes_the_rest(tmp_p
     results = tmp_path / "results"
     experiment = results / "killed" / "tune"
     proc = subprocess.Popen([*CLI, "launch", str(spec), "--name", "killed", "--results-dir", str(results)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            # Ray saves the experiment every second instead of every 10 s or more:
+                            # the pruner, which waits two saves, prunes the first trial while others run
+                            env=cli_env(TUNE_GLOBAL_CHECKPOINT_S="1"),
                             start_new_session=True)
     deadline = time.monotonic() + 300
     while not pruned_trials(experiment) and time.monotonic() < deadline:
