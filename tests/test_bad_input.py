@@ -23,13 +23,14 @@ from click.testing import CliRunner
 from helpers import tiny_raw
 from sweeps import CLI, cli_env
 
+from tvae_sweep.checkpoints import CHECKPOINT_FILE
 from tvae_sweep.cli import main
 from tvae_sweep.config import dump_yaml, load_run_config
 from tvae_sweep.sweep.launch import create
 from tvae_sweep.sweep.layout import sweep_dir
 from tvae_sweep.sweep.validation import spec_from_dict
 from tvae_sweep.tracking import store as stores
-from tvae_sweep.training import CHECKPOINT_FILE, Trainer
+from tvae_sweep.training import Trainer
 
 PREFIX = "tvae-sweep: error:"
 NAME = "bad"

@@ -10,8 +10,9 @@ import pyarrow.fs
 import pytest
 import torch
 
+from tvae_sweep.checkpoints import CheckpointError, prune_checkpoint
 from tvae_sweep.sweep.pruning import CheckpointPruner, checkpoints, prune_trial
-from tvae_sweep.training import CheckpointError, Trainer, prune_checkpoint
+from tvae_sweep.training import Trainer
 
 PRUNE = "import sys, pathlib; from tvae_sweep.sweep.pruning import prune_trial; prune_trial(pathlib.Path(sys.argv[1]))"
 

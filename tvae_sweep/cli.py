@@ -96,9 +96,10 @@ def train(configs: tuple[Path, ...], output: Path, overrides: tuple[str, ...], o
     """
     from tqdm import tqdm
 
+    from .checkpoints import CheckpointError
     from .data import check_sources
     from .train_folder import load_members, member_summary, train_to_directory
-    from .training import CheckpointError, steps_per_epoch
+    from .training import steps_per_epoch
 
     members = load_members(list(configs), list(overrides), seeds)
     first = next(iter(members.values()))

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from .checkpoints import CHECKPOINT_FILE
 from .config import ConfigError, RunConfig, dump_yaml, load_run_config
 from .images import save_member_pictures
 from .metrics import STD, over_seeds
-from .training import CHECKPOINT_FILE, DivergenceError, Trainer, check_members, with_seed
+from .training import DivergenceError, Trainer, check_members, with_seed
 
 
 def final_metrics(history: list[dict]) -> dict:

@@ -25,29 +25,15 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import CHECKPOINT_FILE, CheckpointError, read_checkpoint, write_checkpoint
 from .config import SHAPE_KEYS, ConfigError, RunConfig, TrainConfig, run_config_from_dict
-from .data import SequenceData, build_data
+from .data import build_data
 from .data.sequences import load_sources
+from .evaluation import evaluate, evaluated, evaluation_due
 from .graphed import GraphedStep
-from .metrics import (
-    active_units,
-    capsule_correlation,
-    equivariance_error,
-    equivariance_ratio,
-    init_metrics,
-    learned,
-    mean_image_nll,
-    preferred_classes,
-    roll_gain,
-    roll_prediction,
-    scopes,
-    topographic_agreement,
-)
+from .metrics import init_metrics
 from .model import TopographicVAE, check_fusable
-from .model.tvae import from_members, gaussian_kl, to_member
-from .seeding import fixed_rng
-
-CHECKPOINT_FILE = "state.pt"
+from .model.tvae import from_members, to_member
 
 
 def steps_per_epoch(cfg: RunConfig) -> int:
@@ -56,10 +42,6 @@ def steps_per_epoch(cfg: RunConfig) -> int:
 
 class DivergenceError(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be restored: truncated, corrupt, or not a training state."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,86 +125,6 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device)
     if t.optimizer == "adam":  # a captured step keeps Adam's step count on the device
         return torch.optim.Adam(groups, lr=t.lr, fused=fused, capturable=t.cuda_graph)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, fused=fused)
-
-
-@torch.no_grad()
-def evaluate(model: TopographicVAE, data: SequenceData, cfg: RunConfig, device: torch.device,
-             likelihood: bool = True) -> dict:
-    """Metrics on the fixed test sequences, with their own seeded randomness (training RNG untouched).
-
-    likelihood=False leaves out the importance-sampled likelihoods, the bulk of the cost (the
-    model at initialisation is measured without them).
-    """
-    t = cfg.train
-    model.eval()
-    reported = scopes(cfg)  # the registry's rule: what this run reports
-    sequences, draws_map = "sequence" in reported, "map" in reported
-    shift = model.metric_shift
-    sums: dict[str, float] = {}
-    units: dict[str, torch.Tensor] = {}  # per latent: per-unit sums of posterior means and of their squares
-    latents, labels, n, images, pixels = [], [], 0, 0, 0.0
-
-    def add(name: str, value) -> None:
-        sums[name] = sums.get(name, 0.0) + float(value)
-
-    with fixed_rng(device, t.seed + 2):
-        perm_gen = torch.Generator(device).manual_seed(t.seed + 3)
-        for batch in data.test_batches(t.eval_batch_size):
-            x = batch.x
-            b, s = x.shape[:2]
-            n, images = n + b, images + b * s
-            pixels = pixels + x.sum(dim=(0, 1)).double()
-            out = model(x)
-            add("loss", out.loss * b)
-            q = out.posterior
-            for name, mean, logvar in (("z", q.z_mean, q.z_logvar), ("u", q.u_mean, q.u_logvar)):
-                if mean is None:
-                    continue
-                add(f"kl_{name}", gaussian_kl(mean, logvar).sum() / s)  # summed over images / S: per sequence
-                flat = mean.reshape(b * s, -1).double()
-                sum_sq = torch.stack([flat.sum(0), (flat * flat).sum(0)])
-                units[name] = units[name] + sum_sq if name in units else sum_sq
-            if likelihood:
-                ours, per_frame = model.log_likelihoods(x, t.ll_samples)
-                add("log_likelihood", ours.sum())
-                add("log_likelihood_per_frame", per_frame.sum())
-            if sequences:
-                tt = out.t
-                latents.append(tt)
-                roll_nll, self_nll = roll_prediction(model, x, tt, shift)
-                add("equivariance_error", equivariance_error(tt, shift).sum())
-                add("roll_nll", roll_nll.sum())
-                add("self_nll", self_nll.sum())
-                add("roll_gain", roll_gain(model.decode, model.bernoulli_nll, tt, x, shift).sum())
-            elif draws_map:
-                latents.append(out.t)
-                labels.append(batch.label)
-    out = {k: v / n for k, v in sums.items()}
-    out["mean_image_nll"] = mean_image_nll(pixels / images)
-    for name, (mean_sum, square_sum) in units.items():
-        out[f"active_units_{name}"] = active_units(mean_sum, square_sum, images)
-    if draws_map:
-        preferred = preferred_classes(torch.cat(latents), torch.cat(labels))
-        out["topographic_agreement"], out["topographic_agreement_chance"] = topographic_agreement(preferred)
-    if sequences:
-        out["equivariance_ratio"] = float(equivariance_ratio(torch.cat(latents), shift, perm_gen))
-        out["roll_nll_gap"] = out["roll_nll"] - out.pop("self_nll")
-        test = data.test_set()
-        out.update(capsule_correlation(torch.cat(latents), test.factor, test.start,
-                                       data.test_factor_periods, data.test_factor_names))
-    return out
-
-
-def evaluation_due(epoch: int, t: TrainConfig) -> bool:
-    """Whether the epoch just trained is evaluated: every eval_every epochs, and the last."""
-    return epoch % t.eval_every == 0 or epoch >= t.epochs
-
-
-def evaluated(evaluate_model: Callable[[], dict], init: dict) -> dict:
-    """An evaluation's metrics, with what training added to the ones at initialisation and its time."""
-    started = time.perf_counter()
-    measured = evaluate_model()
-    return {**measured, **learned(measured, init), "eval_time_s": time.perf_counter() - started}
 
 
 # optimiser state entries the members share (Adam's step count); every other entry of a parameter's
@@ -548,59 +450,3 @@ class Trainer:
             raise ValueError(f"{what}: {self.k} members need a folder each")
 
 
-def state_files(folder: str | Path) -> list[Path]:
-    """The training states in a checkpoint folder: a single run's, or each member's (seed_<s>/ of a
-    replicated trial, point_<i>/ of a fused one)."""
-    folder = Path(folder)
-    if (folder / CHECKPOINT_FILE).is_file():
-        return [folder / CHECKPOINT_FILE]
-    return sorted(p for p in folder.glob(f"*/{CHECKPOINT_FILE}"))
-
-
-def write_checkpoint(state: dict, directory: str | Path) -> Path:
-    """Writes a training state atomically (a temporary file renamed into place)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(directory / CHECKPOINT_FILE)
-    return directory
-
-
-def read_checkpoint(directory: str | Path, device: torch.device, epochs: int) -> dict:
-    """The training state saved in `directory`, refused with a CheckpointError when it is unreadable
-    or pruned before its run's `epochs`."""
-    path = Path(directory) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint there")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"{path}: not a readable tvae-sweep checkpoint ({type(e).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path}: holds no training state of this config (no model)")
-    if "optimizer" not in state and int(state.get("epoch", 0)) < epochs:
-        raise CheckpointError(f"{path}: holds model weights only (pruned when its run finished), "
-                              "which cannot continue training")
-    if "rng" in state:
-        state["rng"] = {k: v.cpu() for k, v in state["rng"].items()}  # RNG states are CPU byte tensors
-    return state
-
-
-# what a finished run's checkpoint keeps once pruned: its weights and its record, no optimiser or RNG state
-PRUNED_KEYS = ("model", "epoch", "history", "init_metrics", "config")
-
-
-def prune_checkpoint(directory: str | Path) -> int:
-    """Rewrites a finished run's checkpoint with its model weights and record only (the optimiser's
-    moment buffers are twice the weights again); returns the bytes freed. Atomic: a process killed
-    during it leaves the full checkpoint or the pruned one, never a broken file."""
-    path = Path(directory) / CHECKPOINT_FILE
-    before = path.stat().st_size
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "optimizer" not in state:
-        return 0
-    tmp = path.with_name(CHECKPOINT_FILE + ".pruning")
-    torch.save({k: state[k] for k in PRUNED_KEYS if k in state}, tmp)
-    tmp.replace(path)
-    return before - path.stat().st_size

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import Callback
 
-from ..training import prune_checkpoint, state_files
+from ..checkpoints import prune_checkpoint, state_files
 from .layout import disk_usage
 from .records import ERROR, TERMINATED, TrialRecord, records_of
 from .results import ranked
