@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup sweep smoke test test-fast benchmark gpu-kit clean
+.PHONY: setup sweep smoke test test-fast lint benchmark gpu-kit clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,12 @@ test: setup
 # the tests that start no Ray cluster and no sweep: under a minute, for iteration
 test-fast: setup
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+# ruff's rules and no function graded D or worse by radon (CONTRIBUTING.md)
+lint: setup
+	$(BIN)/ruff check .
+	@complex="$$($(BIN)/radon cc -s -n D tvae_sweep benchmarks tests)"; \
+	if [ -n "$$complex" ]; then echo "radon: functions graded D or worse:"; echo "$$complex"; exit 1; fi
 
 benchmark: setup
 	$(BIN)/python -m benchmarks.bench_core
