@@ -6,6 +6,7 @@ count refuses true and 'many', an unknown key is named with the allowed ones.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -34,6 +35,7 @@ from ..config import (
 RUN_SECTIONS = tuple(SECTIONS)  # data, model, train
 PROFILE = Setting("--profile", key="profile")  # else the first profile the spec lists
 Mode = Literal["min", "max"]
+Finite = Annotated[Float, rule(math.isfinite, "must be a finite number")]
 
 
 class ParamSpec(Schema):
@@ -113,14 +115,17 @@ class SearchSpec(Schema):
     seed: Int = 0
     warm_start: list[dict[Str, Any]] = Field(default_factory=list)
     scheduler: Literal["asha", "fifo", "pbt"] = "asha"
-    grace_period: Count = 1  # asha: epochs before a trial may be stopped
+    grace_period: Count = 1  # asha: epochs before a trial may be stopped (at most train.epochs)
     # asha: 1/reduction_factor of the trials go on at each rung
-    reduction_factor: Annotated[Float, rule(lambda v: v > 1, "must be > 1")] = 2.0
+    reduction_factor: Annotated[Float, rule(lambda v: v >= 2, "must be >= 2")] = 2.0
     n_startup_trials: Count = 4  # tpe, gp, cmaes: random trials before the model-based ones
     perturbation_interval: Count = 2  # pbt: epochs between exploit-and-explore steps
     mutate: list[Str] = Field(default_factory=list)  # pbt: the searched keys it may change
     replicates: Count = 1  # each trial's config trained under this many seeds, fused; reports their mean
     fuse: Bool = False  # grid: the points that share the network's shapes trained as one fused trial
+    # several objectives: the reference point of the front's hypervolume, one value per objective in its
+    # own units (default: the worst finished value of each)
+    hypervolume_reference: list[Finite] | None = None
 
     @field_validator("fuse")
     @classmethod

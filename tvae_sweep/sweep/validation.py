@@ -12,7 +12,7 @@ from ..config import ConfigError, RunConfig
 from ..metrics import reported_metrics
 from .pbt import check_pbt
 from .space import check_space
-from .spec import SweepSpec, read_spec
+from .spec import SearchSpec, SweepSpec, read_spec
 
 
 def config_keys(run: RunConfig) -> set[str]:
@@ -63,6 +63,27 @@ def check_search(spec: SweepSpec, run: RunConfig) -> None:
                 raise ConfigError(f"space.{key}.log: a grid needs finite values: use categorical")
 
 
+def check_front_reference(s: SearchSpec) -> None:
+    """search.hypervolume_reference: one value per objective, of a search with several."""
+    reference = s.hypervolume_reference
+    if reference is None:
+        return
+    if not s.multi_objective:
+        raise ConfigError("search.hypervolume_reference: the hypervolume is of a front of several objectives; "
+                          f"search.metric has one ({s.metrics[0]}): remove it")
+    if len(reference) != len(s.metrics):
+        raise ConfigError(f"search.hypervolume_reference: give one value per objective ({', '.join(s.metrics)}), "
+                          f"got {len(reference)}")
+
+
+def check_asha(s: SearchSpec, run: RunConfig) -> None:
+    """ASHA may stop a trial after grace_period epochs, and its last rung is train.epochs (launch's max_t)."""
+    epochs = run.train.epochs
+    if s.scheduler == "asha" and s.grace_period > epochs:
+        raise ConfigError(f"search.grace_period: {s.grace_period} epochs before ASHA may stop a trial, but trials "
+                          f"train for {epochs} (train.epochs); give at most {epochs}")
+
+
 def searched_keys(spec: SweepSpec) -> set[str]:
     """The config keys the space sets: its keys and those its presets bundle."""
     bundled = {k for p in spec.space.values() if p.type == "preset" for bundle in p.values.values() for k in bundle}
@@ -99,5 +120,7 @@ def spec_from_dict(raw: dict) -> SweepSpec:
     run = spec.run
     check_space_keys(spec, run)
     check_search(spec, run)
+    check_asha(spec.search, run)
+    check_front_reference(spec.search)
     check_objectives(spec, check_space(spec))
     return spec
