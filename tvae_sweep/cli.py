@@ -225,7 +225,8 @@ def _ended(outcome) -> None:
     if not outcome.finished:
         click.echo(f"sweep {sweep.name} stopped before its end; continue it with: tvae-sweep resume {sweep.name}")
         sys.exit(130)
-    for line in best_lines(outcome.frame, outcome.spec.search.metrics, outcome.spec.search.modes):
+    search = outcome.spec.search
+    for line in best_lines(outcome.frame, search.metrics, search.modes, search.hypervolume_reference):
         click.echo(line)
     click.echo(f"trials table: {sweep.trials}")
 

@@ -7,6 +7,7 @@ rather than a sweep.
 from __future__ import annotations
 
 import atexit
+from types import ModuleType
 from typing import Any
 
 
@@ -18,7 +19,8 @@ def _private(obj: Any, name: str, why: str) -> Any:
     try:
         return getattr(obj, name)
     except AttributeError:
-        raise PrivateApiGone(f"{type(obj).__module__}.{type(obj).__name__} has no {name} any more "
+        owner = obj.__name__ if isinstance(obj, ModuleType) else f"{type(obj).__module__}.{type(obj).__name__}"
+        raise PrivateApiGone(f"{owner} has no {name} any more "
                              f"(tvae-sweep reads it {why}); install the versions of constraints.txt") from None
 
 
@@ -51,3 +53,13 @@ def optuna_metrics(searcher) -> list[str]:
     """Ray's OptunaSearch._metric: the objective name(s) the searcher was given."""
     metric = _private(searcher, "_metric", "to name the objectives of a failed trial")
     return metric if isinstance(metric, list) else [metric]
+
+
+def hypervolume(losses, reference) -> float:
+    """Optuna's optuna._hypervolume.compute_hypervolume (WFG, exact in any dimension): the volume
+    that `losses` (n x m, every objective minimised, each point <= `reference`) dominate up to
+    `reference`. Optuna 5 has no public hypervolume; this one is what its samplers and plots use."""
+    import optuna._hypervolume  # noqa: PLC0415 the CLI imports this module; Optuna loads only for a front
+
+    return float(_private(optuna._hypervolume, "compute_hypervolume", "to measure a sweep's front")(
+        losses, reference))

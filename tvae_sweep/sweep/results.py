@@ -1,18 +1,24 @@
 """A sweep's results as a table (one row per trial), and its best configs exported to train again."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from ..compat import hypervolume
 from ..config import ConfigError, dump_yaml
 from ..metrics import is_metric, metric_mode, metric_order
 from .records import TERMINATED, TrialRecord, saved_records
 from .space import trial_run_config
 from .spec import SweepSpec
 
+HYPERVOLUME_KEY = b"tvae_sweep.hypervolume"  # trials.parquet's schema metadata: the front's hypervolume, as JSON
 
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -61,11 +67,13 @@ def ranked(frame: pd.DataFrame, metric: str, top: int | None = None, mode: str |
     return ordered if top is None else ordered.head(top)
 
 
-def write_table(frame: pd.DataFrame, out: str | Path) -> Path:
+def write_table(frame: pd.DataFrame, out: str | Path, metadata: dict[bytes, bytes] | None = None) -> Path:
+    """The table as parquet (with `metadata` added to its schema's) or csv, by the file name."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
-        frame.to_parquet(out, index=False)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **(metadata or {})}), out)
     elif out.suffix == ".csv":
         frame.to_csv(out, index=False)
     else:
@@ -77,14 +85,54 @@ def pareto_trials(frame: pd.DataFrame, metrics: list[str], modes: list[str]) -> 
     """The finished trials that no other finished trial beats on every objective (at least as good
     on all, better on one), ordered by the first objective, best first."""
     columns = [f"final/{m}" for m in metrics]
-    if any(c not in frame for c in columns):
-        return frame.iloc[0:0]
-    done = frame[(frame["state"] == TERMINATED)]
-    done = done[done[columns].map(_finite).all(axis=1)]
+    done = _finished_on(frame, columns)
     signs = [1.0 if mode == "max" else -1.0 for mode in modes]  # every objective as "higher is better"
     scores = [[sign * float(row[c]) for c, sign in zip(columns, signs, strict=True)] for _, row in done.iterrows()]
     keep = [i for i, a in enumerate(scores) if not any(_dominated(a, b) for b in scores)]
     return done.iloc[keep].sort_values(columns[0], ascending=modes[0] == "min")
+
+
+def _finished_on(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The finished trials with a finite value in every one of `columns`."""
+    if frame.empty or any(c not in frame for c in columns):
+        return frame.iloc[0:0]
+    done = frame[(frame["state"] == TERMINATED)]
+    return done[done[columns].map(_finite).all(axis=1)]
+
+
+def front_hypervolume(frame: pd.DataFrame, metrics: list[str], modes: list[str],
+                      reference: list[float] | None = None) -> tuple[float, list[float] | None]:
+    """(the hypervolume of the Pareto front of the finished trials, its reference point).
+
+    The reference is one value per objective in the objectives' own units; by default the worst
+    finished value of each (None, with a NaN value, when no trial finished). The volume is the part
+    of objective space that the front dominates and that dominates the reference, in the product of
+    the objectives' units; a trial not strictly better than the reference on every objective adds
+    nothing, so 0.0 means none is (with the default reference: a front of one trial, or of trials
+    that each are the worst on some objective)."""
+    columns = [f"final/{m}" for m in metrics]
+    done = _finished_on(frame, columns)
+    signs = np.array([-1.0 if mode == "max" else 1.0 for mode in modes])  # every objective as a loss
+    losses = done[columns].to_numpy(dtype=float) * signs
+    if reference is None:
+        if not len(losses):
+            return float("nan"), None
+        reference = (losses.max(axis=0) * signs).tolist()  # the worst value of each objective
+    point = np.asarray(reference, dtype=float) * signs
+    better = losses[(losses < point).all(axis=1)]
+    return (hypervolume(better, point) if len(better) else 0.0), [float(v) for v in reference]
+
+
+def hypervolume_metadata(frame: pd.DataFrame, metrics: list[str], modes: list[str],
+                         reference: list[float] | None = None) -> dict[bytes, bytes]:
+    """The front's hypervolume as parquet schema metadata: {HYPERVOLUME_KEY: JSON of value,
+    reference and objectives}; nothing for a single objective."""
+    if len(metrics) < 2:
+        return {}
+    value, used = front_hypervolume(frame, metrics, modes, reference)
+    entry = {"value": None if math.isnan(value) else value, "reference": used, "metrics": list(metrics),
+             "modes": list(modes), "reference_from": "spec" if reference is not None else "worst finished values"}
+    return {HYPERVOLUME_KEY: json.dumps(entry).encode()}
 
 
 def _dominated(a: list[float], b: list[float]) -> bool:
