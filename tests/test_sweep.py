@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from rich.console import Console
 from sweeps import run_cli, sweep_spec, trials
 
-from tvae_sweep.sweep.console import TrialConsole
+from tvae_sweep.sweep.console import EpochEta, TrialConsole, short_names
 from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
 from tvae_sweep.sweep.pbt import full_points
-from tvae_sweep.sweep.records import records_of
+from tvae_sweep.sweep.records import TrialRecord, records_of
 from tvae_sweep.sweep.trainable import best_metrics
 from tvae_sweep.sweep.validation import load_spec
 
@@ -266,23 +267,121 @@ def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
         assert without_lr(new) == without_lr(clone) and without_lr(new) in map(without_lr, population)
         assert 1e-5 <= new["train.lr"] <= 3e-3  # explored (perturbed or resampled) inside the space
 
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(i: int, state: str, epochs: int, config: dict | None = None, **last) -> TrialRecord:
+    """A trial as Ray names them (experiment id, counter), `epochs` reported."""
+    return TrialRecord(trial_id=f"8e3f1_{i:05d}", ray_id=f"8e3f1_{i:05d}", state=state, config=config or {},
+                       last={"training_iteration": epochs, **last}, epochs=epochs)
+
+
+def test_the_eta_counts_epochs_from_the_first_reported_one():
+    """4 trials of 10 epochs; a stopped trial's epochs leave the plan; two trials report at once."""
+    clock = FakeClock()
+    eta = EpochEta(total=4, epochs=10, clock=clock)
+    assert eta.seconds_left([record(0, "RUNNING", 0)]) is None and eta.planned([]) == 40
+    clock.now += 60  # Ray's start: not in the rate
+    assert eta.seconds_left([record(0, "RUNNING", 1)]) is None  # the first epoch starts the clock
+    clock.now += 10
+    running = [record(0, "RUNNING", 3), record(1, "RUNNING", 2)]  # 4 epochs in 10 s; 35 to go
+    assert eta.planned(running) == 40 and eta.seconds_left(running) == pytest.approx(35 / 0.4)
+    clock.now += 10
+    stopped = [record(0, "TERMINATED", 3), record(1, "RUNNING", 4), record(2, "RUNNING", 2)]  # ASHA stopped 0
+    assert eta.planned(stopped) == 33
+    assert eta.seconds_left(stopped) == pytest.approx((33 - 9) / (8 / 20))
+    console = TrialConsole([], ["log_likelihood"], total=4, epochs=10, clock=clock)
+    console.eta = eta
+    assert console.progress_line(stopped).endswith("pending; 9/33 epochs; 0m00s elapsed, about 1m00s to go")
+    searched = [record(0, "RUNNING", 2, {"train.epochs": 4})]  # a searched train.epochs is the trial's own
+    assert eta.planned(searched) == 4 + 3 * 10
+
+
+def test_the_eta_starts_at_the_first_epoch_tune_reports():
+    clock = FakeClock(500.0)
+    console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=2, epochs=5, clock=clock)
+    other = types.SimpleNamespace(trial_id="b", status="RUNNING", config={}, path="/nowhere", checkpoint=None,
+                                  last_result={})
+    first = types.SimpleNamespace(trial_id="a", status="RUNNING", config={}, path="/nowhere", checkpoint=None,
+                                  last_result={})
+    clock.now += 20
+    console.on_trial_result(0, [first, other], first, {"training_iteration": 1})
+    assert console.eta.first == (520.0, 1)
+    clock.now += 5
+    console.on_trial_result(0, [first, other], other, {"training_iteration": 1})
+    assert console.eta.first == (520.0, 1)  # started once
+
+
+CAPSULES = ["model.n_caps", "model.cap_dim", "model.n_off_diag", "model.coherence_window", "model.shift",
+            "model.mu_init"]
+OBJECTIVES = ["log_likelihood", "equivariance_ratio_learned"]
+
+
+def capsules_records() -> list[TrialRecord]:
+    states = ["TERMINATED", "RUNNING", "ERROR", "PENDING"]
+    config = {"model.n_caps": 18, "model.cap_dim": 18, "model.n_off_diag": 2, "model.coherence_window": 13,
+              "model.shift": 1, "model.mu_init": 30.0}
+    return [record(i, states[i % 4], 20, config, log_likelihood=-1234.5678 - i, equivariance_ratio_learned=-0.01234)
+            for i in range(24)]
+
+
+def rendered(console: TrialConsole, records: list[TrialRecord], width: int) -> list[str]:
+    screen = Console(width=width, record=True, file=io.StringIO())
+    screen.print(console.view(records, width))
+    return screen.export_text().splitlines()
+
+
+def test_the_live_table_fits_120_columns_without_cutting_a_word():
+    console = TrialConsole(CAPSULES, OBJECTIVES, total=24, epochs=20)
+    lines = rendered(console, capsules_records(), 120)
+    assert max(map(len, lines)) <= 120 and not any("…" in line for line in lines)
+    assert lines[1].split() == ["trial", "state", "n_caps", "cap_dim", "K", "window", "shift", "mu", "epoch",
+                                *OBJECTIVES]
+    assert lines[2].split() == ["8e3f1_00000", "TERMINATED", "18", "18", "2", "13", "1", "30", "20", "-1235",
+                                "-0.01234"]
+    assert {line.split()[1] for line in lines[2:]} == {"TERMINATED", "RUNNING", "ERROR", "PENDING"}
+
+
+def test_a_narrow_table_leaves_out_searched_keys_last_first_and_keeps_the_objectives():
+    console = TrialConsole(CAPSULES, OBJECTIVES, total=24, epochs=20)
+    lines = rendered(console, capsules_records(), 100)
+    assert max(map(len, lines)) <= 100 and not any("…" in line for line in lines)
+    assert lines[1].split() == ["trial", "state", "n_caps", "cap_dim", "K", "epoch", *OBJECTIVES]
+    assert lines[-1].strip() == "not shown, for the width: window, shift, mu"
+
+
+def test_searched_keys_that_share_a_last_name_keep_their_whole_names():
+    assert short_names(["model.n_off_diag", "train.seed", "data.seed", "train.lr"]) == \
+        ["K", "train.seed", "data.seed", "lr"]
+
+
 def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
     screen = Terminal()
-    console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=screen)
+    clock = FakeClock()
+    console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=screen, epochs=3, clock=clock)
     def trial(i, status, epoch):
         return types.SimpleNamespace(
             trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i}, path="/nowhere", checkpoint=None,
             last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
     console.on_trial_start(0, [trial(0, "RUNNING", 0)], trial(0, "RUNNING", 0))
+    clock.now += 30  # Ray's start and the first epoch: not in the rate
+    console.on_trial_result(0, [trial(0, "RUNNING", 0)], trial(0, "RUNNING", 0), {"training_iteration": 1})
+    clock.now += 10
     population = [trial(0, "TERMINATED", 3), trial(1, "RUNNING", 1)]
-    console.on_trial_complete(0, population, population[0])
+    console.on_trial_complete(0, population, population[0])  # 3 epochs in 10 s since the first: 5 to go, 16 s
     console.on_experiment_end(population)
     out = screen.getvalue()
-    assert "1/3 trials done, 1 running, 1 pending" in out and "to go" in out
+    words = " ".join(out.split())  # the progress line wraps at the terminal's width
+    assert "1/3 trials done, 1 running, 1 pending; 4/9 epochs; 0m40s elapsed, about 0m16s to go" in words
     assert "\x1b[" in out  # drawn in place with cursor movements, not appended
     assert "trial t0 finished" not in out  # event lines are for logs, not terminals
     assert "-101" in out and "TERMINATED" in out

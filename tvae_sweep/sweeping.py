@@ -81,7 +81,7 @@ def resume(name: str, results_dir: Path | None, address: str | None, tracking_ur
 def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, resumed: bool,
          tracking_uri: str | None, say: Say) -> Outcome:
     total, fused = num_trials(spec), ray_trials(spec)
-    console = TrialConsole(list(spec.space), spec.search.metrics, total)
+    console = TrialConsole(list(spec.space), spec.search.metrics, total, epochs=spec.run.train.epochs)
     together = f" trained as {fused} fused trials" if spec.search.fuse else ""
     say(f"sweep {sweep.name}: {total} trials{together}, results in {sweep.root}")
     tracking = None

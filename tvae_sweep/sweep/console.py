@@ -11,24 +11,76 @@ import io
 import logging
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, redirect_stderr, redirect_stdout, suppress
 from pathlib import Path
 from typing import TextIO
 
 from ray.tune import Callback
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .disk import notice
 from .records import ERROR, RUNNING, TrialRecord, records_of
 
 RAY_LOG = "ray.log"
 REFRESH_S = 1.0  # the live table is redrawn at most this often
+WIDTH = 120  # the live table's width where the terminal's is unknown
+# a searched key's column is headed by the key's last component, or by its name here
+SHORT_NAMES = {"model.n_off_diag": "K", "model.coherence_window": "window", "model.mu_init": "mu",
+               "model.torus_window": "torus", "train.batch_size": "batch", "train.eval_batch_size": "eval_batch",
+               "train.ll_samples": "ll_n", "data.train_sequences": "train_seqs", "data.test_sequences": "test_seqs"}
 
 
 def format_value(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def short_names(keys: list[str]) -> list[str]:
+    """Column headers for searched keys: n_caps, cap_dim, K, window, shift, mu...; a key whose short
+    name another key shares keeps its whole name."""
+    short = [SHORT_NAMES.get(k, k.rsplit(".", 1)[-1]) for k in keys]
+    return [name if short.count(name) == 1 else key for key, name in zip(keys, short, strict=True)]
+
+
+class EpochEta:
+    """The time left, counted in epochs. Planned: each trial's train.epochs, a trial that has
+    ended (stopped early by the scheduler, or failed) counting the epochs it trained. The rate:
+    epochs reported by all trials together per second, since the first reported epoch (the start
+    of Ray and of the first trials is not in it)."""
+
+    def __init__(self, total: int, epochs: int, clock: Callable[[], float] = time.monotonic):
+        """total: the sweep's trials (a fused trial's points one by one); epochs: train.epochs."""
+        self.total, self.epochs, self.clock = total, epochs, clock
+        self.first: tuple[float, int] | None = None  # (when, epochs done by then) at the first report
+
+    def planned(self, records: list[TrialRecord]) -> int:
+        seen = sum(r.epochs if r.finished else max(r.epochs, r.config.get("train.epochs", self.epochs))
+                   for r in records)
+        return seen + max(self.total - len(records), 0) * self.epochs
+
+    def observe(self, done: int) -> None:
+        """Starts the clock at the first report (`done`: the epochs reported by then)."""
+        if self.first is None and done > 0:
+            self.first = (self.clock(), done)
+
+    def seconds_left(self, records: list[TrialRecord]) -> float | None:
+        """None until a second epoch has been reported after the first."""
+        done = done_epochs(records)
+        self.observe(done)
+        if self.first is None:
+            return None
+        since, done_then = self.first
+        elapsed = self.clock() - since
+        if done <= done_then or elapsed <= 0:
+            return None
+        return max(self.planned(records) - done, 0) * elapsed / (done - done_then)
+
+
+def done_epochs(records: list[TrialRecord]) -> int:
+    return sum(r.epochs for r in records)
 
 
 class RayLog(io.TextIOBase):
@@ -90,11 +142,14 @@ def ray_output_to(log: RayLog):
 class TrialConsole(Callback):
     """The sweep's console: a live table on a terminal, one line per trial event elsewhere."""
 
-    def __init__(self, params: list[str], metrics: list[str], total: int, stream: TextIO | None = None):
-        """total: the sweep's trials, a fused trial's points counted one by one."""
+    def __init__(self, params: list[str], metrics: list[str], total: int, stream: TextIO | None = None,
+                 epochs: int = 1, clock: Callable[[], float] = time.monotonic):
+        """total: the sweep's trials, a fused trial's points counted one by one; epochs: train.epochs."""
         self.params, self.metrics, self.total = params, metrics, total
         self.stream = stream or sys.stdout  # the console as it is now, before Ray's output is redirected
-        self.started = time.monotonic()
+        self.clock = clock
+        self.started = clock()
+        self.eta = EpochEta(total, epochs, clock)
         self.live = None
         self.drawn = 0.0
         self.seen: set[str] = set()
@@ -108,11 +163,12 @@ class TrialConsole(Callback):
     def progress_line(self, records: list[TrialRecord]) -> str:
         done = sum(r.finished for r in records)
         running = sum(r.state == RUNNING for r in records)
-        elapsed = time.monotonic() - self.started
+        left = self.eta.seconds_left(records)
         line = (f"{done}/{self.total} trials done, {running} running, {self.total - done - running} pending; "
-                f"{_duration(elapsed)} elapsed")
-        if 0 < done < self.total:
-            line += f", about {_duration(elapsed / done * (self.total - done))} to go"
+                f"{done_epochs(records)}/{self.eta.planned(records)} epochs; "
+                f"{_duration(self.clock() - self.started)} elapsed")
+        if left is not None and done < self.total:
+            line += f", about {_duration(left)} to go"
         return line
 
     def rows(self, records: list[TrialRecord]) -> list[list[str]]:
@@ -120,13 +176,29 @@ class TrialConsole(Callback):
                  format_value(r.epochs), *(format_value(r.last.get(m, "-")) for m in self.metrics)]
                 for r in records]
 
-    def table(self, records: list[TrialRecord]) -> Table:
-        table = Table(title=self.progress_line(records), title_justify="left", box=None, pad_edge=False)
-        for name in ["trial", "state", *self.params, "epoch", *self.metrics]:
-            table.add_column(name, no_wrap=True)
-        for row in self.rows(records):
-            table.add_row(*row)
+    def table(self, records: list[TrialRecord], width: int = WIDTH) -> Table:
+        """The trials, in `width` columns without a word cut: searched keys
+        under short names, and those that do not fit left out, the last first (named under the
+        table); the trial, its state, its epoch and the objectives always shown."""
+        headers = ["trial", "state", *short_names(self.params), "epoch", *self.metrics]
+        rows = self.rows(records)
+        widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+        params = range(2, 2 + len(self.params))
+        shown = list(range(len(headers)))
+        while sum(widths[i] + 2 for i in shown) - 2 > width and any(i in params for i in shown):
+            shown.remove(max(i for i in shown if i in params))
+        left_out = [headers[i] for i in params if i not in shown]
+        caption = f"not shown, for the width: {', '.join(left_out)}" if left_out else None
+        table = Table(box=None, pad_edge=False, caption=caption, caption_justify="left")
+        for i in shown:
+            table.add_column(headers[i], no_wrap=True)
+        for row in rows:
+            table.add_row(*(row[i] for i in shown))
         return table
+
+    def view(self, records: list[TrialRecord], width: int = WIDTH) -> Group:
+        """What a terminal shows: the progress line over the table."""
+        return Group(Text(self.progress_line(records)), self.table(records, width))
 
     def event(self, records: list[TrialRecord], what: str) -> None:
         """A line for each record (each point of a fused trial; a point that failed alone says so)."""
@@ -145,13 +217,18 @@ class TrialConsole(Callback):
             console = Console(file=self.stream, force_terminal=True)
             self.live = Live(console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
             self.live.start()
-        self.live.update(self.table(records_of(trials)), refresh=True)
+        self.live.update(self.view(records_of(trials), self.live.console.width), refresh=True)
         self.drawn = time.monotonic()
 
     # ------------------------------------------------------------ Tune's hooks
 
     def on_step_end(self, iteration, trials, **info):
         self.draw(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.eta.first is None:  # the ETA's clock starts at the first reported epoch
+            others = records_of(t for t in trials if t is not trial)
+            self.eta.observe(done_epochs(others) + done_epochs(records_of([trial], result)))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         records = records_of([trial])
