@@ -1,7 +1,8 @@
 """What a sweep shows while it runs, and where Ray's own output goes.
 
-On a terminal: one live table of the trials, redrawn in place under a progress line (done, running,
-pending, elapsed, ETA). Elsewhere (a log file, CI): one line per trial event. A fused Ray trial is
+On a terminal: one live table of the trials that fits the terminal's width, redrawn in place under a
+progress line (trials done, running, pending; epochs done of those planned; elapsed; an ETA counted
+in epochs). Elsewhere (a log file, CI): one line per trial event. A fused Ray trial is
 shown as its points, each with its own state and metrics. Ray's banner, hints and warnings go to
 results/<name>/ray.log instead of the console.
 """
@@ -77,6 +78,16 @@ class EpochEta:
         if done <= done_then or elapsed <= 0:
             return None
         return max(self.planned(records) - done, 0) * elapsed / (done - done_then)
+
+
+def fitting_columns(headers: list[str], rows: list[list[str]], droppable: range, width: int) -> list[int]:
+    """The columns (indices) of a table without borders, two spaces apart, that fit `width`: all of
+    them, or without the droppable ones that do not fit, the last first."""
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+    shown = list(range(len(headers)))
+    while sum(widths[i] + 2 for i in shown) - 2 > width and any(i in droppable for i in shown):
+        shown.remove(max(i for i in shown if i in droppable))
+    return shown
 
 
 def done_epochs(records: list[TrialRecord]) -> int:
@@ -182,11 +193,8 @@ class TrialConsole(Callback):
         table); the trial, its state, its epoch and the objectives always shown."""
         headers = ["trial", "state", *short_names(self.params), "epoch", *self.metrics]
         rows = self.rows(records)
-        widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
         params = range(2, 2 + len(self.params))
-        shown = list(range(len(headers)))
-        while sum(widths[i] + 2 for i in shown) - 2 > width and any(i in params for i in shown):
-            shown.remove(max(i for i in shown if i in params))
+        shown = fitting_columns(headers, rows, params, width)
         left_out = [headers[i] for i in params if i not in shown]
         caption = f"not shown, for the width: {', '.join(left_out)}" if left_out else None
         table = Table(box=None, pad_edge=False, caption=caption, caption_justify="left")
