@@ -54,6 +54,10 @@ def test_three_objectives():
 def test_no_finished_trial_no_volume():
     value, reference = front_hypervolume(SWEEP[SWEEP["state"] != "TERMINATED"], METRICS, MODES)
     assert math.isnan(value) and reference is None
+    value, reference = front_hypervolume(SWEEP.drop(columns="final/log_likelihood"), METRICS, MODES, [-130, 1])
+    assert math.isnan(value) and reference == [-130.0, 1.0]  # no trial reported an objective
+    stored = json.loads(hypervolume_metadata(SWEEP.iloc[0:0], METRICS, MODES)[HYPERVOLUME_KEY])
+    assert stored["value"] is None and stored["reference"] is None
 
 
 def test_the_summary_shows_the_hypervolume_and_its_reference():

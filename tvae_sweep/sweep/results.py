@@ -105,18 +105,18 @@ def front_hypervolume(frame: pd.DataFrame, metrics: list[str], modes: list[str],
     """(the hypervolume of the Pareto front of the finished trials, its reference point).
 
     The reference is one value per objective in the objectives' own units; by default the worst
-    finished value of each (None, with a NaN value, when no trial finished). The volume is the part
-    of objective space that the front dominates and that dominates the reference, in the product of
-    the objectives' units; a trial not strictly better than the reference on every objective adds
-    nothing, so 0.0 means none is (with the default reference: a front of one trial, or of trials
-    that each are the worst on some objective)."""
+    finished value of each. The volume is the part of objective space that the front dominates and
+    that dominates the reference, in the product of the objectives' units; a trial not strictly
+    better than the reference on every objective adds nothing, so 0.0 means none is (with the
+    default reference: a front of one trial, or of trials each the worst on some objective). No
+    finished trial: NaN (and no default reference)."""
     columns = [f"final/{m}" for m in metrics]
     done = _finished_on(frame, columns)
+    if done.empty:
+        return float("nan"), None if reference is None else [float(v) for v in reference]
     signs = np.array([-1.0 if mode == "max" else 1.0 for mode in modes])  # every objective as a loss
     losses = done[columns].to_numpy(dtype=float) * signs
     if reference is None:
-        if not len(losses):
-            return float("nan"), None
         reference = (losses.max(axis=0) * signs).tolist()  # the worst value of each objective
     point = np.asarray(reference, dtype=float) * signs
     better = losses[(losses < point).all(axis=1)]
