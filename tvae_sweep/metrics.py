@@ -227,6 +227,7 @@ def input_free(u: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return u.flatten(0, 1)[order].view_as(u)
 
 
+@torch.no_grad()
 def mean_controls(latent: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], z_mean: torch.Tensor,
                   u_mean: torch.Tensor | None, shift: int, shuffle_seed: int, draw_seed: int) -> dict[str, float]:
     """The controls of TVAE-SPEC 3.2 from a test set's posterior means z_mean, u_mean (N, S, C, D;
