@@ -20,7 +20,8 @@ METRICS_DOC = ROOT / "docs" / "metrics.md"
 DOCS = [README, ROOT / "CONTRIBUTING.md", ROOT / "cluster" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # how docs/metrics.md names each scope of the registry (tvae_sweep.metrics.Metric)
-SCOPE_WORDS = {"all": "every run", "latent_u": "models with u", "sequence": "sequence runs", "map": "map runs"}
+SCOPE_WORDS = {"all": "every run", "latent_u": "models with u", "sequence": "sequence runs",
+               "sequence_u": "sequence runs with u", "map": "map runs"}
 
 
 def group() -> click.Group:

@@ -12,7 +12,9 @@ from tvae_sweep.metrics import (
     equivariance_error,
     equivariance_ratio,
     has_map,
+    input_free,
     learned,
+    mean_controls,
     mean_image_nll,
     metric_mode,
     permute_frames,
@@ -146,7 +148,8 @@ def test_roll_gain_is_zero_for_a_decoder_that_ignores_its_latent():
     def ignores(latent):
         return torch.zeros(*latent.shape[:2], 1, 1, 8)
 
-    assert torch.equal(roll_gain(ignores, bernoulli_nll, t, x, shift=1), torch.zeros(5))
+    for shift in (1, -1):  # roll gain and its reversed control
+        assert torch.equal(roll_gain(ignores, bernoulli_nll, t, x, shift=shift), torch.zeros(5))
 
 
 def test_a_code_that_rolls_exactly_has_a_ratio_near_0_and_a_positive_roll_gain():
@@ -242,4 +245,115 @@ def test_the_registry_lists_what_a_trainer_reports_and_nothing_it_does_not(tiny_
         ((final,),) = list(Trainer(cfg).epochs())
         reported = {k for k in final if base_metric(k) is not None}
         assert reported == set(reported_metrics(cfg)), model
+        controls = ["equivariance_error_at_mean", "equivariance_ratio_at_mean", "roll_gain_reversed"]
+        if not model:
+            controls.append("equivariance_ratio_input_free")
+        for name in controls:  # the controls, with their value at initialisation and what training added
+            assert all(math.isfinite(final[name + suffix]) for suffix in ("", "_init", "_learned")), name
+            assert final[name + "_learned"] == pytest.approx(final[name] - final[name + "_init"]), name
     assert "kl_u" not in final and "active_units_u" not in final  # the VAE has no u: absent, not 0
+    assert not any(k.startswith("equivariance_ratio_input_free") for k in final)  # nor a u to take from other frames
+
+
+# ---------------------------------------------------------------- controls: what the encoder learned, apart from W
+
+
+def control_model(window=3, seq_len=8, cap_dim=8):
+    """A TVAE's t = (z + mu) / sqrt(W(u^2)): what the controls build from posterior means."""
+    torch.manual_seed(0)
+    return build_model(ModelConfig(variant="tvae", n_caps=4, cap_dim=cap_dim, seq_len=seq_len,
+                                   coherence_window=window, n_off_diag=1, shift=1, image_shape=(1, 4, 4)))
+
+
+def controls(u, window=3, z=None, draw_seed=4):
+    model = control_model(window, u.shape[1], u.shape[-1])
+    return mean_controls(model.latent, torch.zeros_like(u) if z is None else z, u, 1, 3, draw_seed)
+
+
+def test_input_free_gives_every_frame_the_u_of_another_frame_of_the_set():
+    u = torch.arange(6 * 4, dtype=torch.float32).reshape(6, 4, 1, 1).expand(6, 4, 2, 3)
+    free = input_free(u, torch.Generator().manual_seed(0))
+    assert sorted(free[:, :, 0, 0].flatten().tolist()) == list(range(24))  # each frame's u once
+    assert (free == free[:, :, :1, :1]).all()  # a frame's u moves whole
+    assert (free[:, :, 0, 0] // 4 != torch.arange(6)[:, None]).float().mean() > 0.5  # mostly another sequence's
+    assert torch.equal(free, input_free(u, torch.Generator().manual_seed(0)))  # one permutation per seed
+
+
+def test_an_exactly_rolling_code_is_far_more_equivariant_than_its_input_free_control():
+    u = rolling_latents(b=64, s=8, c=4, d=8)  # u's means roll with the frames: the encoder follows the input
+    out = controls(u)
+    assert out["equivariance_error_at_mean"] < 1e-2 and out["equivariance_ratio_at_mean"] < 1e-3
+    assert out["equivariance_ratio_input_free"] > 0.5  # without the input, W with window 3 does not roll
+
+
+def test_a_code_that_ignores_its_input_scores_its_control_exactly():
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(1, 1, 4, 8, generator=g).expand(64, 8, 4, 8)  # the same means for every frame of every input
+    z = torch.randn(1, 1, 4, 8, generator=g).expand(64, 8, 4, 8)
+    out = controls(u, z=z)
+    assert out["equivariance_ratio_input_free"] == out["equivariance_ratio_at_mean"]
+
+
+def test_the_input_free_ratio_moves_with_w_and_not_with_the_input_dependence_of_u():
+    g = torch.Generator().manual_seed(1)
+    rolling = rolling_latents(b=128, s=8, c=4, d=8)
+    scrambled = input_free(rolling, g)  # the same u values, tied to no input
+    following, ignoring = controls(rolling), controls(scrambled)
+    # at the mean, what the encoder follows moves the figures
+    assert ignoring["equivariance_ratio_at_mean"] - following["equivariance_ratio_at_mean"] > 0.5
+    assert ignoring["equivariance_error_at_mean"] > 1000 * following["equivariance_error_at_mean"]
+    assert abs(ignoring["equivariance_ratio_input_free"] - following["equivariance_ratio_input_free"]) < 0.03
+    # a window over the whole sequence rolls v whatever u is: the input-free ratio falls with W alone
+    whole = controls(scrambled, window=8)
+    assert whole["equivariance_ratio_input_free"] < 0.01 and ignoring["equivariance_ratio_input_free"] > 0.5
+    assert controls(rolling, draw_seed=5)["equivariance_ratio_input_free"] != following["equivariance_ratio_input_free"]
+
+
+def test_the_vae_has_no_input_free_control():
+    t = rolling_latents(b=8, s=6, c=2, d=6)
+    out = mean_controls(lambda z, u: z, t, None, 1, 3, 4)
+    assert set(out) == {"equivariance_error_at_mean", "equivariance_ratio_at_mean"}
+    assert out["equivariance_ratio_at_mean"] < 1e-3  # t = z's mean, which rolls
+
+
+def reads(latent):  # decodes t as the image: one capsule of 8 positions, 8 pixels
+    return 10.0 * (2 * latent - 1).view(*latent.shape[:2], 1, 1, 8)
+
+
+def test_a_decoder_that_learned_the_direction_gains_far_more_than_reversed():
+    x, t = one_hot_sequences()
+    gain = roll_gain(reads, bernoulli_nll, t, x, shift=1)
+    reversed_gain = roll_gain(reads, bernoulli_nll, t, x, shift=-1)
+    assert (gain > 10).all() and (reversed_gain < gain / 4).all()
+    # the same sequences played backwards: the transformation turns, and the two gains swap
+    back_x, back_t = x.flip(1), t.flip(1)
+    torch.testing.assert_close(roll_gain(reads, bernoulli_nll, back_t, back_x, shift=-1), gain)
+    torch.testing.assert_close(roll_gain(reads, bernoulli_nll, back_t, back_x, shift=1), reversed_gain)
+
+
+def test_a_code_symmetric_in_direction_gains_alike_both_ways():
+    """Two dots moving apart from a centre: rolling one way predicts one dot, the other way the
+    other; what W's symmetry alone gives a roll."""
+    b, s, d = 5, 4, 8
+    centre = torch.randint(d, (b,), generator=torch.Generator().manual_seed(0))
+    steps = torch.arange(s)
+    x = (F.one_hot((centre[:, None] + steps) % d, d) + F.one_hot((centre[:, None] - steps) % d, d)).clamp(max=1)
+    x = x.float().view(b, s, 1, 1, d)
+    t = x.view(b, s, 1, d).clone()
+    gain = roll_gain(reads, bernoulli_nll, t, x, shift=1)
+    torch.testing.assert_close(roll_gain(reads, bernoulli_nll, t, x, shift=-1), gain)
+    assert (gain.abs() > 1).all()  # alike, and not because both are 0
+
+
+def test_the_controls_at_the_mean_do_not_move_with_the_posterior_variances(tiny_config):
+    trainer = Trainer(tiny_run(tiny_config))
+    before = trainer.evaluate(likelihood=False)
+    assert before == trainer.evaluate(likelihood=False)  # seeded: a repeated evaluation gives the same numbers
+    with torch.no_grad():
+        for encoder in (trainer.model.z_encoder, trainer.model.u_encoder):
+            bias = encoder.net[-1].bias
+            bias[:, bias.shape[1] // 2:] += 4.0  # the log-variances: wider posteriors, the same means
+    after = trainer.evaluate(likelihood=False)
+    for name in ("equivariance_error_at_mean", "equivariance_ratio_at_mean", "equivariance_ratio_input_free"):
+        assert after[name] == pytest.approx(before[name], rel=1e-5), name
+    assert abs(after["equivariance_ratio"] - before["equivariance_ratio"]) > 1e-3  # the sampled ratio moves

@@ -28,7 +28,8 @@ def test_evaluation_reports_every_metric_and_is_repeatable(tiny_config):
                                   data={"test_sequences": 24}))
     first, second = trainer.evaluate(), trainer.evaluate()
     for key in ("loss", "log_likelihood", "equivariance_error", "equivariance_ratio", "roll_nll",
-                "roll_nll_gap", "capsule_correlation"):
+                "roll_nll_gap", "capsule_correlation", "equivariance_error_at_mean", "equivariance_ratio_at_mean",
+                "equivariance_ratio_input_free", "roll_gain_reversed"):
         assert key in first
     assert first == second  # the fixed test set and its own seeded RNG
 
@@ -64,7 +65,8 @@ def test_the_init_metrics_are_measured_once_before_training_and_kept_by_the_chec
     fresh = Trainer(cfg)
     measured = fresh.evaluate(likelihood=False)  # the untrained model, as measure_init sees it
     (first,) = next(fresh.epochs())
-    for name in ("equivariance_error", "equivariance_ratio", "roll_nll_gap", "roll_gain"):
+    for name in ("equivariance_error", "equivariance_ratio", "roll_nll_gap", "roll_gain", "equivariance_error_at_mean",
+                 "equivariance_ratio_at_mean", "equivariance_ratio_input_free", "roll_gain_reversed"):
         assert first[f"{name}_init"] == measured[name]
         assert first[f"{name}_learned"] == pytest.approx(first[name] - measured[name])
     assert "log_likelihood_init" not in first and "kl_z_init" not in first

@@ -18,6 +18,7 @@ from .metrics import (
     equivariance_error,
     equivariance_ratio,
     learned,
+    mean_controls,
     mean_image_nll,
     preferred_classes,
     roll_gain,
@@ -46,6 +47,7 @@ def evaluate(model: TopographicVAE, data: SequenceData, cfg: RunConfig, device: 
     sums: dict[str, float] = {}
     units: dict[str, torch.Tensor] = {}  # per latent: per-unit sums of posterior means and of their squares
     latents, labels, n, images, pixels = [], [], 0, 0, 0.0
+    means: dict[str, list[torch.Tensor]] = {"z": [], "u": []}  # sequence runs: the posterior means, for the controls
 
     def add(name: str, value) -> None:
         sums[name] = sums.get(name, 0.0) + float(value)
@@ -79,6 +81,10 @@ def evaluate(model: TopographicVAE, data: SequenceData, cfg: RunConfig, device: 
                 add("roll_nll", roll_nll.sum())
                 add("self_nll", self_nll.sum())
                 add("roll_gain", roll_gain(model.decode, model.bernoulli_nll, tt, x, shift).sum())
+                add("roll_gain_reversed", roll_gain(model.decode, model.bernoulli_nll, tt, x, -shift).sum())
+                means["z"].append(q.z_mean)
+                if q.u_mean is not None:
+                    means["u"].append(q.u_mean)
             elif draws_map:
                 latents.append(out.t)
                 labels.append(batch.label)
@@ -92,6 +98,9 @@ def evaluate(model: TopographicVAE, data: SequenceData, cfg: RunConfig, device: 
     if sequences:
         out["equivariance_ratio"] = float(equivariance_ratio(torch.cat(latents), shift, perm_gen))
         out["roll_nll_gap"] = out["roll_nll"] - out.pop("self_nll")
+        # the same frame shuffles as equivariance_ratio's (t.seed + 3); the input-free draw its own seed
+        out.update(mean_controls(model.latent, torch.cat(means["z"]), torch.cat(means["u"]) if means["u"] else None,
+                                 shift, t.seed + 3, t.seed + 4))
         test = data.test_set()
         out.update(capsule_correlation(torch.cat(latents), test.factor, test.start,
                                        data.test_factor_periods, data.test_factor_names))

@@ -21,7 +21,8 @@ class Metric:
     """A metric a run reports: its name, the direction in which it is better, and who reports it.
 
     scope: "all" (every run), "latent_u" (models with a u: tvae, tvae2d), "sequence" (transforming
-    sequences: seq_len > 1 and transforms) or "map" (static models whose latent is a square grid).
+    sequences: seq_len > 1 and transforms), "sequence_u" (sequence runs of models with a u) or "map"
+    (static models whose latent is a square grid).
     at_init: also measured once on the model at initialisation (TVAE-SPEC 3.1), reported as
     `<name>_init`, and what training added as `<name>_learned` (trained minus init, better in the
     same direction as the metric itself).
@@ -45,9 +46,14 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("active_units_u", "max", scope="latent_u"),
     Metric("equivariance_error", "min", scope="sequence", at_init=True),
     Metric("equivariance_ratio", "min", scope="sequence", at_init=True),
+    # controls (TVAE-SPEC 3.2): the posterior means, no sampling; then u's means taken from random test frames
+    Metric("equivariance_error_at_mean", "min", scope="sequence", at_init=True),
+    Metric("equivariance_ratio_at_mean", "min", scope="sequence", at_init=True),
+    Metric("equivariance_ratio_input_free", "min", scope="sequence_u", at_init=True),
     Metric("roll_nll", "min", scope="sequence"),
     Metric("roll_nll_gap", "min", scope="sequence", at_init=True),
     Metric("roll_gain", "max", scope="sequence", at_init=True),
+    Metric("roll_gain_reversed", "max", scope="sequence", at_init=True),  # the control: rolled the other way
     Metric("capsule_correlation", "max", scope="sequence", at_init=True),  # and capsule_correlation_<factor>
     Metric("topographic_agreement", "max", scope="map", at_init=True),
     Metric("topographic_agreement_chance", "max", scope="map", at_init=True),  # the baseline of both
@@ -113,8 +119,9 @@ def scopes(run) -> set[str]:
     """Which of the registry's scopes a run (a RunConfig) reports: see Metric."""
     sequences = run.model.seq_len > 1 and bool(test_factors(run))
     square_map = not sequences and has_map(run.model.n_caps, run.model.cap_dim, run.model.seq_len)
-    return {"all", *(("latent_u",) if run.model.variant != "vae" else ()), *(("sequence",) if sequences else ()),
-            *(("map",) if square_map else ())}
+    with_u = run.model.variant != "vae"
+    return {"all", *(("latent_u",) if with_u else ()), *(("sequence",) if sequences else ()),
+            *(("sequence_u",) if sequences and with_u else ()), *(("map",) if square_map else ())}
 
 
 def reported_metrics(run) -> list[str]:
@@ -213,6 +220,38 @@ def equivariance_ratio(t: torch.Tensor, shift: int = 1, generator: torch.Generat
     return equivariance_error(t, shift).mean() / equivariance_error(shuffled, shift).mean().clamp_min(1e-12)
 
 
+def input_free(u: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """u (N, S, C, D) with every frame's value replaced by that of a frame drawn at random from the
+    whole set: one permutation of all N*S frames, from `generator` (a CPU generator)."""
+    order = torch.randperm(u.shape[0] * u.shape[1], generator=generator).to(u.device)
+    return u.flatten(0, 1)[order].view_as(u)
+
+
+@torch.no_grad()
+def mean_controls(latent: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], z_mean: torch.Tensor,
+                  u_mean: torch.Tensor | None, shift: int, shuffle_seed: int, draw_seed: int) -> dict[str, float]:
+    """The controls of TVAE-SPEC 3.2 from a test set's posterior means z_mean, u_mean (N, S, C, D;
+    u_mean None for the VAE), with latent(z, u) the model's t:
+
+    equivariance_error_at_mean and equivariance_ratio_at_mean: of t built from the means (no
+    sampling); equivariance_ratio_input_free (models with u): of t built from z's means and, for
+    every frame, the u mean of a random test frame (input_free, drawn with draw_seed): what W's
+    structure gives with the model's own u but nothing of the input. Both ratios shuffle the frames
+    with the same shuffle_seed, so a code that ignores its input scores the two alike exactly.
+    """
+
+    def shuffles() -> torch.Generator:
+        return torch.Generator(z_mean.device).manual_seed(shuffle_seed)
+
+    at_mean = latent(z_mean, u_mean)
+    out = {"equivariance_error_at_mean": float(equivariance_error(at_mean, shift).mean()),
+           "equivariance_ratio_at_mean": float(equivariance_ratio(at_mean, shift, shuffles()))}
+    if u_mean is not None:
+        free = latent(z_mean, input_free(u_mean, torch.Generator().manual_seed(draw_seed)))
+        out["equivariance_ratio_input_free"] = float(equivariance_ratio(free, shift, shuffles()))
+    return out
+
+
 def capsule_roll(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The roll r in [0, D) that best maps capsule a onto b, per capsule: argmax_r sum_d a[d] b[d + r].
 
@@ -287,7 +326,8 @@ def roll_gain(decode: Callable[[torch.Tensor], torch.Tensor], nll: Callable[[tor
     roll: decode(roll(t_l, shift * (m - l))) against the true frame m (the commutative diagram of
     Figure 1); copy: decode(t_l), frame l repeated, against frame m (its trivial explanation).
     Positive when rolling the capsules predicts the transformed frame better than repeating the
-    frame; 0 for a decoder that ignores its latent. nll(logits, x) gives (B, S') per image.
+    frame; 0 for a decoder that ignores its latent. nll(logits, x) gives (B, S') per image. With
+    -shift, the roll turned the other way: roll_gain_reversed, the control for W's symmetry.
     """
     s = t.shape[1]
     copies = decode(t)  # (B, S, C, H, W): each frame's own decode, compared with later frames
