@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from helpers import spec_raw
 
 from tvae_sweep.cli import main
+from tvae_sweep.config import ConfigError
 from tvae_sweep.sweep.space import define_by_run
 from tvae_sweep.sweep.validation import spec_from_dict
 from tvae_sweep.tracking import report
@@ -39,6 +40,9 @@ def test_the_define_by_run_space_records_the_sampled_presets_name():
     config = define_by_run(spec)(optuna.trial.FixedTrial({"remedy": "mu_lr", "train.seed": 1}))
     assert config == {"remedy": "mu_lr", "model.mu_init": 30.0, "train.mu_lr": 0.1, "train.seed": 1}
     assert define_by_run(spec)(optuna.trial.FixedTrial({"remedy": "paper", "train.seed": 0}))["remedy"] == "paper"
+    raw = spec_raw(space={"model.remedy": REMEDY})  # a dotted preset key would land in the model's config
+    with pytest.raises(ConfigError, match=r"^space.model.remedy: a preset key is a name of its own.*model_remedy$"):
+        spec_from_dict(raw)
 
 
 def test_a_trials_preset_is_the_recorded_name_not_the_first_whose_settings_it_contains():

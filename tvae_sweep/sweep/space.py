@@ -149,6 +149,10 @@ def define_by_run(spec: SweepSpec) -> DefineByRun:
 def check_space(spec: SweepSpec) -> list[RunConfig]:
     """Refuses a space that can produce an invalid config, before anything starts; returns the
     configs it tried (warm starts, a dry run's samples and the space's corners)."""
+    for key, p in spec.space.items():
+        if p.type == "preset" and "." in key:  # its value, the preset's name, is recorded in the config
+            raise ConfigError(f"space.{key}: a preset key is a name of its own, not a config key: "
+                              f"use one without '.', e.g. {key.replace('.', '_')}")
     dbr = define_by_run(spec)
     base = spec.base_dict()
     runs = []
