@@ -30,6 +30,7 @@ from helpers import ctrl_c_as_from_a_terminal, spec_raw, tiny_raw
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from PIL import Image
+from scipy import stats
 
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError
@@ -410,7 +411,11 @@ def recomputed(children: dict, axis: str) -> pd.DataFrame:
     for value, group in frame.groupby("value"):
         for metric in metrics:
             series = group[metric].dropna()
-            out.append({"value": value, "metric": metric, "mean": series.mean(),
+            low, high = math.nan, math.nan
+            if len(series) > 1:  # Student t's 95% interval (scipy's gives NaN for no spread: mean, mean)
+                low, high = stats.t.interval(0.95, len(series) - 1, loc=series.mean(), scale=stats.sem(series)) \
+                    if series.std() > 0 else (series.mean(), series.mean())
+            out.append({"value": value, "metric": metric, "mean": series.mean(), "ci_low": low, "ci_high": high,
                         "std": series.std(ddof=1) if len(series) > 1 else math.nan,
                         "best": series.max() if metric_mode(metric) == "max" else series.min(),
                         "count": len(series)})
@@ -423,7 +428,7 @@ def same_table(table: pd.DataFrame, axis: str, expected: pd.DataFrame) -> None:
     assert list(got["value"]) == pytest.approx(list(expected["value"]))
     assert list(got["metric"]) == list(expected["metric"])
     assert list(got["count"]) == list(expected["count"])
-    for stat in ("mean", "std", "best"):
+    for stat in ("mean", "std", "ci_low", "ci_high", "best"):
         assert list(got[stat].fillna(-1e300)) == pytest.approx(list(expected[stat].fillna(-1e300))), (axis, stat)
 
 
