@@ -35,9 +35,9 @@ def ray_temp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def launch(folder: Path, name: str, space: dict, search: dict, ray_temp: str) -> Path:
+def launch(folder: Path, name: str, space: dict, search: dict, ray_temp: str, **top) -> Path:
     raw = tiny_raw()
-    raw.update(name=name, space=space, resources={"cpus_per_trial": 1},
+    raw.update(name=name, space=space, resources={"cpus_per_trial": 1}, **top,
                search={"algorithm": "grid", "metric": "log_likelihood", "mode": "max", "seed": 0,
                        "scheduler": "fifo", "max_concurrent": 2, **search})
     spec = folder / f"{name}.yaml"
@@ -51,7 +51,7 @@ def launch(folder: Path, name: str, space: dict, search: dict, ray_temp: str) ->
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory, ray_temp):
     space = {"preset": {"type": "preset", "values": PRESETS}, "train.seed": {"type": "categorical", "values": SEEDS}}
-    results = launch(tmp_path_factory.mktemp("fused"), "fused", space, {"fuse": True}, ray_temp)
+    results = launch(tmp_path_factory.mktemp("fused"), "fused", space, {"fuse": True}, ray_temp, baseline="vae")
     return results, pd.read_parquet(results / "fused" / "trials.parquet")
 
 
@@ -100,6 +100,12 @@ def test_a_fused_grid_trains_its_shapes_together_and_keeps_a_row_a_run_and_an_op
             assert runs[row["trial_id"]].info.status == "FINISHED"
             assert runs[row["trial_id"]].data.metrics["log_likelihood"] == pytest.approx(row["final/log_likelihood"])
             assert Path(row["checkpoint"], "traversal.png").is_file()
+    assert [row["config/preset"] for _, row in frame.iterrows()] == [point_of(row)[0] for _, row in frame.iterrows()]
+    compared = pd.read_parquet(results / "fused" / "aggregates" / "comparisons.parquet")  # blowup failed
+    assert set(compared["model"]) == {"tvae", "bubble"} and set(compared["n"]) == {2}
+    parent = next(iter(runs.values())).data.tags["mlflow.parentRunId"]
+    logged = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").list_artifacts(parent, "aggregates")
+    assert "aggregates/comparisons.json" in {a.path for a in logged}
 
 
 @pytest.mark.slow

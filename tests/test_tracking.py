@@ -30,6 +30,7 @@ from helpers import ctrl_c_as_from_a_terminal, spec_raw, tiny_raw
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from PIL import Image
+from scipy import stats
 
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError
@@ -266,6 +267,7 @@ def test_aggregate_tables_with_bins_presets_and_unsampled_keys():
         "config/train.lr": [10 ** (-5 + i / 3) for i in rng],
         "config/model.shift": [1 if i % 2 else None for i in rng],  # sampled only for some trials
         "config/model.variant": ["tvae" if i < 6 else "vae" for i in rng],
+        "config/model_kind": ["bubble" if i < 6 else "plain" for i in rng],  # the preset's recorded name
         "final/log_likelihood": [-100.0 - i for i in rng],
         "final/equivariance_ratio": [1.0 / (i + 1) for i in rng],
     })
@@ -278,8 +280,8 @@ def test_aggregate_tables_with_bins_presets_and_unsampled_keys():
     assert ll["best"].tolist() == [-101.0, -100.0]
     assert ll["std"].iloc[0] == pytest.approx(pd.Series([-101.0, -103, -105, -107, -109]).std())
     preset = ParamSpec(type="preset", values={"bubble": {"model.variant": "tvae"}, "plain": {"model.variant": "vae"}})
-    by_preset = axis_table(frame, "model.variant", preset)
-    assert by_preset[by_preset["metric"] == "log_likelihood"].set_index("model.variant")["count"].to_dict() == \
+    by_preset = axis_table(frame, "model_kind", preset)
+    assert by_preset[by_preset["metric"] == "log_likelihood"].set_index("model_kind")["count"].to_dict() == \
         {"bubble": 6, "plain": 5}
     assert ranked(frame, "log_likelihood", 1)["trial_id"].tolist() == ["t0"]
     front = pareto_front(frame)  # the likeliest trial is also the least equivariant here, so all are on it
@@ -409,7 +411,11 @@ def recomputed(children: dict, axis: str) -> pd.DataFrame:
     for value, group in frame.groupby("value"):
         for metric in metrics:
             series = group[metric].dropna()
-            out.append({"value": value, "metric": metric, "mean": series.mean(),
+            low, high = math.nan, math.nan
+            if len(series) > 1:  # Student t's 95% interval (scipy's gives NaN for no spread: mean, mean)
+                low, high = stats.t.interval(0.95, len(series) - 1, loc=series.mean(), scale=stats.sem(series)) \
+                    if series.std() > 0 else (series.mean(), series.mean())
+            out.append({"value": value, "metric": metric, "mean": series.mean(), "ci_low": low, "ci_high": high,
                         "std": series.std(ddof=1) if len(series) > 1 else math.nan,
                         "best": series.max() if metric_mode(metric) == "max" else series.min(),
                         "count": len(series)})
@@ -422,7 +428,7 @@ def same_table(table: pd.DataFrame, axis: str, expected: pd.DataFrame) -> None:
     assert list(got["value"]) == pytest.approx(list(expected["value"]))
     assert list(got["metric"]) == list(expected["metric"])
     assert list(got["count"]) == list(expected["count"])
-    for stat in ("mean", "std", "best"):
+    for stat in ("mean", "std", "ci_low", "ci_high", "best"):
         assert list(got[stat].fillna(-1e300)) == pytest.approx(list(expected[stat].fillna(-1e300))), (axis, stat)
 
 
@@ -462,6 +468,7 @@ def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):
         "vae": {"model.variant": "vae"}, "bubble": {"model.shift": 0}, "tvae": {"model.shift": 1}}},
         "train.seed": {"type": "categorical", "values": [0, 1]}}
     raw["search"] = {"algorithm": "grid", "scheduler": "fifo"}
+    raw["baseline"] = "vae"
     spec = spec_from_dict(raw)
     rows = []
     for i, (variant, shift) in enumerate([("vae", 1), ("vae", 1), ("tvae", 0), ("tvae", 0), ("tvae", 1), ("tvae", 1)]):
@@ -469,6 +476,7 @@ def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):
         checkpoint.mkdir()
         Image.new("RGB", (20, 10), (i * 40, 0, 0)).save(checkpoint / "forecast.png")
         rows.append({"trial_id": f"t{i}", "state": "TERMINATED", "config/model.variant": variant,
+                     "config/paper_model": ["vae", "bubble", "tvae"][i // 2],
                      "config/model.shift": shift, "config/train.seed": i % 2, "checkpoint": str(checkpoint),
                      "final/log_likelihood": -100.0 - i, "final/equivariance_error": 10.0 * i,
                      "final/equivariance_error_init": 10.0 * i + 1, "final/equivariance_error_learned": -1.0})
@@ -486,8 +494,12 @@ def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):
     assert "forecasts.png" in result.figures and "topographic_maps.png" not in result.figures
     _, markdown = report.render("paper", frame, spec, result, None)
     markdown = re.sub(" +", " ", markdown)  # cells without their padding
-    assert "| vae | -100.5 ± 0.7071 | 2 |" in markdown
-    assert "| vae | 5 ± 7.071 (init 6 ± 7.071; learned -1 ± 0) | 2 |" in markdown
+    assert "| vae | -100.5 ± 0.7071 [-106.9, -94.15] | 2 |" in markdown  # t(0.975, 1) = 12.71, sem 0.5
+    assert "| vae | 5 ± 7.071 [-58.53, 68.53] (init 6 ± 7.071 [-57.53, 69.53]; learned -1 ± 0 [-1, -1]) | 2 |" \
+        in markdown
+    assert "| log_likelihood | bubble | 2 | -2 | [-2, -2] | 0 | 0 | lower (worse) |" in markdown  # each seed -2
+    assert pd.read_parquet(tmp_path / "sweep" / "aggregates" / "comparisons.parquet")["model"].tolist()[:2] == \
+        ["bubble", "tvae"]
     assert "(aggregates/forecasts.png)" in markdown
 
 

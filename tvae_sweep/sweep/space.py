@@ -1,6 +1,7 @@
 """The search space as an Optuna define-by-run function, and the samplers.
 
-A trial's config is the spec's base config with the sampled keys set. Keys are sampled in an order
+A trial's config is the spec's base config with the sampled keys set (a preset key holds the name
+of the preset sampled, beside the keys its bundle sets). Keys are sampled in an order
 where every key comes after the keys it refers to (`when`, `max_from`, `same_as`), so a condition
 always sees the value it depends on, and every sampled config is valid by construction: the space
 is sampled in a dry run before a sweep starts, and an impossible combination is refused then.
@@ -88,8 +89,9 @@ class DefineByRun:
                 values[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
             elif p.type == "categorical":
                 values[key] = trial.suggest_categorical(key, p.values)
-            else:  # preset: a named bundle of config values
+            else:  # preset: a named bundle of config values, its name recorded under the key
                 name = trial.suggest_categorical(key, list(p.values))
+                values[key] = name
                 values.update(p.values[name])
         return values
 
@@ -147,6 +149,10 @@ def define_by_run(spec: SweepSpec) -> DefineByRun:
 def check_space(spec: SweepSpec) -> list[RunConfig]:
     """Refuses a space that can produce an invalid config, before anything starts; returns the
     configs it tried (warm starts, a dry run's samples and the space's corners)."""
+    for key, p in spec.space.items():
+        if p.type == "preset" and "." in key:  # its value, the preset's name, is recorded in the config
+            raise ConfigError(f"space.{key}: a preset key is a name of its own, not a config key: "
+                              f"use one without '.', e.g. {key.replace('.', '_')}")
     dbr = define_by_run(spec)
     base = spec.base_dict()
     runs = []

@@ -218,12 +218,26 @@ class SweepSpec(Schema):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    baseline: Str | None = None  # the preset the others are compared with, seed by seed
     _run: RunConfig = PrivateAttr()
 
     @model_validator(mode="after")
     def _parse_run(self) -> SweepSpec:
         self._run = run_config_from_dict(self.base_dict())
         return self
+
+    @field_validator("baseline")
+    @classmethod
+    def _a_preset(cls, name: str | None, info) -> str | None:
+        """The baseline names a preset of the space's first preset key (the models compared)."""
+        if name is None:
+            return name
+        presets = next((p for p in (info.data.get("space") or {}).values() if p.type == "preset"), None)
+        if presets is None:
+            raise ValueError("needs a preset key in space: the baseline names one of its presets")
+        if name not in presets.values:
+            raise ValueError(f"{name!r} is not a preset; the space's presets: {', '.join(presets.values)}")
+        return name
 
     @property
     def run(self) -> RunConfig:

@@ -2,8 +2,9 @@
 
 Input is a trials frame (one row per trial: trial_id, state, config/<key>, final/<metric>), as
 `tvae_sweep.sweep.results.frame_of` builds it from trial records, live or saved. For each searched
-key, over the finished trials: mean, std, best and count of each metric per value of the key.
-Continuous keys with many values are cut into quantile bins.
+key, over the finished trials: mean, std, the mean's 95% interval (Student t; none for one trial),
+best and count (n) of each metric per value of the key. Continuous keys with many values are cut
+into quantile bins. A preset key's value is the name the trial recorded when it was sampled.
 """
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from ..metrics import best_of, is_metric, metric_order
 from ..sweep.records import TERMINATED
 from ..sweep.results import pareto_trials
 from ..sweep.spec import ParamSpec, SweepSpec
+from .stats import interval
 
 TRAINING_ONLY = ("loss", "train_loss")  # the aggregates leave out the objective's own training terms
 MAX_VALUES = 8  # a numeric key with more distinct values than this is binned
 BINS = 5
-STATS = ("mean", "std", "best", "count")
+STATS = ("mean", "std", "ci_low", "ci_high", "best", "count")
+WIDE_STATS = ("mean", "std", "ci_low", "ci_high")  # a paper-style table's columns per metric
 
 
 def _number(value: Any) -> bool:
@@ -40,29 +43,15 @@ def reported_metrics(frame: pd.DataFrame) -> list[str]:
     return sorted((m for m in names if is_metric(m) and m not in TRAINING_ONLY), key=metric_order)
 
 
-def preset_name(row: pd.Series, bundles: dict[str, dict[str, Any]]) -> str | None:
-    """The preset whose values all match the trial's config."""
-    for name, bundle in bundles.items():
-        if all(_same(row.get(f"config/{k}"), v) for k, v in bundle.items()):
-            return name
-    return None
-
-
-def _same(a: Any, b: Any) -> bool:
-    if _number(a) and _number(b):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
 def axis_values(frame: pd.DataFrame, key: str, param: ParamSpec) -> pd.Series:
     """The value of searched key `key` for each trial; binned labels for continuous keys.
 
     NaN (or None) where the key was not sampled (a `when` condition did not hold)."""
-    if param.type == "preset":
-        return frame.apply(lambda row: preset_name(row, param.values), axis=1).astype(object)
     column = f"config/{key}"
     if column not in frame:
         return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    if param.type == "preset":  # the name recorded at sampling, never inferred from the config
+        return frame[column].map(_label).astype(object)
     values = frame[column]
     present = values.dropna()
     if len(present) and all(_number(v) for v in present):
@@ -100,10 +89,12 @@ def axis_table(frame: pd.DataFrame, key: str, param: ParamSpec) -> pd.DataFrame:
     for value, group in done.groupby(values, dropna=False, sort=True, observed=True):
         for metric in metrics:
             series = group[f"final/{metric}"].dropna().astype(float)
+            low, high = interval(series)
             rows.append({
                 key: value, "metric": metric,
                 "mean": series.mean() if len(series) else np.nan,
                 "std": series.std(ddof=1) if len(series) > 1 else np.nan,
+                "ci_low": low, "ci_high": high,
                 "best": float(best_of(series, metric)),
                 "count": int(len(series)),
             })
@@ -115,14 +106,15 @@ def axis_table(frame: pd.DataFrame, key: str, param: ParamSpec) -> pd.DataFrame:
 
 
 def wide_table(table: pd.DataFrame, key: str, order: list | None = None) -> pd.DataFrame:
-    """An axis table with one row per value and the columns <metric>_mean, <metric>_std and count:
-    the paper's layout (mean and standard deviation over seeds). Rows follow `order` when given."""
+    """An axis table with one row per value and the columns <metric>_mean, <metric>_std,
+    <metric>_ci_low, <metric>_ci_high and count (n): the paper's layout (mean, standard deviation
+    and the mean's 95% interval over seeds). Rows follow `order` when given."""
     if table.empty:
         return pd.DataFrame(columns=[key, "count"])
-    wide = table.pivot(index=key, columns="metric", values=["mean", "std"])
+    wide = table.pivot(index=key, columns="metric", values=list(WIDE_STATS))
     wide.columns = [f"{metric}_{stat}" for stat, metric in wide.columns]
     metrics = list(dict.fromkeys(table["metric"]))
-    wide = wide[[f"{m}_{stat}" for m in metrics for stat in ("mean", "std")]]
+    wide = wide[[f"{m}_{stat}" for m in metrics for stat in WIDE_STATS]]
     wide["count"] = table.groupby(key)["count"].max()
     if order is not None:
         wide = wide.reindex([v for v in order if v in wide.index])

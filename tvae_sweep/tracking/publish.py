@@ -1,7 +1,9 @@
 """A sweep's aggregated results, written to results/<name>/aggregates/ and logged on the parent run.
 
-Files: <key>.parquet per searched key (value, metric, mean, std, best, count), <key>_summary.parquet
-for the first preset key (one row per preset: <metric>_mean, <metric>_std, count), pareto.png,
+Files: <key>.parquet per searched key (value, metric, mean, std, ci_low, ci_high, best, count),
+<key>_summary.parquet for the first preset key (one row per preset: <metric>_mean, <metric>_std,
+<metric>_ci_low, <metric>_ci_high, count), comparisons.parquet where the spec names a baseline preset
+(each other preset against it, seed by seed: compare.py), pareto.png,
 metrics_by_axis.png, best_traversals.png; for a spec with a preset key (the paper's models), the
 best trial of each preset's forecast (forecasts.png, the paper's Figure 1) and topographic map
 (topographic_maps.png, Figure 3); and trials/<trial>/<picture>.png, each finished trial's pictures,
@@ -20,10 +22,12 @@ from ..sweep.layout import SweepDir
 from ..sweep.results import ranked
 from ..sweep.spec import SweepSpec
 from .aggregate import axis_tables, axis_values, finished, wide_table
+from .compare import compared_key, comparisons
 from .figures import axes_figure, pareto_figure, save, traversals_figure
 
 FOLDER = "aggregates"
 TOP_TRAVERSALS = 4
+COMPARISONS = "comparisons"  # aggregates/comparisons.parquet, and .json on the parent run
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Aggregates:
     finished: int
     figures: dict[str, Path] = field(default_factory=dict)
     wide: dict[str, pd.DataFrame] = field(default_factory=dict)  # the compared key's paper-style table
+    comparisons: pd.DataFrame | None = None  # each preset against the baseline, where the spec names one
 
 
 def folder(sweep: SweepDir) -> Path:
@@ -66,6 +71,9 @@ def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool
     if key is not None:
         result.wide[key] = wide_table(tables[key], key, list(spec.space[key].values))
         result.wide[key].to_parquet(out / f"{key}_summary.parquet", index=False)
+    if spec.baseline is not None:
+        result.comparisons = comparisons(frame, spec)
+        result.comparisons.to_parquet(out / f"{COMPARISONS}.parquet", index=False)
     if not figures:
         return result
     drawn = {"pareto.png": pareto_figure(frame), "metrics_by_axis.png": axes_figure(frame, spec),
@@ -91,11 +99,6 @@ def best_pictures(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, name: s
     metric, mode = objective(spec)
     return [(f"{row['trial_id']}\n{metric} {row[f'final/{metric}']:.5g}", picture(sweep, row, name))
             for _, row in ranked(frame, metric, TOP_TRAVERSALS, mode).iterrows()]
-
-
-def compared_key(spec: SweepSpec) -> str | None:
-    """The first preset key of the space: the named models a sweep compares."""
-    return next((key for key, p in spec.space.items() if p.type == "preset"), None)
 
 
 def pictures_by_value(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, key: str,
@@ -126,6 +129,8 @@ def log_on_parent(runs, result: Aggregates, step: int | None) -> None:
     parent = runs.parent_id
     for key, table in result.tables.items():
         runs.put_table(parent, table, f"{FOLDER}/{key}.json")
+    if result.comparisons is not None:
+        runs.put_table(parent, result.comparisons, f"{FOLDER}/{COMPARISONS}.json")
     for path in result.figures.values():
         runs.put_file(parent, path, FOLDER)
     if step is not None:

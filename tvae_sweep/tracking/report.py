@@ -9,8 +9,11 @@ import pandas as pd
 from ..metrics import DERIVED
 from ..sweep.layout import SweepDir
 from ..sweep.spec import SweepSpec
-from .aggregate import STATS
 from .publish import FOLDER, Aggregates, objective
+from .stats import excludes_zero
+
+HEADER = ("mean", "std", "95% CI", "best", "n")  # an axis table's numbers, as shown
+NO_INTERVAL = "none (n = 1)"
 
 NOT_SAMPLED = "(not sampled)"
 FIGURES = (("pareto.png", "Likelihood against equivariance ratio (Pareto front)"),
@@ -29,14 +32,23 @@ def fmt(value) -> str:
     return str(value)
 
 
+def missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def ci(low, high) -> str:
+    """A 95% interval as '[low, high]', or said to be absent (one seed)."""
+    return NO_INTERVAL if missing(low) or missing(high) else f"[{fmt(low)}, {fmt(high)}]"
+
+
 def rows(table: pd.DataFrame, key: str) -> list[list[str]]:
     """Table cells, the searched value shown once per group of metrics."""
     out, previous = [], object()
     for _, row in table.iterrows():
-        value = row[key]
-        missing = value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-        shown = NOT_SAMPLED if missing else fmt(value)
-        out.append([shown if shown != previous else "", row["metric"], *(fmt(row[s]) for s in STATS)])
+        shown = NOT_SAMPLED if missing(row[key]) else fmt(row[key])
+        numbers = [fmt(row["mean"]), fmt(row["std"]), ci(row["ci_low"], row["ci_high"]), fmt(row["best"]),
+                   fmt(row["count"])]
+        out.append([shown if shown != previous else "", row["metric"], *numbers])
         previous = shown
     return out
 
@@ -50,14 +62,19 @@ def markdown(cells: list[list[str]], header: list[str], text_columns: int = 1) -
 def text_table(table: pd.DataFrame, key: str) -> str:
     """The terminal's table: the searched value and the metric's name left, numbers right (pandas'
     to_string right-aligns text too)."""
-    header = [key, "metric", *STATS]
     cells = rows(table, key)
     if not cells:
         return f"{key}: no finished trial yet"
+    return text_of(cells, [key, "metric", *HEADER], 2)
+
+
+def text_of(cells: list[list[str]], header: list[str], text_columns: int) -> str:
+    """Cells as aligned text: the first `text_columns` left, the others right."""
     widths = [max(len(c) for c in column) for column in zip(header, *cells, strict=True)]
 
     def align(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        return "  ".join(c.ljust(w) if i < text_columns else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths, strict=True)))
 
     return "\n".join([align(header), align(["-" * w for w in widths]), *map(align, cells)])
 
@@ -66,31 +83,61 @@ def markdown_table(table: pd.DataFrame, key: str) -> str:
     cells = rows(table, key)
     if not cells:
         return "No finished trial yet."
-    return markdown(cells, [f"`{key}`", "metric", *STATS], text_columns=2)
+    return markdown(cells, [f"`{key}`", "metric", *HEADER], text_columns=2)
 
 
 def wide_markdown(wide: pd.DataFrame, key: str) -> str:
-    """The paper-style tables: one row per value of `key`, 'mean ± std' per metric. Metrics also
-    measured at initialisation get a table of their own, each cell the trained value with the
-    untrained model's and what training added (trained minus init) beside it."""
+    """The paper-style tables: one row per value of `key`, 'mean ± std [95% CI]' per metric and n.
+    Metrics also measured at initialisation get a table of their own, each cell the trained value
+    with the untrained model's and what training added (trained minus init) beside it, called
+    learned only where its interval excludes 0."""
     metrics = [c.removesuffix("_mean") for c in wide.columns if c.endswith("_mean")]
     plain = [m for m in metrics if not m.endswith(DERIVED)]
     with_init = [m for m in plain if f"{m}_init" in metrics]
 
     def cell(row: pd.Series, m: str) -> str:
-        return f"{fmt(row[f'{m}_mean'])} ± {fmt(row[f'{m}_std'])}"
+        return f"{fmt(row[f'{m}_mean'])} ± {fmt(row[f'{m}_std'])} {ci(row[f'{m}_ci_low'], row[f'{m}_ci_high'])}"
 
     def twin(row: pd.Series, m: str) -> str:
-        learned = cell(row, f"{m}_learned") if f"{m}_learned_mean" in row else "-"
-        return f"{cell(row, m)} (init {cell(row, f'{m}_init')}; learned {learned})"
+        return f"{cell(row, m)} (init {cell(row, f'{m}_init')}; {learned(row, f'{m}_learned')})"
 
     out = []
     for names, show in (([m for m in plain if m not in with_init], cell), (with_init, twin)):
         if not names:
             continue
         cells = [[fmt(row[key]), *(show(row, m) for m in names), fmt(row["count"])] for _, row in wide.iterrows()]
-        out.append(markdown(cells, [f"`{key}`", *names, "trials"]))
+        out.append(markdown(cells, [f"`{key}`", *names, "n"]))
     return "\n\n".join(out)
+
+
+def learned(row: pd.Series, name: str) -> str:
+    """What training added: 'learned' only where its interval over seeds excludes 0."""
+    if f"{name}_mean" not in row:
+        return "learned -"
+    low, high = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
+    change = f"{fmt(row[f'{name}_mean'])} ± {fmt(row[f'{name}_std'])} {ci(low, high)}"
+    if excludes_zero(low, high):
+        return f"learned {change}"
+    return f"change {change}, not resolved from 0"
+
+
+def comparison_cells(table: pd.DataFrame) -> list[list[str]]:
+    return [[row["metric"], row["model"], fmt(row["n"]), fmt(row["diff"]), ci(row["ci_low"], row["ci_high"]),
+             fmt(row["p"]), fmt(row["p_holm"]), row["verdict"]] for _, row in table.iterrows()]
+
+
+COMPARISON_HEADER = ["metric", "model", "n", "diff", "95% CI", "p", "p (Holm)", "verdict"]
+
+
+def comparisons_markdown(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return ["No two models share a seed yet.", ""]
+    baseline = table["baseline"].iloc[0]
+    return [f"Each model minus the baseline `{baseline}`, seed by seed (matched by train.seed): the mean "
+            "difference over n seeds, its 95% interval (Student t), the paired t-test's p-value and that "
+            f"p-value Holm-corrected across the {len(table)} comparisons of this report; the verdict "
+            "(higher or lower, better or worse in the metric's direction) where the Holm p-value is below "
+            "0.05.", "", markdown(comparison_cells(table), COMPARISON_HEADER, text_columns=2), ""]
 
 
 def summary(frame: pd.DataFrame, spec: SweepSpec, result: Aggregates) -> list[str]:
@@ -112,11 +159,20 @@ def render(name: str, frame: pd.DataFrame, spec: SweepSpec, result: Aggregates,
     head = summary(frame, spec, result) + ([mlflow_line] if mlflow_line else [])
     text = [f"sweep {name}", *head, ""]
     md = [f"# Sweep {name}", "", *(f"- {line}" for line in head), "",
-          "Over finished trials, per searched value: mean, standard deviation, best and count of each "
-          "final metric (lower equivariance error, ratio and roll NLL gap are better; higher "
-          "log-likelihood, capsule correlation and topographic agreement are better).", ""]
+          "Over finished trials, per searched value: mean, standard deviation, the mean's 95% interval "
+          f"(Student t over the n trials; {NO_INTERVAL} for one), best and n of each final metric (lower "
+          "equivariance error, ratio and roll NLL gap are better; higher log-likelihood, capsule "
+          "correlation and topographic agreement are better). What training added (`_learned`) is "
+          "called learned only where its interval excludes 0.", ""]
     for key, wide in result.wide.items():
-        md += [f"## Mean ± standard deviation over seeds, per `{key}`", "", wide_markdown(wide, key), ""]
+        md += [f"## Mean ± standard deviation [95% interval] over seeds, per `{key}`", "",
+               wide_markdown(wide, key), ""]
+    if result.comparisons is not None:
+        md += [f"## Paired comparisons with the baseline `{spec.baseline}`", "",
+               *comparisons_markdown(result.comparisons)]
+        cells = comparison_cells(result.comparisons)
+        text += [f"against the baseline {spec.baseline}, seed by seed:",
+                 text_of(cells, COMPARISON_HEADER, 2) if cells else "no two models share a seed yet", ""]
     for key, table in result.tables.items():
         text += [text_table(table, key), ""]
         md += [f"## {key}", "", markdown_table(table, key), ""]
