@@ -12,6 +12,7 @@ import click
 
 from .compat import run_exit_handlers
 from .errors import ConfigError, redact
+from .sweep import disk
 
 # errors that are the user's to fix: one line, exit 2, no traceback
 USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, PermissionError)
@@ -29,13 +30,22 @@ class UserError(click.ClickException):
         click.echo(f"tvae-sweep: error: {self.format_message()}", err=True, file=file)
 
 
+class SweepStopped(UserError):
+    """A sweep its machine stopped (a full disk), its trials saved: the same one line, exit code 1."""
+
+    exit_code = disk.EXIT_CODE
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Ends a command that raised one of USER_ERRORS (from any layer) as a UserError, which click prints."""
+    """Ends a command that raised one of USER_ERRORS (from any layer) as a UserError, and a sweep
+    stopped by a full disk as SweepStopped, which click prints."""
     try:
         yield
     except USER_ERRORS as e:
         raise UserError(str(e)) from None
+    except disk.DiskFull as e:
+        raise SweepStopped(str(e)) from None
 
 
 def settle_tracking() -> None:

@@ -18,8 +18,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TextIO
 
-import click
-
 from .layout import SweepDir
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -34,13 +32,9 @@ LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "sqlalchemy")
 _noticed: list[BaseException] = []  # the no-space errors seen during this process's sweep
 
 
-class DiskFull(click.ClickException):
-    """The sweep stopped because its disk is full: one line, exit code 1, no traceback."""
-
-    exit_code = EXIT_CODE
-
-    def show(self, file=None) -> None:
-        click.echo(f"tvae-sweep: error: {self.format_message()}", err=True)
+class DiskFull(RuntimeError):
+    """The sweep stopped because its disk is full; its message is the one line to show, and the
+    command exits with EXIT_CODE."""
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
