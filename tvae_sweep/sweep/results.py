@@ -86,10 +86,17 @@ def pareto_trials(frame: pd.DataFrame, metrics: list[str], modes: list[str]) -> 
     on all, better on one), ordered by the first objective, best first."""
     columns = [f"final/{m}" for m in metrics]
     done = _finished_on(frame, columns)
-    signs = [1.0 if mode == "max" else -1.0 for mode in modes]  # every objective as "higher is better"
-    scores = [[sign * float(row[c]) for c, sign in zip(columns, signs, strict=True)] for _, row in done.iterrows()]
-    keep = [i for i, a in enumerate(scores) if not any(_dominated(a, b) for b in scores)]
-    return done.iloc[keep].sort_values(columns[0], ascending=modes[0] == "min")
+    losses, _ = _as_losses(done, columns, modes)
+    dominated = [bool(((losses <= row).all(axis=1) & (losses < row).any(axis=1)).any()) for row in losses]
+    return done.iloc[np.flatnonzero(~np.asarray(dominated, dtype=bool))].sort_values(
+        columns[0], ascending=modes[0] == "min")
+
+
+def _as_losses(done: pd.DataFrame, columns: list[str], modes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The trials' objectives with every one as a loss (a maximised one negated), (trials,
+    objectives), and the signs that make them so."""
+    signs = np.array([-1.0 if mode == "max" else 1.0 for mode in modes])
+    return done[columns].to_numpy(dtype=float).reshape(len(done), len(columns)) * signs, signs
 
 
 def _finished_on(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -114,8 +121,7 @@ def front_hypervolume(frame: pd.DataFrame, metrics: list[str], modes: list[str],
     done = _finished_on(frame, columns)
     if done.empty:
         return float("nan"), None if reference is None else [float(v) for v in reference]
-    signs = np.array([-1.0 if mode == "max" else 1.0 for mode in modes])  # every objective as a loss
-    losses = done[columns].to_numpy(dtype=float) * signs
+    losses, signs = _as_losses(done, columns, modes)
     if reference is None:
         reference = (losses.max(axis=0) * signs).tolist()  # the worst value of each objective
     point = np.asarray(reference, dtype=float) * signs
@@ -133,11 +139,6 @@ def hypervolume_metadata(frame: pd.DataFrame, metrics: list[str], modes: list[st
     entry = {"value": None if math.isnan(value) else value, "reference": used, "metrics": list(metrics),
              "modes": list(modes), "reference_from": "spec" if reference is not None else "worst finished values"}
     return {HYPERVOLUME_KEY: json.dumps(entry).encode()}
-
-
-def _dominated(a: list[float], b: list[float]) -> bool:
-    """`b` at least as good as `a` on every objective and better on one (higher is better)."""
-    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
 def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out: str | Path) -> list[Path]:
