@@ -54,12 +54,3 @@ def optuna_metrics(searcher) -> list[str]:
     metric = _private(searcher, "_metric", "to name the objectives of a failed trial")
     return metric if isinstance(metric, list) else [metric]
 
-
-def hypervolume(losses, reference) -> float:
-    """Optuna's optuna._hypervolume.compute_hypervolume (WFG, exact in any dimension): the volume
-    that `losses` (n x m, every objective minimised, each point <= `reference`) dominate up to
-    `reference`. Optuna 5 has no public hypervolume; this one is what its samplers and plots use."""
-    import optuna._hypervolume  # noqa: PLC0415 the CLI imports this module; Optuna loads only for a front
-
-    return float(_private(optuna._hypervolume, "compute_hypervolume", "to measure a sweep's front")(
-        losses, reference))

@@ -6,12 +6,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import moocore
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..compat import hypervolume
 from ..config import ConfigError, dump_yaml
 from ..metrics import is_metric, metric_mode, metric_order
 from .records import TERMINATED, TrialRecord, saved_records
@@ -126,7 +126,7 @@ def front_hypervolume(frame: pd.DataFrame, metrics: list[str], modes: list[str],
         reference = (losses.max(axis=0) * signs).tolist()  # the worst value of each objective
     point = np.asarray(reference, dtype=float) * signs
     better = losses[(losses < point).all(axis=1)]
-    return (hypervolume(better, point) if len(better) else 0.0), [float(v) for v in reference]
+    return (float(moocore.hypervolume(better, ref=point)) if len(better) else 0.0), [float(v) for v in reference]
 
 
 def hypervolume_metadata(frame: pd.DataFrame, metrics: list[str], modes: list[str],
