@@ -84,3 +84,13 @@ def test_the_trials_table_carries_the_hypervolume(tmp_path):
     assert stored["metrics"] == METRICS and stored["reference_from"] == "spec"
     pd.testing.assert_frame_equal(pd.read_parquet(out), SWEEP.reset_index(drop=True))  # the table itself unchanged
     assert hypervolume_metadata(SWEEP, METRICS[:1], MODES[:1]) == {}
+
+
+def test_the_summary_shows_each_equivariance_figure_beside_its_control():
+    """The ratio beside its input-free control and the roll gain beside the reversed roll's, where the
+    trials report them; a control no trial reports is left out."""
+    frame = SWEEP.assign(**{"final/equivariance_ratio": 0.3, "final/equivariance_ratio_input_free": 0.4,
+                            "final/roll_gain": 60.0})
+    line = best_lines(frame, METRICS, MODES)[2]
+    assert "equivariance_ratio 0.3  equivariance_ratio_input_free 0.4  roll_gain 60" in line
+    assert "roll_gain_reversed" not in line

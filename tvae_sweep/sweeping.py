@@ -33,8 +33,10 @@ from .tracking.runs import locate
 from .tracking.ui import experiment_page, page_url, serve
 
 Say = Callable[..., None]
-# shown beside the objectives: what training added to the equivariance, and whether z is in use
-BESIDE = ("equivariance_ratio", "equivariance_ratio_init", "roll_gain", "kl_z")
+# shown beside the objectives: what training added to the equivariance, each beside its control
+# (the ratio with an input-free u, the roll gain of the reversed roll: TVAE-SPEC 3.2), and whether z is in use
+BESIDE = ("equivariance_ratio", "equivariance_ratio_init", "equivariance_ratio_input_free", "roll_gain",
+          "roll_gain_reversed", "kl_z")
 
 
 @dataclass
