@@ -17,9 +17,10 @@ from helpers import SPACE, tiny_raw
 CLI = [sys.executable, "-m", "tvae_sweep"]
 
 
-def sweep_spec(tmp_path: Path, name: str = "spec.yaml", **sections) -> Path:
+def sweep_spec(tmp_path: Path, name: str = "spec.yaml", space: dict | None = None, **sections) -> Path:
+    """A spec file of a tiny sweep of SPACE (or `space`), `sections` updating its sections."""
     raw = tiny_raw()
-    raw["space"] = copy.deepcopy(SPACE)
+    raw["space"] = copy.deepcopy(space or SPACE)
     raw["search"] = {"algorithm": "random", "metric": "log_likelihood", "mode": "max", "num_trials": 6,
                      "max_concurrent": 2, "seed": 0, "scheduler": "asha", "grace_period": 1,
                      "reduction_factor": 3}

@@ -78,6 +78,7 @@ def test_every_trial_finishes_with_a_config_in_the_space(finished_sweep):
         has_shift = row.get("config/model.shift") == row.get("config/model.shift")  # not NaN
         assert has_shift == (row["config/model.variant"] == "tvae")
         assert 1e-5 <= row["config/train.lr"] <= 3e-3
+    assert not frame.filter(like="config/").duplicated().any()  # no config trained twice
     assert "best trials by log_likelihood" in proc.stdout
 
 
@@ -228,18 +229,27 @@ def test_prune_keeps_the_best_trials_weights_after_saying_what_it_frees(finished
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+TWO_CONFIGS = {"model.n_caps": {"type": "categorical", "values": [2, 3]}}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("search", [{"algorithm": "tpe", "scheduler": "asha", "grace_period": 1},
-                                    {"algorithm": "random", "scheduler": "pbt", "mutate": ["train.lr"]}])
-def test_trials_that_evaluate_every_other_epoch_run_to_their_end(tmp_path, search):
-    """Their first report has no objective yet: the scheduler and the searcher wait for one."""
-    spec = sweep_spec(tmp_path, train={"epochs": 3, "eval_every": 2},
-                      search={"num_trials": 2, "max_concurrent": 2, **search})
+@pytest.mark.parametrize(("search", "space"), [
+    ({"algorithm": "tpe", "scheduler": "asha", "grace_period": 1, "num_trials": 3}, TWO_CONFIGS),
+    ({"algorithm": "random", "scheduler": "pbt", "mutate": ["train.lr"], "num_trials": 2}, None)])
+def test_trials_that_evaluate_every_other_epoch_run_to_their_end(tmp_path, search, space):
+    """Their first report has no objective yet: the scheduler and the searcher wait for one. The TPE
+    sweep plans three trials of a space of two configs: it ends, finished, after two."""
+    spec = sweep_spec(tmp_path, space=space, train={"epochs": 3, "eval_every": 2},
+                      search={"max_concurrent": 2, **search})
     results = tmp_path / "results"
     proc = run_cli("launch", spec, "--name", "sparse", "--results-dir", results)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     frame = trials(results, "sparse")
     assert len(frame) == 2 and set(frame["state"]) == {"TERMINATED"} and frame["final/log_likelihood"].notna().all()
+    exhausted = "the space holds no config beyond the 2 asked for: the sweep ended after 2 of 3 trials"
+    assert (exhausted in proc.stdout) == (space is TWO_CONFIGS)  # and it exits 0: finished, not stopped
+    if space is TWO_CONFIGS:
+        assert sorted(frame["config/model.n_caps"]) == [2, 3]
 
 
 @pytest.mark.slow

@@ -100,6 +100,10 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
             tracking.log.close("interrupted", error=e)
         raise
     frame = frame_of(records)
+    exhausted = sweep.read_state().get("exhausted")
+    if exhausted:
+        say(f"the space holds no config beyond the {exhausted} asked for: the sweep ended after {len(frame)} "
+            f"of {total} trials")
     s = spec.search
     write_table(frame, sweep.trials, hypervolume_metadata(frame, s.metrics, s.modes, s.hypervolume_reference))
     if tracking is not None:

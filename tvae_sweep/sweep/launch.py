@@ -29,8 +29,8 @@ from .pbt import pbt_param_space, pbt_scheduler, pbt_searcher
 from .pruning import CheckpointPruner, prune_finished
 from .records import TrialRecord, saved_records
 from .results import trials_frame
-from .searcher import FusedGridSearch, OptunaSearch
-from .space import define_by_run, make_sampler, num_trials
+from .searcher import FusedGridSearch, optuna_search, space_exhausted
+from .space import num_trials
 from .spec import SweepSpec
 from .trainable import train_trial
 from .validation import spec_from_dict
@@ -83,12 +83,7 @@ def _searcher(spec: SweepSpec, sweep: SweepDir):
         return pbt_searcher(spec)
     if s.fuse:
         return FusedGridSearch(fused_groups(spec), s.metrics, s.modes, sweep.name, f"sqlite:///{sweep.optuna_db}")
-    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep.optuna_db}")
-    metric = s.metrics if s.multi_objective else s.metrics[0]
-    mode = s.modes if s.multi_objective else s.modes[0]
-    return OptunaSearch(space=define_by_run(spec), metric=metric, mode=mode,
-                        points_to_evaluate=[dict(p) for p in s.warm_start] or None,
-                        sampler=make_sampler(spec), study_name=sweep.name, storage=storage)
+    return optuna_search(spec, sweep.name, optuna.storages.RDBStorage(f"sqlite:///{sweep.optuna_db}"))
 
 
 def _scheduler(spec: SweepSpec):
@@ -224,11 +219,12 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     failed = sum(1 for r in grid if r.error is not None)
     records = saved_records(path)  # the experiment, read once
     unfinished = sum(1 for r in records if not r.finished)
-    ended = len(grid) >= state.get("ray_trials", state["num_trials"]) and not unfinished
+    exhausted = space_exhausted(sweep.name, sweep.optuna_db)  # the searcher ended it early
+    ended = (len(grid) >= state.get("ray_trials", state["num_trials"]) or exhausted) and not unfinished
     status = "finished" if ended else "interrupted"
     if status == "finished":  # an interrupted sweep's trials read as ended, but resume continues them
         prune_finished(records)
-    sweep.write_state(status=status, trials=len(grid), failed=failed)
+    sweep.write_state(status=status, trials=len(grid), failed=failed, exhausted=exhausted)
     return status, records
 
 

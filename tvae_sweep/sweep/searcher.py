@@ -1,10 +1,12 @@
-"""Ray's OptunaSearch, made safe for a resumed sweep and told about failed trials; and the searcher
-of a fused grid."""
+"""Ray's OptunaSearch, made safe for a resumed sweep, told about failed trials and never asking for
+a config twice; and the searcher of a fused grid."""
 from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -13,9 +15,107 @@ from ray.tune.search.optuna import OptunaSearch as RayOptunaSearch
 
 from ..compat import optuna_metrics, optuna_study, optuna_trials
 from .fusion import MEMBERS, Point, group_config
+from .space import define_by_run, make_sampler
+from .spec import SweepSpec
+
+SAMPLER_ASKS = 10  # repeated samples in a row from the sweep's sampler before random ones
+RANDOM_ASKS = 100  # random samples that all repeat a config: the space holds no new one
+DUPLICATE_OF = "duplicate_of"  # user attr of a FAIL trial that repeated a config: the trial it repeats
+EXHAUSTED = "space_exhausted"  # user attr of a study whose space ran out: the distinct configs asked for
+# the trials whose configs count as asked for: run, running, or failed for real (not as duplicates)
+ASKED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
+
+
+def optuna_search(spec: SweepSpec, study_name: str, storage: optuna.storages.BaseStorage | None = None) -> OptunaSearch:
+    """The searcher of a sweep that Optuna samples (not PBT, not a fused grid); its study in
+    `storage` (None: in memory)."""
+    s = spec.search
+    metric = s.metrics if s.multi_objective else s.metrics[0]
+    mode = s.modes if s.multi_objective else s.modes[0]
+    return OptunaSearch(space=define_by_run(spec), metric=metric, mode=mode,
+                        points_to_evaluate=[dict(p) for p in s.warm_start] or None,
+                        sampler=make_sampler(spec), study_name=study_name, storage=storage, retry_seed=s.seed)
+
+
+def space_exhausted(study_name: str, db: Path) -> int | None:
+    """The number of distinct configs of a sweep whose space ran out of new ones; None when it did
+    not (or the sweep keeps no study)."""
+    if not db.is_file():
+        return None
+    try:
+        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
+    except KeyError:
+        return None
+    return study.user_attrs.get(EXHAUSTED)
+
+
+def config_key(params: dict[str, Any]) -> tuple:
+    """A trial's config as a set key: its sampled keys and values (a conditional key is there when it
+    was sampled; floats compared exactly). The rest of the config follows from them."""
+    return tuple(sorted(params.items()))
 
 
 class OptunaSearch(RayOptunaSearch):
+    # class defaults, for a searcher pickled before these attributes existed
+    retry_seed, warm_starts, asked = 0, 0, None
+
+    def __init__(self, *args, retry_seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retry_seed = retry_seed  # with a trial's number, the seed of the random asks after it
+        self.warm_starts = len(kwargs.get("points_to_evaluate") or [])  # the study's first trials
+        self.asked: dict[tuple, int] | None = None  # config -> the Optuna trial that asked for it
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """A config no trial of the study asked for before: a sample that repeats one is told FAIL
+        (user attr duplicate_of) and the sampler is asked again, SAMPLER_ASKS times, then a seeded
+        random sampler RANDOM_ASKS times; when every one repeats, the space is exhausted (FINISHED).
+        A warm-start point is taken as given; a grid's points are distinct by construction."""
+        study = optuna_study(self)
+        if isinstance(study.sampler, optuna.samplers.GridSampler) or trial_id in optuna_trials(self):
+            return super().suggest(trial_id)
+        asked = self.asked_configs()
+        sampler = study.sampler
+        try:
+            for attempt in range(SAMPLER_ASKS + RANDOM_ASKS):
+                config = super().suggest(trial_id)
+                trial = optuna_trials(self)[trial_id]
+                first = asked.setdefault(config_key(trial.params), trial.number)
+                if first == trial.number or trial.number < self.warm_starts:
+                    return config
+                self.tell_duplicate(trial_id, first)
+                if attempt + 1 == SAMPLER_ASKS:
+                    study.sampler = optuna.samplers.RandomSampler(seed=self.random_seed(trial.number))
+        finally:
+            study.sampler = sampler
+        study.set_user_attr(EXHAUSTED, len(asked))
+        return Searcher.FINISHED
+
+    def asked_configs(self) -> dict[tuple, int]:
+        """The configs the study asked for: read from the study once (also after a restore, whose
+        saved state can be older than the study), then kept up to date here."""
+        if self.asked is None:
+            self.asked = {}
+            for trial in optuna_study(self).get_trials(deepcopy=False, states=ASKED):
+                if DUPLICATE_OF not in trial.user_attrs:
+                    self.asked.setdefault(config_key(trial.params), trial.number)
+        return self.asked
+
+    def tell_duplicate(self, trial_id: str, original: int) -> None:
+        """The Optuna trial of `trial_id` repeats trial `original`: FAIL, and forgotten, so that the
+        next ask makes a new one."""
+        trial = optuna_trials(self).pop(trial_id)
+        trial.set_user_attr(DUPLICATE_OF, original)
+        optuna_study(self).tell(trial, state=TrialState.FAIL)
+
+    def random_seed(self, number: int) -> int:
+        """The seed of the random asks after trial `number`'s: the sweep's seed and that trial, so a
+        seeded sweep stays reproducible and each run of random asks draws anew."""
+        return random.Random(f"{self.retry_seed}/{number}").getrandbits(32)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self.asked = None  # read again from the study, which may hold trials the saved state lacks
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """The study lives in SQLite and is written at once; Ray's experiment state is saved now
         and then. After a SIGKILL the study can hold a trial as finished that Ray's older state
