@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import optuna
@@ -15,7 +16,21 @@ from ..compat import optuna_metrics, optuna_study, optuna_trials
 from .fusion import MEMBERS, Point, group_config
 
 
+def name_objectives(study: optuna.Study, metrics: list[str]) -> None:
+    """Names the study's objectives after the sweep's metrics (optuna-dashboard shows them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # set_metric_names
+        study.set_metric_names(list(metrics))
+
+
 class OptunaSearch(RayOptunaSearch):
+    def _setup_study(self, mode) -> None:
+        """Ray's OptunaSearch._setup_study creates (or loads) the study; its objectives are then named
+        after the sweep's metrics, which optuna-dashboard and trials_dataframe show. An override of a
+        private method: tests/test_compat.py fails if Ray stops calling it."""
+        super()._setup_study(mode)
+        name_objectives(optuna_study(self), optuna_metrics(self))
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """The study lives in SQLite and is written at once; Ray's experiment state is saved now
         and then. After a SIGKILL the study can hold a trial as finished that Ray's older state
@@ -77,6 +92,7 @@ class FusedGridSearch(Searcher):
         reports = (result or {}).get(MEMBERS) or []
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, load_if_exists=True,
                                     directions=["maximize" if m == "max" else "minimize" for m in self.modes])
+        name_objectives(study, self.metrics)
         for i, point in enumerate(self.groups[group]):
             report = reports[i] if i < len(reports) else {}
             values = [report.get(m) for m in self.metrics]
