@@ -90,7 +90,6 @@ def test_a_fused_grid_trains_its_shapes_together_and_keeps_a_row_a_run_and_an_op
     runs = child_runs(results, "fused")
     assert set(runs) == set(frame["trial_id"])
     study = optuna.load_study(study_name="fused", storage=f"sqlite:///{results / 'fused' / 'optuna.db'}")
-    assert study.metric_names == ["log_likelihood"]
     recorded = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
     assert set(recorded) == set(frame["trial_id"])
     for _, row in frame.iterrows():
@@ -105,10 +104,21 @@ def test_a_fused_grid_trains_its_shapes_together_and_keeps_a_row_a_run_and_an_op
     compared = pd.read_parquet(results / "fused" / "aggregates" / "comparisons.parquet")  # blowup failed
     assert set(compared["model"]) == {"tvae", "bubble"} and set(compared["n"]) == {2}
     parent = next(iter(runs.values())).data.tags["mlflow.parentRunId"]
+    logged = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").list_artifacts(parent, "aggregates")
+    assert "aggregates/comparisons.json" in {a.path for a in logged}
+
+
+@pytest.mark.slow
+def test_a_fused_sweeps_study_names_its_objective_and_its_parent_has_the_importance(fused):
+    results, frame = fused
+    study = optuna.load_study(study_name="fused", storage=f"sqlite:///{results / 'fused' / 'optuna.db'}")
+    assert study.metric_names == ["log_likelihood"]
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    parent = next(iter(child_runs(results, "fused").values())).data.tags["mlflow.parentRunId"]
     logged = {a.path for a in client.list_artifacts(parent, "aggregates")}
-    assert {"aggregates/comparisons.json", "aggregates/importance.json", "aggregates/importance.png"} <= logged
-    importance = pd.read_parquet(results / "fused" / "aggregates" / "importance.parquet")  # 6 finished points
+    assert {"aggregates/importance.json", "aggregates/importance.png"} <= logged
+    importance = pd.read_parquet(results / "fused" / "aggregates" / "importance.parquet")
+    assert (frame["state"] == "TERMINATED").sum() == 6  # the blowup points failed
     assert set(importance["param"]) == {"preset", "train.seed"} and set(importance["trials"]) == {6}
     assert set(importance["objective"]) == {"log_likelihood"} and importance["importance"].sum() == pytest.approx(1)
     metrics = client.get_run(parent).data.metrics
