@@ -2,18 +2,22 @@
 import json
 
 import pandas as pd
+import pyarrow.parquet as pq
 import yaml
 from click.testing import CliRunner
 from helpers import tiny_raw
 
 from tvae_sweep.cli import main
 from tvae_sweep.collect import Grid
+from tvae_sweep.sweep.results import HYPERVOLUME_KEY, front_hypervolume
+
+OBJECTIVES, MODES = ["log_likelihood", "equivariance_ratio"], ["max", "min"]
 
 
 def grid_spec(folder):
     raw = tiny_raw()
     raw.update(name="shifts", space={"model.shift": {"type": "categorical", "values": [0, 1]}},
-               search={"algorithm": "grid", "metric": "log_likelihood", "mode": "max", "fuse": True,
+               search={"algorithm": "grid", "metric": OBJECTIVES, "mode": MODES, "fuse": True,
                        "scheduler": "fifo"})
     path = folder / "shifts.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -41,6 +45,10 @@ def test_a_grid_trained_by_train_is_collected_into_a_sweeps_results(tmp_path):
         assert row["final/log_likelihood"] == final["log_likelihood"]
         assert row["checkpoint"] == str(runs / "group_0" / f"point_{i}")
     assert "- 2 trials: 2 terminated" in report.read_text()
+    value, reference = front_hypervolume(frame, OBJECTIVES, MODES)  # as a launch writes it, from the same function
+    stored = json.loads(pq.read_schema(report.parent / "trials.parquet").metadata[HYPERVOLUME_KEY])
+    assert stored["value"] == value and stored["reference"] == reference and stored["metrics"] == OBJECTIVES
+    assert f"hypervolume {value:.4g} (reference log_likelihood {reference[0]:.4g}" in report.read_text()
     assert (report.parent / "spec.yaml").is_file() and (report.parent / "aggregates").is_dir()
 
 

@@ -10,6 +10,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from tvae_sweep import compat
+from tvae_sweep.sweep.searcher import OptunaSearch as SweepSearch
 
 
 def test_exit_handlers_run_on_request():
@@ -37,6 +38,21 @@ def test_the_searchers_study_trials_and_metrics_are_reachable(metric):
     assert isinstance(compat.optuna_study(searcher), optuna.Study)
     assert list(compat.optuna_trials(searcher)) == ["trial_1"]
     assert compat.optuna_metrics(searcher) == ([metric] if isinstance(metric, str) else metric)
+
+
+@pytest.mark.parametrize("metric", ["log_likelihood", ["log_likelihood", "roll_gain"]])
+def test_the_sweeps_searcher_names_its_studys_objectives(metric, tmp_path):
+    """Our override of Ray's private OptunaSearch._setup_study: the study it creates (or loads)
+    names its objectives, which Ray's own searcher leaves unnamed."""
+    mode = "max" if isinstance(metric, str) else ["max", "max"]
+    metrics = [metric] if isinstance(metric, str) else metric
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    for searcher_class, names in ((OptunaSearch, None), (SweepSearch, metrics)):
+        searcher = searcher_class(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric=metric, mode=mode,
+                                  study_name=searcher_class.__module__, storage=storage)
+        assert compat.optuna_study(searcher).metric_names == names
+        loaded = optuna.load_study(study_name=searcher_class.__module__, storage=storage)
+        assert loaded.metric_names == names
 
 
 def test_a_missing_private_api_is_named_in_one_line():

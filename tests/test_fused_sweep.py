@@ -109,6 +109,24 @@ def test_a_fused_grid_trains_its_shapes_together_and_keeps_a_row_a_run_and_an_op
 
 
 @pytest.mark.slow
+def test_a_fused_sweeps_study_names_its_objective_and_its_parent_has_the_importance(fused):
+    results, frame = fused
+    study = optuna.load_study(study_name="fused", storage=f"sqlite:///{results / 'fused' / 'optuna.db'}")
+    assert study.metric_names == ["log_likelihood"]
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    parent = next(iter(child_runs(results, "fused").values())).data.tags["mlflow.parentRunId"]
+    logged = {a.path for a in client.list_artifacts(parent, "aggregates")}
+    assert {"aggregates/importance.json", "aggregates/importance.png"} <= logged
+    importance = pd.read_parquet(results / "fused" / "aggregates" / "importance.parquet")
+    assert (frame["state"] == "TERMINATED").sum() == 6  # the blowup points failed
+    assert set(importance["param"]) == {"preset", "train.seed"} and set(importance["trials"]) == {6}
+    assert set(importance["objective"]) == {"log_likelihood"} and importance["importance"].sum() == pytest.approx(1)
+    metrics = client.get_run(parent).data.metrics
+    for _, row in importance.iterrows():
+        assert metrics[f"importance.log_likelihood.{row['param']}"] == pytest.approx(row["importance"])
+
+
+@pytest.mark.slow
 def test_a_diverging_point_fails_alone_with_the_single_runs_reason(fused):
     results, frame = fused
     runs = child_runs(results, "fused")

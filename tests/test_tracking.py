@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -37,7 +38,7 @@ from tvae_sweep.config import ConfigError
 from tvae_sweep.metrics import is_metric, metric_mode
 from tvae_sweep.sweep.console import RayLog, ray_output_to
 from tvae_sweep.sweep.layout import SweepDir, sweep_dir
-from tvae_sweep.sweep.results import pareto_trials, ranked
+from tvae_sweep.sweep.results import front_hypervolume, pareto_trials, ranked
 from tvae_sweep.sweep.spec import ParamSpec
 from tvae_sweep.sweep.validation import spec_from_dict
 from tvae_sweep.tracking import publish, report
@@ -59,6 +60,7 @@ POINTS = [  # the three trials, in order; the second diverges
 AXES = ("model.n_caps", "model.shift", "train.lr")
 METRICS = ("equivariance_error", "equivariance_ratio", "log_likelihood", "roll_nll_gap", "capsule_correlation")
 EPOCHS = 2
+OBJECTIVES, MODES = ["log_likelihood", "equivariance_ratio"], ["max", "min"]  # two: the front has a hypervolume
 
 
 # ---------------------------------------------------------------- running the CLI
@@ -89,7 +91,7 @@ def spec_file(folder: Path) -> Path:
     raw["space"] = {"model.n_caps": {"type": "categorical", "values": [2, 3]},
                     "model.shift": {"type": "categorical", "values": [0, 1]},
                     "train.lr": {"type": "categorical", "values": [GOOD_LR, BAD_LR]}}
-    raw["search"] = {"algorithm": "random", "metric": "log_likelihood", "mode": "max", "num_trials": 3,
+    raw["search"] = {"algorithm": "random", "metric": OBJECTIVES, "mode": MODES, "num_trials": 3,
                      "max_concurrent": 1, "seed": 0, "scheduler": "fifo", "warm_start": POINTS}
     raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}
     path = folder / "spec.yaml"
@@ -386,7 +388,7 @@ def test_parent_has_spec_search_settings_and_best_metrics(runs, client, sweep):
     state = json.loads((Path(sweep["results"]) / NAME / "sweep.json").read_text())
     assert tags["tvae_sweep.sweep"] == NAME and tags["tvae_sweep.experiment_path"] == state["experiment_path"]
     assert json.loads(params["space.model.n_caps"]) == {"type": "categorical", "values": [2, 3]}
-    assert params["search.algorithm"] == "random" and params["search.metric"] == "log_likelihood"
+    assert params["search.algorithm"] == "random" and json.loads(params["search.metric"]) == OBJECTIVES
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "spec.yaml" in artifacts
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "aggregates")}
@@ -398,6 +400,23 @@ def test_parent_has_spec_search_settings_and_best_metrics(runs, client, sweep):
     for metric in reported(best):
         assert parent.data.metrics[metric] == pytest.approx(best.data.metrics[metric])
     assert parent.data.metrics["finished_trials"] == len(finished) == len(by_lr(children, trials, GOOD_LR))
+
+
+@pytest.mark.slow
+def test_parent_has_the_fronts_hypervolume_and_what_the_importance_could_not_assess(runs, client, sweep):
+    parent, _, trials = runs
+    tags = parent.data.tags
+    value, reference = front_hypervolume(trials, OBJECTIVES, MODES)
+    assert parent.data.metrics["front_hypervolume"] == pytest.approx(value)
+    logged_reference = json.loads(tags["tvae_sweep.hypervolume_reference"])
+    assert logged_reference == pytest.approx(dict(zip(OBJECTIVES, reference, strict=True)))
+    assert tags["tvae_sweep.hypervolume_reference_from"] == "worst finished values"
+    finished = (trials["state"] == "TERMINATED").sum()
+    assert "aggregates/importance.json" in {a.path for a in client.list_artifacts(parent.info.run_id, "aggregates")}
+    assert tags["tvae_sweep.importance_notes"] == "parameter importance needs 5 finished trials with every " \
+                                                  f"objective; there are {finished}"  # a note, no table
+    study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{Path(sweep['results']) / NAME / 'optuna.db'}")
+    assert study.metric_names == OBJECTIVES
 
 
 def recomputed(children: dict, axis: str) -> pd.DataFrame:
@@ -460,6 +479,10 @@ def test_report_prints_and_writes_the_same_tables(runs, sweep, monkeypatch):
         for _, row in table.iterrows():
             assert f"| {row['metric']} | {row['mean']:.4g} |" in markdown
     assert "![Likelihood against equivariance ratio (Pareto front)](aggregates/pareto.png)" in markdown
+    value, reference = front_hypervolume(runs[2], OBJECTIVES, MODES)
+    front = (f"hypervolume {value:.4g} (reference log_likelihood {reference[0]:.4g}, "
+             f"equivariance_ratio {reference[1]:.4g}")
+    assert front in markdown and front in result.stdout
 
 
 def test_presets_get_a_paper_style_table_and_one_picture_each(tmp_path):

@@ -18,7 +18,7 @@ from .config import ConfigError, dump_yaml
 from .sweep.fusion import Point, fused_groups
 from .sweep.layout import SweepDir
 from .sweep.records import ERROR, PENDING, RUNNING, TERMINATED, CheckpointRef, TrialRecord, last_line
-from .sweep.results import frame_of, write_table
+from .sweep.results import frame_of, write_trials
 from .sweep.space import trial_run_config
 from .sweep.spec import SweepSpec, read_spec
 from .sweep.trainable import report_of
@@ -101,7 +101,7 @@ def collect(grid: Grid, runs: Path, out: Path, source: str | None = None) -> Pat
     sweep = SweepDir(out)
     out.mkdir(parents=True, exist_ok=True)
     frame = frame_of(records)
-    write_table(frame, sweep.trials)
+    write_trials(frame, grid.spec, sweep.trials)
     dump_yaml(grid.raw, sweep.spec)
     result = publish.compute(frame, grid.spec, sweep)
     groups = len({g for g, _ in points})

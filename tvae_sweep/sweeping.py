@@ -21,7 +21,7 @@ from .sweep.fusion import ray_trials
 from .sweep.launch import check_new, check_stopped, create, fit, join, load_saved_spec, preflight, saved_trials
 from .sweep.layout import SweepDir, all_sweeps, disk_usage, results_root, sweep_dir
 from .sweep.pruning import apply_prune, plan_prune
-from .sweep.results import frame_of, front_hypervolume, hypervolume_metadata, pareto_trials, ranked, write_table
+from .sweep.results import frame_of, hypervolume_line, hypervolume_summary, pareto_trials, ranked, write_trials
 from .sweep.space import num_trials
 from .sweep.spec import SweepSpec, read_spec
 from .sweep.validation import spec_from_dict
@@ -104,8 +104,7 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
     if exhausted:
         say(f"the space holds no config beyond the {exhausted} asked for: the sweep ended after {len(frame)} "
             f"of {total} trials")
-    s = spec.search
-    write_table(frame, sweep.trials, hypervolume_metadata(frame, s.metrics, s.modes, s.hypervolume_reference))
+    write_trials(frame, spec, sweep.trials)
     if tracking is not None:
         _close_beside_ray_shutdown(tracking.log, status, frame)
         say(f"MLflow: sweep and trials in experiment {tracking.log.experiment!r}, aggregates in "
@@ -135,25 +134,13 @@ def best_lines(frame: pd.DataFrame, metrics: list[str], modes: list[str],
         lines = ["Pareto front of " + ", ".join(f"{m} ({mode})" for m, mode in zip(metrics, modes, strict=True))
                  + f": {len(rows)} trials"]
         if not rows.empty:
-            lines.append(hypervolume_line(frame, metrics, modes, reference))
+            lines.append(hypervolume_line(hypervolume_summary(frame, metrics, modes, reference)))
     shown = list(metrics) + [m for m in BESIDE if m not in metrics and f"final/{m}" in frame]
     for _, row in rows.iterrows():
         values = "  ".join(f"{m} {row[f'final/{m}']:.4g}" for m in shown if pd.notna(row.get(f"final/{m}")))
         config = ", ".join(f"{k.removeprefix('config/')}={v}" for k, v in row.items() if k.startswith("config/"))
         lines.append(f"  {row['trial_id']}  {values}  {config}")
     return lines
-
-
-def hypervolume_line(frame: pd.DataFrame, metrics: list[str], modes: list[str],
-                     reference: list[float] | None = None) -> str:
-    """"hypervolume H (reference ...)", and a word when no finished trial is better than the reference."""
-    value, used = front_hypervolume(frame, metrics, modes, reference)
-    point = ", ".join(f"{m} {v:.4g}" for m, v in zip(metrics, used, strict=True))
-    line = f"hypervolume {value:.4g} (reference {point}{'' if reference else ': the worst finished values'})"
-    if value == 0:  # the one line that says so, beside the value
-        line += "; no finished trial is better than the reference on every objective"
-        line += ": search.hypervolume_reference is on the wrong side of the front" if reference else ""
-    return line
 
 
 # ---------------------------------------------------------------- saved sweeps

@@ -85,7 +85,7 @@ def pareto_trials(frame: pd.DataFrame, metrics: list[str], modes: list[str]) -> 
     """The finished trials that no other finished trial beats on every objective (at least as good
     on all, better on one), ordered by the first objective, best first."""
     columns = [f"final/{m}" for m in metrics]
-    done = _finished_on(frame, columns)
+    done = finished_on(frame, columns)
     losses, _ = _as_losses(done, columns, modes)
     dominated = [bool(((losses <= row).all(axis=1) & (losses < row).any(axis=1)).any()) for row in losses]
     return done.iloc[np.flatnonzero(~np.asarray(dominated, dtype=bool))].sort_values(
@@ -99,7 +99,7 @@ def _as_losses(done: pd.DataFrame, columns: list[str], modes: list[str]) -> tupl
     return done[columns].to_numpy(dtype=float).reshape(len(done), len(columns)) * signs, signs
 
 
-def _finished_on(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def finished_on(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """The finished trials with a finite value in every one of `columns`."""
     if frame.empty or any(c not in frame for c in columns):
         return frame.iloc[0:0]
@@ -118,7 +118,7 @@ def front_hypervolume(frame: pd.DataFrame, metrics: list[str], modes: list[str],
     default reference: a front of one trial, or of trials each the worst on some objective). No
     finished trial: NaN (and no default reference)."""
     columns = [f"final/{m}" for m in metrics]
-    done = _finished_on(frame, columns)
+    done = finished_on(frame, columns)
     if done.empty:
         return float("nan"), None if reference is None else [float(v) for v in reference]
     losses, signs = _as_losses(done, columns, modes)
@@ -129,16 +129,43 @@ def front_hypervolume(frame: pd.DataFrame, metrics: list[str], modes: list[str],
     return (float(moocore.hypervolume(better, ref=point)) if len(better) else 0.0), [float(v) for v in reference]
 
 
+def hypervolume_summary(frame: pd.DataFrame, metrics: list[str], modes: list[str],
+                        reference: list[float] | None = None) -> dict[str, Any] | None:
+    """The front's hypervolume as a plain dict: value (None before any finished trial), reference,
+    reference_from ("spec", or "worst finished values"), metrics and modes; None for a single
+    objective."""
+    if len(metrics) < 2:
+        return None
+    value, used = front_hypervolume(frame, metrics, modes, reference)
+    return {"value": None if math.isnan(value) else value, "reference": used, "metrics": list(metrics),
+            "modes": list(modes), "reference_from": "spec" if reference is not None else "worst finished values"}
+
+
 def hypervolume_metadata(frame: pd.DataFrame, metrics: list[str], modes: list[str],
                          reference: list[float] | None = None) -> dict[bytes, bytes]:
-    """The front's hypervolume as parquet schema metadata: {HYPERVOLUME_KEY: JSON of value,
-    reference and objectives}; nothing for a single objective."""
-    if len(metrics) < 2:
-        return {}
-    value, used = front_hypervolume(frame, metrics, modes, reference)
-    entry = {"value": None if math.isnan(value) else value, "reference": used, "metrics": list(metrics),
-             "modes": list(modes), "reference_from": "spec" if reference is not None else "worst finished values"}
-    return {HYPERVOLUME_KEY: json.dumps(entry).encode()}
+    """The front's hypervolume as parquet schema metadata: {HYPERVOLUME_KEY: JSON of
+    hypervolume_summary}; nothing for a single objective."""
+    entry = hypervolume_summary(frame, metrics, modes, reference)
+    return {} if entry is None else {HYPERVOLUME_KEY: json.dumps(entry).encode()}
+
+
+def hypervolume_line(entry: dict[str, Any]) -> str:
+    """"hypervolume H (reference ...)" of a hypervolume_summary with a value, and a word when no
+    finished trial is better than the reference."""
+    value, given = entry["value"], entry["reference_from"] == "spec"
+    point = ", ".join(f"{m} {v:.4g}" for m, v in zip(entry["metrics"], entry["reference"], strict=True))
+    line = f"hypervolume {value:.4g} (reference {point}{'' if given else ': the worst finished values'})"
+    if value == 0:  # the one line that says so, beside the value
+        line += "; no finished trial is better than the reference on every objective"
+        line += ": search.hypervolume_reference is on the wrong side of the front" if given else ""
+    return line
+
+
+def write_trials(frame: pd.DataFrame, spec: SweepSpec, out: str | Path) -> Path:
+    """A sweep's trials.parquet: the table, with the front's hypervolume in its schema metadata
+    for a sweep of several objectives."""
+    s = spec.search
+    return write_table(frame, out, hypervolume_metadata(frame, s.metrics, s.modes, s.hypervolume_reference))
 
 
 def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out: str | Path) -> list[Path]:

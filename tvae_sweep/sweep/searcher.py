@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,13 @@ def config_key(params: dict[str, Any]) -> tuple:
     """A trial's config as a set key: its sampled keys and values (a conditional key is there when it
     was sampled; floats compared exactly). The rest of the config follows from them."""
     return tuple(sorted(params.items()))
+
+
+def name_objectives(study: optuna.Study, metrics: list[str]) -> None:
+    """Names the study's objectives after the sweep's metrics (optuna-dashboard shows them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # set_metric_names
+        study.set_metric_names(list(metrics))
 
 
 class OptunaSearch(RayOptunaSearch):
@@ -116,6 +124,13 @@ class OptunaSearch(RayOptunaSearch):
         super().restore(checkpoint_path)
         self.asked = None  # read again from the study, which may hold trials the saved state lacks
 
+    def _setup_study(self, mode) -> None:
+        """Ray's OptunaSearch._setup_study creates (or loads) the study; its objectives are then named
+        after the sweep's metrics, which optuna-dashboard and trials_dataframe show. An override of a
+        private method: tests/test_compat.py fails if Ray stops calling it."""
+        super()._setup_study(mode)
+        name_objectives(optuna_study(self), optuna_metrics(self))
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """The study lives in SQLite and is written at once; Ray's experiment state is saved now
         and then. After a SIGKILL the study can hold a trial as finished that Ray's older state
@@ -177,6 +192,7 @@ class FusedGridSearch(Searcher):
         reports = (result or {}).get(MEMBERS) or []
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, load_if_exists=True,
                                     directions=["maximize" if m == "max" else "minimize" for m in self.modes])
+        name_objectives(study, self.metrics)
         for i, point in enumerate(self.groups[group]):
             report = reports[i] if i < len(reports) else {}
             values = [report.get(m) for m in self.metrics]

@@ -120,3 +120,25 @@ def traversals_figure(images: list[tuple[str, Path]], columns: int | None = None
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(title, fontsize=8)
     return fig
+
+
+def importance_figure(table: pd.DataFrame) -> Figure | None:
+    """Each objective's parameter importance (an importance table: objective, param, importance,
+    evaluator, trials) as bars, one panel per objective, the most important key on top."""
+    if table.empty:
+        return None
+    objectives = list(dict.fromkeys(table["objective"]))
+    keys = table["param"].nunique()
+    fig = _figure(3.6 * len(objectives) + 0.6, 0.35 * keys + 1.4)
+    axes = fig.subplots(1, len(objectives), squeeze=False)[0]
+    for ax, objective in zip(axes, objectives, strict=True):
+        rows = table[table["objective"] == objective].sort_values("importance")
+        ax.barh(rows["param"], rows["importance"], color="tab:blue")
+        ax.set_xlim(0, 1)
+        ax.set_title(objective, fontsize=9)
+        ax.set_xlabel("share of the variance", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    first = table.iloc[0]
+    fig.suptitle(f"Which searched keys matter ({first['evaluator']}, {first['trials']} finished trials)", fontsize=10)
+    return fig

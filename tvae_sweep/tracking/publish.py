@@ -6,11 +6,15 @@ Files: <key>.parquet per searched key (value, metric, mean, std, ci_low, ci_high
 (each other preset against it, seed by seed: compare.py), pareto.png,
 metrics_by_axis.png, best_traversals.png; for a spec with a preset key (the paper's models), the
 best trial of each preset's forecast (forecasts.png, the paper's Figure 1) and topographic map
-(topographic_maps.png, Figure 3); and trials/<trial>/<picture>.png, each finished trial's pictures,
-kept so that they can be drawn side by side after Ray has pruned its checkpoints.
+(topographic_maps.png, Figure 3); importance.parquet (objective, param, importance, evaluator,
+trials: importance.py, its notes in the schema metadata) and importance.png, drawn with the figures;
+and trials/<trial>/<picture>.png, each finished trial's pictures, kept so that they can be drawn side
+by side after Ray has pruned its checkpoints. For several objectives the front's hypervolume goes on
+the parent run (metric front_hypervolume, its reference in tags).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +23,20 @@ import pandas as pd
 
 from ..images import FORECAST_FILE, MAP_FILE, TRAVERSAL_FILE
 from ..sweep.layout import SweepDir
-from ..sweep.results import ranked
+from ..sweep.results import hypervolume_summary, ranked, write_table
 from ..sweep.spec import SweepSpec
 from .aggregate import axis_tables, axis_values, finished, wide_table
 from .compare import compared_key, comparisons
-from .figures import axes_figure, pareto_figure, save, traversals_figure
+from .figures import axes_figure, importance_figure, pareto_figure, save, traversals_figure
+from .importance import Importance, importance_metrics, param_importance
 
 FOLDER = "aggregates"
 TOP_TRAVERSALS = 4
 COMPARISONS = "comparisons"  # aggregates/comparisons.parquet, and .json on the parent run
+IMPORTANCE = "importance"  # aggregates/importance.parquet and .png, and .json on the parent run
+NOTES_KEY = b"tvae_sweep.importance_notes"  # importance.parquet's schema metadata: its notes, as JSON
+HYPERVOLUME_REFERENCE = "tvae_sweep.hypervolume_reference"  # tags of the parent run: the reference point,
+HYPERVOLUME_REFERENCE_FROM = "tvae_sweep.hypervolume_reference_from"  # and where it came from
 
 
 @dataclass
@@ -38,6 +47,8 @@ class Aggregates:
     figures: dict[str, Path] = field(default_factory=dict)
     wide: dict[str, pd.DataFrame] = field(default_factory=dict)  # the compared key's paper-style table
     comparisons: pd.DataFrame | None = None  # each preset against the baseline, where the spec names one
+    hypervolume: dict | None = None  # the front's (results.hypervolume_summary), for several objectives
+    importance: Importance | None = None  # each objective's parameter importance, computed with the figures
 
 
 def folder(sweep: SweepDir) -> Path:
@@ -67,6 +78,8 @@ def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool
     metric, mode = objective(spec)
     best = ranked(frame, metric, 1, mode)
     result = Aggregates(tables, best.iloc[0] if len(best) else None, len(finished(frame)))
+    s = spec.search
+    result.hypervolume = hypervolume_summary(frame, s.metrics, s.modes, s.hypervolume_reference)
     key = compared_key(spec)
     if key is not None:
         result.wide[key] = wide_table(tables[key], key, list(spec.space[key].values))
@@ -76,8 +89,12 @@ def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool
         result.comparisons.to_parquet(out / f"{COMPARISONS}.parquet", index=False)
     if not figures:
         return result
+    result.importance = param_importance(frame, spec)  # a random forest per objective: seconds for a big sweep
+    write_table(result.importance.table, out / f"{IMPORTANCE}.parquet",
+                {NOTES_KEY: json.dumps(result.importance.notes).encode()})
     drawn = {"pareto.png": pareto_figure(frame), "metrics_by_axis.png": axes_figure(frame, spec),
-             "best_traversals.png": traversals_figure(best_pictures(frame, spec, sweep, TRAVERSAL_FILE))}
+             "best_traversals.png": traversals_figure(best_pictures(frame, spec, sweep, TRAVERSAL_FILE)),
+             f"{IMPORTANCE}.png": importance_figure(result.importance.table)}
     if key is not None:
         drawn["forecasts.png"] = traversals_figure(pictures_by_value(frame, spec, sweep, key, FORECAST_FILE), 2)
         drawn["topographic_maps.png"] = traversals_figure(pictures_by_value(frame, spec, sweep, key, MAP_FILE))
@@ -134,6 +151,38 @@ def log_on_parent(runs, result: Aggregates, step: int | None) -> None:
     for path in result.figures.values():
         runs.put_file(parent, path, FOLDER)
     if step is not None:
-        runs.log_metrics(parent, {**best_metrics(result), "finished_trials": result.finished}, step)
+        runs.log_metrics(parent, {**best_metrics(result), **front_metrics(result),
+                                  "finished_trials": result.finished}, step)
     if result.best is not None:
         runs.set_tags(parent, {"tvae_sweep.best_trial": result.best["trial_id"]})
+    log_front(runs, result)
+    log_importance(runs, result)
+
+
+def front_metrics(result: Aggregates) -> dict[str, float]:
+    """front_hypervolume, once a finished trial gives the front a value."""
+    volume = result.hypervolume
+    return {} if volume is None or volume["value"] is None else {"front_hypervolume": volume["value"]}
+
+
+def log_front(runs, result: Aggregates) -> None:
+    """The hypervolume's reference point on the parent run, {metric: value} as JSON, and whence it came
+    (tags: the default reference, the worst finished values, moves as trials finish)."""
+    volume = result.hypervolume
+    if volume is None or volume["reference"] is None:
+        return
+    reference = dict(zip(volume["metrics"], volume["reference"], strict=True))
+    runs.set_tags(runs.parent_id, {HYPERVOLUME_REFERENCE: json.dumps(reference),
+                                   HYPERVOLUME_REFERENCE_FROM: volume["reference_from"]})
+
+
+def log_importance(runs, result: Aggregates) -> None:
+    """The importance table (aggregates/importance.json) and its metrics, importance.<objective>.<key>,
+    at the number of finished trials it was computed over; its notes as a tag."""
+    if result.importance is None:
+        return
+    parent, table = runs.parent_id, result.importance.table
+    runs.put_table(parent, table, f"{FOLDER}/{IMPORTANCE}.json")
+    if not table.empty:
+        runs.log_metrics(parent, importance_metrics(table), result.finished)
+    runs.set_tags(parent, {"tvae_sweep.importance_notes": "; ".join(result.importance.notes) or "none"})

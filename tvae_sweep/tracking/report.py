@@ -8,8 +8,10 @@ import pandas as pd
 
 from ..metrics import DERIVED
 from ..sweep.layout import SweepDir
+from ..sweep.results import hypervolume_line, pareto_trials
 from ..sweep.spec import SweepSpec
-from .publish import FOLDER, Aggregates, objective
+from .importance import Importance
+from .publish import FOLDER, IMPORTANCE, Aggregates, objective
 from .stats import excludes_zero
 
 HEADER = ("mean", "std", "95% CI", "best", "n")  # an axis table's numbers, as shown
@@ -153,10 +155,48 @@ def summary(frame: pd.DataFrame, spec: SweepSpec, result: Aggregates) -> list[st
     return lines
 
 
+def front_lines(frame: pd.DataFrame, spec: SweepSpec, result: Aggregates) -> list[str]:
+    """For several objectives: the Pareto front's size and its hypervolume, with the reference and
+    where it came from."""
+    volume = result.hypervolume
+    if volume is None:
+        return []
+    s = spec.search
+    objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(s.metrics, s.modes, strict=True))
+    if volume["value"] is None:
+        return [f"Pareto front of {objectives}: no finished trial yet"]
+    return [f"Pareto front of {objectives}: {len(pareto_trials(frame, s.metrics, s.modes))} trials, "
+            f"{hypervolume_line(volume)}"]
+
+
+IMPORTANCE_HEADER = ["objective", "searched key", "importance"]
+
+
+def importance_sections(importance: Importance | None, figures: dict) -> tuple[list[str], list[str]]:
+    """(terminal lines, markdown lines) of each objective's parameter importance and its notes."""
+    if importance is None:
+        return [], []
+    table = importance.table
+    cells = [[row["objective"], row["param"], f"{row['importance']:.3f}"] for _, row in table.iterrows()]
+    text = ["which searched keys matter (fANOVA, share of each objective's variance):",
+            text_of(cells, IMPORTANCE_HEADER, 2) if cells else "not assessed", *importance.notes, ""]
+    md = ["## Which searched keys matter", ""]
+    if cells:
+        md += [f"Each objective's parameter importance over the {table['trials'].iloc[0]} finished trials: "
+               "Optuna's fANOVA evaluator fits a random forest to the trials and gives each searched key "
+               "the share of the objective's variance that it explains alone (interactions left out), "
+               "summing to 1 per objective. With tens of trials this is a rough ranking, not a measurement.",
+               "", markdown(cells, IMPORTANCE_HEADER, text_columns=2), ""]
+    md += [f"- {note}" for note in importance.notes] + ([""] if importance.notes else [])
+    if f"{IMPORTANCE}.png" in figures:
+        md += [f"![Which searched keys matter]({FOLDER}/{IMPORTANCE}.png)", ""]
+    return text, md
+
+
 def render(name: str, frame: pd.DataFrame, spec: SweepSpec, result: Aggregates,
            mlflow_line: str | None) -> tuple[str, str]:
     """(terminal text, markdown) of a sweep's aggregated results."""
-    head = summary(frame, spec, result) + ([mlflow_line] if mlflow_line else [])
+    head = summary(frame, spec, result) + front_lines(frame, spec, result) + ([mlflow_line] if mlflow_line else [])
     text = [f"sweep {name}", *head, ""]
     md = [f"# Sweep {name}", "", *(f"- {line}" for line in head), "",
           "Over finished trials, per searched value: mean, standard deviation, the mean's 95% interval "
@@ -176,6 +216,8 @@ def render(name: str, frame: pd.DataFrame, spec: SweepSpec, result: Aggregates,
     for key, table in result.tables.items():
         text += [text_table(table, key), ""]
         md += [f"## {key}", "", markdown_table(table, key), ""]
+    importance_text, importance_md = importance_sections(result.importance, result.figures)
+    text, md = text + importance_text, md + importance_md
     for file, title in FIGURES:
         if file in result.figures:
             md += [f"## {title}", "", f"![{title}]({FOLDER}/{file})", ""]
