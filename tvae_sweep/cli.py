@@ -290,13 +290,13 @@ def prune(name: str, keep_best: int, metric: str | None, yes: bool, results_dir:
 @results_dir_option
 def results(name: str, out: Path, results_dir: Path | None) -> None:
     """Write a sweep's trials table: config, final and best metrics, state and run time per trial."""
-    from .sweep.launch import saved_trials
+    from .sweep.launch import load_saved_spec, saved_trials
     from .sweep.layout import sweep_dir
-    from .sweep.results import write_table
+    from .sweep.results import write_trials
 
     sweep = sweep_dir(results_dir, name)
     frame = saved_trials(sweep)
-    write_table(frame, out)
+    write_trials(frame, load_saved_spec(sweep), out)  # a parquet file keeps the front's hypervolume
     click.echo(f"{len(frame)} trials -> {out}")
 
 
