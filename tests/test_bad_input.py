@@ -145,10 +145,6 @@ BROKEN_SPECS = [
      lambda r: r["search"].update(algorithm="grid")
      or r.update(space={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-3}}),
      "space.train.lr: a grid needs finite values: give a step, or use categorical"),
-    ("two objectives with asha",
-     lambda r: r["search"].update(metric=["log_likelihood", "equivariance_ratio"], mode=["max", "min"],
-                                  scheduler="asha"),
-     "search.scheduler: asha stops trials on one metric; with several objectives use fifo"),
     ("unknown search algorithm", _set("search.algorithm", "bayes"),
      "search.algorithm: must be one of tpe, gp, cmaes, random, grid, got 'bayes'"),
     ("unknown scheduler", _set("search.scheduler", "hyperband"),

@@ -13,9 +13,18 @@ from ray.tune.search.optuna import OptunaSearch as RayOptunaSearch
 
 from ..compat import optuna_metrics, optuna_study, optuna_trials
 from .fusion import MEMBERS, Point, group_config
+from .rungs import Rungs
 
 
 class OptunaSearch(RayOptunaSearch):
+    rungs: Rungs | None = None  # also for a searcher pickled by an earlier version, resumed
+
+    def __init__(self, *args, rungs: Rungs | None = None, **kwargs):
+        """rungs: the ASHA rungs of a search of several objectives, whose scheduler stops trials
+        early (a trial of one objective reaches Optuna with its last value, as Ray tells it)."""
+        super().__init__(*args, **kwargs)
+        self.rungs = rungs
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """The study lives in SQLite and is written at once; Ray's experiment state is saved now
         and then. After a SIGKILL the study can hold a trial as finished that Ray's older state
@@ -30,12 +39,30 @@ class OptunaSearch(RayOptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """A failed trial (a diverging one, say) counts as the worst value the study has seen, so
-        the sampler steers away from it; Optuna would otherwise drop it as FAIL and learn nothing."""
+        the sampler steers away from it; Optuna would otherwise drop it as FAIL and learn nothing.
+        A trial ASHA stopped early reaches the study PRUNED (see prune_stopped)."""
         if error and not result and trial_id in optuna_trials(self):
             worst = self._worst_values()
             if worst is not None:
                 result = worst
+        if not error and result and self.prune_stopped(trial_id, result):
+            result = None  # no values: Ray's OptunaSearch tells PRUNED
         super().on_trial_complete(trial_id, result=result, error=error)
+
+    def prune_stopped(self, trial_id: str, result: dict) -> bool:
+        """Whether ASHA stopped the trial early (its last report `result` ends it before its last
+        epoch). Optuna takes no values with PRUNED: the trial keeps them as its user attributes
+        last_values (objective -> value) and stopped_at_rung."""
+        rung = self.rungs.stopped_at(result) if self.rungs is not None else None
+        trial = optuna_trials(self).get(trial_id)
+        if rung is None or trial is None:
+            return False
+        try:
+            trial.set_user_attr("last_values", {metric: result.get(metric) for metric in optuna_metrics(self)})
+            trial.set_user_attr("stopped_at_rung", rung)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # settled before a SIGKILL (see on_trial_result): the study keeps its outcome
+        return True
 
     def _worst_values(self) -> dict | None:
         study = optuna_study(self)
