@@ -9,10 +9,13 @@ import time
 import types
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
 from rich.console import Console
 from sweeps import run_cli, sweep_spec, trials
 
@@ -229,17 +232,55 @@ def test_prune_keeps_the_best_trials_weights_after_saying_what_it_frees(finished
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("search", [{"algorithm": "tpe", "scheduler": "asha", "grace_period": 1},
-                                    {"algorithm": "random", "scheduler": "pbt", "mutate": ["train.lr"]}])
-def test_trials_that_evaluate_every_other_epoch_run_to_their_end(tmp_path, search):
-    """Their first report has no objective yet: the scheduler and the searcher wait for one."""
+def test_trials_that_evaluate_every_other_epoch_run_to_their_end(tmp_path):
+    """Their first report has no objective yet: PBT and the searcher wait for one."""
     spec = sweep_spec(tmp_path, train={"epochs": 3, "eval_every": 2},
-                      search={"num_trials": 2, "max_concurrent": 2, **search})
+                      search={"num_trials": 2, "max_concurrent": 2, "algorithm": "random", "scheduler": "pbt",
+                              "mutate": ["train.lr"]})
     results = tmp_path / "results"
     proc = run_cli("launch", spec, "--name", "sparse", "--results-dir", results)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     frame = trials(results, "sparse")
     assert len(frame) == 2 and set(frame["state"]) == {"TERMINATED"} and frame["final/log_likelihood"].notna().all()
+
+
+TWIN = {"model.variant": "vae", "model.cap_dim": 4, "model.coherence_window": 2, "train.lr": 1e-3}
+
+
+@pytest.mark.slow
+def test_multi_objective_asha_stops_trials_that_evaluate_every_other_epoch_and_prunes_them(tmp_path):
+    """Rungs at epochs 1 and 2 of 3; the first report with the objectives is epoch 2's, recorded at
+    rung 1. Two trials train the same config under the same seed, so the same vectors: whichever
+    reaches rung 1 later is behind its twin; it stops, unless a trial that arrived between them
+    stopped instead."""
+    spec = sweep_spec(tmp_path, train={"epochs": 3, "eval_every": 2},
+                      search={"algorithm": "tpe", "metric": ["log_likelihood", "kl_z"], "mode": ["max", "min"],
+                              "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "num_trials": 4,
+                              "max_concurrent": 2, "warm_start": [TWIN, TWIN]})
+    results = tmp_path / "results"
+    proc = run_cli("launch", spec, "--name", "moasha", "--results-dir", results)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    frame = trials(results, "moasha")
+    objectives = ["final/log_likelihood", "final/kl_z"]
+    assert len(frame) == 4 and set(frame["state"]) == {"TERMINATED"} and frame[objectives].notna().all().all()
+    stopped = frame[frame["epochs"] < 3]
+    assert len(stopped) >= 1 and set(stopped["epochs"]) == {2} and set(stopped["stopped_at_rung"]) == {1}
+    assert frame.loc[frame["epochs"] == 3, "stopped_at_rung"].isna().all()
+    for trial_id in stopped["trial_id"]:
+        assert re.search(rf"trial {trial_id} stopped by ASHA at rung 1 after 2 epochs", proc.stdout)
+
+    study = optuna.load_study(study_name="moasha", storage=f"sqlite:///{results / 'moasha' / 'optuna.db'}")
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == len(frame) - len(stopped)
+    assert sorted((t.user_attrs["last_values"]["log_likelihood"], t.user_attrs["last_values"]["kl_z"])
+                  for t in pruned) == sorted(map(tuple, stopped[objectives].to_numpy().tolist()))
+    assert {t.user_attrs["stopped_at_rung"] for t in pruned} == {1}
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("moasha").experiment_id])
+    rungs = {r.data.tags.get("tvae_sweep.trial_id"): r.data.tags.get("tvae_sweep.stopped_at_rung") for r in runs}
+    assert {trial_id: rungs[trial_id] for trial_id in frame["trial_id"]} == \
+        {trial_id: "1" if trial_id in set(stopped["trial_id"]) else None for trial_id in frame["trial_id"]}
 
 
 @pytest.mark.slow
