@@ -45,6 +45,10 @@ def finished_sweep(tmp_path_factory, ray_temp):
     return tmp, results, proc
 
 
+def row_of(frame: pd.DataFrame, trial_id: str) -> pd.Series:
+    return frame.set_index("trial_id").loc[trial_id]
+
+
 def processes_mentioning(text: str) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -91,7 +95,8 @@ def test_the_console_shows_the_sweep_and_ray_writes_to_its_log(finished_sweep):
     frame = trials(results, "e2e")
     for trial_id in frame["trial_id"]:
         assert re.search(rf"trial {trial_id} started\n", proc.stdout)
-        assert re.search(rf"trial {trial_id} finished after \d+ epochs  log_likelihood -?\d", proc.stdout)
+        said = "finished" if row_of(frame, trial_id)["epochs"] == 3 else "stopped by ASHA at rung 0"
+        assert re.search(rf"trial {trial_id} {said} after \d+ epochs  log_likelihood -?\d", proc.stdout)
     # at the end every planned epoch is done: those of the trials ASHA stopped left the plan
     assert re.search(r"6/6 trials done, 0 running, 0 pending; (\d+)/\1 epochs;", proc.stdout), proc.stdout[-500:]
     shown = proc.stdout + proc.stderr
@@ -106,6 +111,10 @@ def test_asha_stops_some_trials_early(finished_sweep):
     _, results, _ = finished_sweep
     frame = trials(results, "e2e")
     assert frame["epochs"].min() < 3 and frame["epochs"].max() == 3
+    # rungs at epoch 1 (and 3, the last): the trials it stopped after their first epoch, at rung 0
+    assert frame.loc[frame["epochs"] < 3, "epochs"].eq(1).all()
+    assert frame.loc[frame["epochs"] < 3, "stopped_at_rung"].eq(0).all()
+    assert frame.loc[frame["epochs"] == 3, "stopped_at_rung"].isna().all()
 
 
 @pytest.mark.slow
