@@ -154,6 +154,7 @@ def test_the_scheduler_stops_a_trial_dominated_at_a_rung():
     assert asha.on_trial_result(None, good, result(1, -100.0, 1.0)) == TrialScheduler.CONTINUE  # recorded once
     assert asha.on_trial_result(None, good, result(8, -90.0, 1.0)) == TrialScheduler.STOP  # max_t: its end
     assert [list(r) for r in asha.recorded] == [["good", "bad"], [], []] and asha.num_stopped == 1
+    assert asha.debug_string().endswith("num_stopped=1; recorded at 1 epochs: 2, 2 epochs: 0, 4 epochs: 0")
 
 
 def test_a_report_without_the_objectives_waits_for_the_next_and_counts_at_its_highest_rung():
@@ -209,23 +210,25 @@ def test_the_console_shows_the_rung_of_a_stopped_trial():
 
 
 def searcher(rungs, metric=("log_likelihood", "kl_z"), mode=MAX_MIN):
+    """Our OptunaSearch on a study in memory, and a function that reads the study's trials."""
     def space(trial):
         trial.suggest_float("train.lr", 1e-4, 1e-2, log=True)
 
-    return OptunaSearch(space=space, metric=list(metric) if len(metric) > 1 else metric[0],
-                        mode=list(mode) if len(mode) > 1 else mode[0], storage=optuna.storages.InMemoryStorage(),
-                        study_name="s", rungs=rungs)
+    storage = optuna.storages.InMemoryStorage()
+    search = OptunaSearch(space=space, metric=list(metric) if len(metric) > 1 else metric[0],
+                          mode=list(mode) if len(mode) > 1 else mode[0], storage=storage, study_name="s", rungs=rungs)
+    return search, lambda: optuna.load_study(study_name="s", storage=storage).get_trials()
 
 
 def test_a_trial_asha_stopped_reaches_the_study_pruned_with_its_last_values():
-    search = searcher(Rungs(1, 2, 3))
+    search, study_trials = searcher(Rungs(1, 2, 3))
     for trial_id in ("stopped", "ran", "diverged"):
         assert search.suggest(trial_id)
     search.on_trial_complete("stopped", {"training_iteration": 2, "done": True, "log_likelihood": -120.0, "kl_z": 2.0})
     search.on_trial_complete("ran", {"training_iteration": 3, "done": True, "log_likelihood": -100.0, "kl_z": 1.0})
     search.on_trial_complete("diverged", {"training_iteration": 1, "done": True, "log_likelihood": float("nan"),
                                           "kl_z": 5.0})
-    stopped, ran, diverged = search._ot_study.get_trials()
+    stopped, ran, diverged = study_trials()
     assert stopped.state == TrialState.PRUNED and stopped.values is None
     assert stopped.user_attrs == {"last_values": {"log_likelihood": -120.0, "kl_z": 2.0}, "stopped_at_rung": 1}
     assert ran.state == TrialState.COMPLETE and ran.values == [-100.0, 1.0] and ran.user_attrs == {}
@@ -235,8 +238,8 @@ def test_a_trial_asha_stopped_reaches_the_study_pruned_with_its_last_values():
 
 def test_without_rungs_the_study_is_told_as_before():
     """One objective (or no ASHA): a trial that ended early is COMPLETE with its last value."""
-    search = searcher(None, ("log_likelihood",), ("max",))
+    search, study_trials = searcher(None, ("log_likelihood",), ("max",))
     search.suggest("t")
     search.on_trial_complete("t", {"training_iteration": 1, "done": True, "log_likelihood": -120.0})
-    trial, = search._ot_study.get_trials()
+    trial, = study_trials()
     assert trial.state == TrialState.COMPLETE and trial.values == [-120.0] and trial.user_attrs == {}

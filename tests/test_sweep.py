@@ -1,4 +1,5 @@
 """A real sweep on a real local Ray: trials, ASHA, the results table, exports, and a name clash."""
+import dataclasses
 import io
 import json
 import os
@@ -389,13 +390,16 @@ def rendered(console: TrialConsole, records: list[TrialRecord], width: int) -> l
 
 def test_the_live_table_fits_120_columns_without_cutting_a_word():
     console = TrialConsole(CAPSULES, OBJECTIVES, total=24, epochs=20)
-    lines = rendered(console, capsules_records(), 120)
+    records = capsules_records()
+    records[4] = dataclasses.replace(records[4], epochs=2, stopped_at_rung=11)  # ASHA stopped it at rung 11
+    lines = rendered(console, records, 120)
     assert max(map(len, lines)) <= 120 and not any("…" in line for line in lines)
     assert lines[1].split() == ["trial", "state", "n_caps", "cap_dim", "K", "window", "shift", "mu", "epoch",
                                 *OBJECTIVES]
     assert lines[2].split() == ["8e3f1_00000", "TERMINATED", "18", "18", "2", "13", "1", "30", "20", "-1235",
                                 "-0.01234"]
-    assert {line.split()[1] for line in lines[2:]} == {"TERMINATED", "RUNNING", "ERROR", "PENDING"}
+    assert {line.split()[1] for line in lines[2:]} == {"TERMINATED", "RUNNING", "ERROR", "PENDING", "STOPPED"}
+    assert lines[6].split()[:3] == ["8e3f1_00004", "STOPPED", "r11"]
 
 
 def test_a_narrow_table_leaves_out_searched_keys_last_first_and_keeps_the_objectives():
