@@ -145,10 +145,6 @@ BROKEN_SPECS = [
      lambda r: r["search"].update(algorithm="grid")
      or r.update(space={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-3}}),
      "space.train.lr: a grid needs finite values: give a step, or use categorical"),
-    ("two objectives with asha",
-     lambda r: r["search"].update(metric=["log_likelihood", "equivariance_ratio"], mode=["max", "min"],
-                                  scheduler="asha"),
-     "search.scheduler: asha stops trials on one metric; with several objectives use fifo"),
     ("unknown search algorithm", _set("search.algorithm", "bayes"),
      "search.algorithm: must be one of tpe, gp, cmaes, random, grid, got 'bayes'"),
     ("unknown scheduler", _set("search.scheduler", "hyperband"),
@@ -188,6 +184,10 @@ BROKEN_SPECS = [
      "search.reduction_factor: must be >= 2, got 1.5"),
     ("an asha grace period beyond the epochs", lambda r: r["search"].update(scheduler="asha", grace_period=50),
      "search.grace_period: 50 epochs before ASHA may stop a trial, but trials train for"),
+    ("pbt comparing trials at an epoch that evaluates no objective",
+     lambda r: r["search"].update(scheduler="pbt", mutate=["train.lr"], perturbation_interval=3)
+     or r["train"].update(eval_every=2),
+     "search.perturbation_interval: PBT compares trials every 3 epochs, but they evaluate the objective every 2"),
     ("a hypervolume reference of the wrong length",
      lambda r: r["search"].update(metric=["log_likelihood", "kl_z"], mode=["max", "min"],
                                   hypervolume_reference=[-500.0]),

@@ -48,7 +48,7 @@ def test_sampled_configs_lie_in_the_space_and_satisfy_the_conditions():
 ])
 def test_any_reported_metric_or_learned_difference_can_be_the_objective(metric, mode):
     raw = spec_raw()
-    raw["search"].update(metric=metric, mode=mode, scheduler="fifo" if isinstance(metric, list) else "asha")
+    raw["search"].update(metric=metric, mode=mode, scheduler="asha")  # ASHA stops on one objective or several
     raw["space"].pop("model.variant")  # kl_u and the rest: every trial a TVAE
     raw["space"]["model.shift"].pop("when")
     spec = spec_from_dict(raw)
@@ -120,7 +120,8 @@ BROKEN = [
     (lambda r: r["search"].update(metric="accuracy"), "search.metric"),
     (lambda r: r["search"].update(metric=["log_likelihood", "equivariance_ratio"], mode="max"), "search.mode"),
     (lambda r: r["search"].update(metric=["log_likelihood", "equivariance_ratio"], mode=["max", "min"],
-                                  scheduler="asha"), "search.scheduler"),
+                                  scheduler="pbt", algorithm="random"),
+     "search.scheduler: pbt ranks trials by one metric"),
     (lambda r: r["search"].update(pruner="median"), "search.pruner: unknown key"),
     (lambda r: r["resources"].update(cpus_per_trial=0), "resources.cpus_per_trial"),
     (lambda r: r["resources"].update(gpus_per_trial=1.5), "resources.gpus_per_trial"),

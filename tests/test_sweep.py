@@ -1,4 +1,5 @@
 """A real sweep on a real local Ray: trials, ASHA, the results table, exports, and a name clash."""
+import dataclasses
 import io
 import json
 import os
@@ -9,10 +10,13 @@ import time
 import types
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
 from rich.console import Console
 from sweeps import run_cli, sweep_spec, trials
 
@@ -40,6 +44,10 @@ def finished_sweep(tmp_path_factory, ray_temp):
     proc = run_cli("launch", spec, "--name", "e2e", "--results-dir", results, RAY_TMPDIR=ray_temp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp, results, proc
+
+
+def row_of(frame: pd.DataFrame, trial_id: str) -> pd.Series:
+    return frame.set_index("trial_id").loc[trial_id]
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -89,7 +97,8 @@ def test_the_console_shows_the_sweep_and_ray_writes_to_its_log(finished_sweep):
     frame = trials(results, "e2e")
     for trial_id in frame["trial_id"]:
         assert re.search(rf"trial {trial_id} started\n", proc.stdout)
-        assert re.search(rf"trial {trial_id} finished after \d+ epochs  log_likelihood -?\d", proc.stdout)
+        said = "finished" if row_of(frame, trial_id)["epochs"] == 3 else "stopped by ASHA at rung 0"
+        assert re.search(rf"trial {trial_id} {said} after \d+ epochs  log_likelihood -?\d", proc.stdout)
     # at the end every planned epoch is done: those of the trials ASHA stopped left the plan
     assert re.search(r"6/6 trials done, 0 running, 0 pending; (\d+)/\1 epochs;", proc.stdout), proc.stdout[-500:]
     shown = proc.stdout + proc.stderr
@@ -104,6 +113,10 @@ def test_asha_stops_some_trials_early(finished_sweep):
     _, results, _ = finished_sweep
     frame = trials(results, "e2e")
     assert frame["epochs"].min() < 3 and frame["epochs"].max() == 3
+    # rungs at epoch 1 (and 3, the last): the trials it stopped after their first epoch, at rung 0
+    assert frame.loc[frame["epochs"] < 3, "epochs"].eq(1).all()
+    assert frame.loc[frame["epochs"] < 3, "stopped_at_rung"].eq(0).all()
+    assert frame.loc[frame["epochs"] == 3, "stopped_at_rung"].isna().all()
 
 
 @pytest.mark.slow
@@ -230,36 +243,58 @@ def test_prune_keeps_the_best_trials_weights_after_saying_what_it_frees(finished
 
 
 TWO_CONFIGS = {"model.n_caps": {"type": "categorical", "values": [2, 3]}}
+TWIN = {"model.n_caps": 2}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("search", "space"), [
-    ({"algorithm": "tpe", "scheduler": "asha", "grace_period": 1, "num_trials": 3}, TWO_CONFIGS),
-    ({"algorithm": "random", "scheduler": "pbt", "mutate": ["train.lr"], "num_trials": 2}, None)])
-def test_trials_that_evaluate_every_other_epoch_run_to_their_end(tmp_path, search, space):
-    """Their first report has no objective yet: the scheduler and the searcher wait for one. The TPE
-    sweep plans three trials of a space of two configs: it ends, finished, after two."""
-    spec = sweep_spec(tmp_path, space=space, train={"epochs": 3, "eval_every": 2},
-                      search={"max_concurrent": 2, **search})
+def test_multi_objective_asha_stops_trials_that_evaluate_every_other_epoch_and_no_config_runs_twice(tmp_path):
+    """Rungs at epochs 1 and 2 of 3; the first report with the objectives is epoch 2's (eval_every 2:
+    the scheduler and the searcher wait for it), recorded at rung 1, where of the first two trials to
+    arrive one goes on (ceil(2 / 2)) and the other stops. Two warm starts train the same config
+    under the same seed (taken as given); TPE then finds one new config of the two-config space, and
+    the fourth trial planned finds none: the sweep ends, finished, after three."""
+    spec = sweep_spec(tmp_path, space=TWO_CONFIGS, train={"epochs": 3, "eval_every": 2},
+                      search={"algorithm": "tpe", "metric": ["log_likelihood", "kl_z"], "mode": ["max", "min"],
+                              "scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "num_trials": 4,
+                              "max_concurrent": 2, "warm_start": [TWIN, TWIN]})
     results = tmp_path / "results"
-    proc = run_cli("launch", spec, "--name", "sparse", "--results-dir", results)
+    proc = run_cli("launch", spec, "--name", "moasha", "--results-dir", results)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    frame = trials(results, "sparse")
-    assert len(frame) == 2 and set(frame["state"]) == {"TERMINATED"} and frame["final/log_likelihood"].notna().all()
-    exhausted = "the space holds no config beyond the 2 asked for: the sweep ended after 2 of 3 trials"
-    assert (exhausted in proc.stdout) == (space is TWO_CONFIGS)  # and it exits 0: finished, not stopped
-    if space is TWO_CONFIGS:
-        assert sorted(frame["config/model.n_caps"]) == [2, 3]
+    assert "the space holds no config beyond the 2 asked for: the sweep ended after 3 of 4 trials" in proc.stdout
+    frame = trials(results, "moasha")
+    assert sorted(frame["config/model.n_caps"]) == [2, 2, 3]
+    objectives = ["final/log_likelihood", "final/kl_z"]
+    assert len(frame) == 3 and set(frame["state"]) == {"TERMINATED"} and frame[objectives].notna().all().all()
+    stopped = frame[frame["epochs"] < 3]
+    assert len(stopped) >= 1 and set(stopped["epochs"]) == {2} and set(stopped["stopped_at_rung"]) == {1}
+    assert frame.loc[frame["epochs"] == 3, "stopped_at_rung"].isna().all()
+    for trial_id in stopped["trial_id"]:
+        assert re.search(rf"trial {trial_id} stopped by ASHA at rung 1 after 2 epochs", proc.stdout)
+
+    study = optuna.load_study(study_name="moasha", storage=f"sqlite:///{results / 'moasha' / 'optuna.db'}")
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == len(frame) - len(stopped)
+    assert sorted((t.user_attrs["last_values"]["log_likelihood"], t.user_attrs["last_values"]["kl_z"])
+                  for t in pruned) == sorted(map(tuple, stopped[objectives].to_numpy().tolist()))
+    assert {t.user_attrs["stopped_at_rung"] for t in pruned} == {1}
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("moasha").experiment_id])
+    rungs = {r.data.tags.get("tvae_sweep.trial_id"): r.data.tags.get("tvae_sweep.stopped_at_rung") for r in runs}
+    assert {trial_id: rungs[trial_id] for trial_id in frame["trial_id"]} == \
+        {trial_id: "1" if trial_id in set(stopped["trial_id"]) else None for trial_id in frame["trial_id"]}
 
 
 @pytest.mark.slow
 def test_pbt_continues_trials_from_better_ones_with_mutated_values(tmp_path):
-    """Three trials that differ in lr only, one of them far too slow: after the first epoch it is
-    the population's worst, and synchronous PBT must exploit it (clone a better trial's config and
+    """Three trials that differ in lr only, one of them far too slow: at the first evaluation (epoch
+    2: with eval_every 2 the first report holds no objective, and PBT waits for one) it is the
+    population's worst, and synchronous PBT must exploit it (clone a better trial's config and
     checkpoint, then perturb lr), whatever the timing."""
-    spec = sweep_spec(tmp_path, train={"epochs": 3}, data={"train_sequences": 64}, resources={"cpus_per_trial": 0.5},
+    spec = sweep_spec(tmp_path, train={"epochs": 3, "eval_every": 2}, data={"train_sequences": 64},
+                      resources={"cpus_per_trial": 0.5},
                       search={"algorithm": "random", "scheduler": "pbt", "num_trials": 3, "max_concurrent": 3,
-                              "perturbation_interval": 1, "mutate": ["train.lr"],
+                              "perturbation_interval": 2, "mutate": ["train.lr"],
                               "warm_start": [{"train.lr": 1e-5}, {"train.lr": 3e-3}, {"train.lr": 2e-3}]})
     results = tmp_path / "results"
     proc = run_cli("launch", spec, "--name", "pbt", "--results-dir", results)
@@ -349,13 +384,16 @@ def rendered(console: TrialConsole, records: list[TrialRecord], width: int) -> l
 
 def test_the_live_table_fits_120_columns_without_cutting_a_word():
     console = TrialConsole(CAPSULES, OBJECTIVES, total=24, epochs=20)
-    lines = rendered(console, capsules_records(), 120)
+    records = capsules_records()
+    records[4] = dataclasses.replace(records[4], epochs=2, stopped_at_rung=11)  # ASHA stopped it at rung 11
+    lines = rendered(console, records, 120)
     assert max(map(len, lines)) <= 120 and not any("…" in line for line in lines)
     assert lines[1].split() == ["trial", "state", "n_caps", "cap_dim", "K", "window", "shift", "mu", "epoch",
                                 *OBJECTIVES]
     assert lines[2].split() == ["8e3f1_00000", "TERMINATED", "18", "18", "2", "13", "1", "30", "20", "-1235",
                                 "-0.01234"]
-    assert {line.split()[1] for line in lines[2:]} == {"TERMINATED", "RUNNING", "ERROR", "PENDING"}
+    assert {line.split()[1] for line in lines[2:]} == {"TERMINATED", "RUNNING", "ERROR", "PENDING", "STOPPED"}
+    assert lines[6].split()[:3] == ["8e3f1_00004", "STOPPED", "r11"]
 
 
 def test_a_narrow_table_leaves_out_searched_keys_last_first_and_keeps_the_objectives():

@@ -22,6 +22,7 @@ from .sweep.launch import check_new, check_stopped, create, fit, join, load_save
 from .sweep.layout import SweepDir, all_sweeps, disk_usage, results_root, sweep_dir
 from .sweep.pruning import apply_prune, plan_prune
 from .sweep.results import frame_of, hypervolume_line, hypervolume_summary, pareto_trials, ranked, write_trials
+from .sweep.rungs import asha_rungs
 from .sweep.space import num_trials
 from .sweep.spec import SweepSpec, read_spec
 from .sweep.validation import spec_from_dict
@@ -83,7 +84,8 @@ def resume(name: str, results_dir: Path | None, address: str | None, tracking_ur
 def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, resumed: bool,
          tracking_uri: str | None, say: Say) -> Outcome:
     total, fused = num_trials(spec), ray_trials(spec)
-    console = TrialConsole(list(spec.space), spec.search.metrics, total, epochs=spec.run.train.epochs)
+    console = TrialConsole(list(spec.space), spec.search.metrics, total, epochs=spec.run.train.epochs,
+                           rungs=asha_rungs(spec))
     together = f" trained as {fused} fused trials" if spec.search.fuse else ""
     say(f"sweep {sweep.name}: {total} trials{together}, results in {sweep.root}")
     tracking = None

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from .disk import notice
 from .records import ERROR, RUNNING, TrialRecord, records_of
+from .rungs import Rungs
 
 RAY_LOG = "ray.log"
 REFRESH_S = 1.0  # the live table is redrawn at most this often
@@ -94,6 +95,11 @@ def done_epochs(records: list[TrialRecord]) -> int:
     return sum(r.epochs for r in records)
 
 
+def state_of(record: TrialRecord) -> str:
+    """Ray's state of the trial, or STOPPED r<k> for one ASHA stopped at rung k."""
+    return record.state if record.stopped_at_rung is None else f"STOPPED r{record.stopped_at_rung}"
+
+
 class RayLog(io.TextIOBase):
     """A text stream for Ray's console output: held in memory until the sweep's folder exists, then
     appended to its ray.log."""
@@ -154,9 +160,10 @@ class TrialConsole(Callback):
     """The sweep's console: a live table on a terminal, one line per trial event elsewhere."""
 
     def __init__(self, params: list[str], metrics: list[str], total: int, stream: TextIO | None = None,
-                 epochs: int = 1, clock: Callable[[], float] = time.monotonic):
-        """total: the sweep's trials, a fused trial's points counted one by one; epochs: train.epochs."""
-        self.params, self.metrics, self.total = params, metrics, total
+                 epochs: int = 1, clock: Callable[[], float] = time.monotonic, rungs: Rungs | None = None):
+        """total: the sweep's trials, a fused trial's points counted one by one; epochs: train.epochs;
+        rungs: the sweep's ASHA rungs (asha_rungs), to show where it stopped a trial."""
+        self.params, self.metrics, self.total, self.rungs = params, metrics, total, rungs
         self.stream = stream or sys.stdout  # the console as it is now, before Ray's output is redirected
         self.clock = clock
         self.started = clock()
@@ -183,7 +190,7 @@ class TrialConsole(Callback):
         return line
 
     def rows(self, records: list[TrialRecord]) -> list[list[str]]:
-        return [[r.trial_id, r.state, *(format_value(r.config.get(p, "-")) for p in self.params),
+        return [[r.trial_id, state_of(r), *(format_value(r.config.get(p, "-")) for p in self.params),
                  format_value(r.epochs), *(format_value(r.last.get(m, "-")) for m in self.metrics)]
                 for r in records]
 
@@ -213,6 +220,8 @@ class TrialConsole(Callback):
         for record in records:
             values = "  ".join(f"{m} {format_value(record.last[m])}" for m in self.metrics if m in record.last)
             said = "failed" if what == "finished" and record.state == ERROR else what
+            if what == "finished" and record.stopped_at_rung is not None:
+                said = f"stopped by ASHA at rung {record.stopped_at_rung}"
             print(f"{time.strftime('%H:%M:%S')}  trial {record.trial_id} {said}"
                   + (f" after {record.epochs} epochs  {values}" if what != "started" else ""),
                   file=self.stream, flush=True)
@@ -225,7 +234,7 @@ class TrialConsole(Callback):
             console = Console(file=self.stream, force_terminal=True)
             self.live = Live(console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
             self.live.start()
-        self.live.update(self.view(records_of(trials), self.live.console.width), refresh=True)
+        self.live.update(self.view(records_of(trials, rungs=self.rungs), self.live.console.width), refresh=True)
         self.drawn = time.monotonic()
 
     # ------------------------------------------------------------ Tune's hooks
@@ -247,7 +256,7 @@ class TrialConsole(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if not self.interactive:
-            self.event(records_of([trial]), "finished")
+            self.event(records_of([trial], finished={trial.trial_id}, rungs=self.rungs), "finished")
         self.draw(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):

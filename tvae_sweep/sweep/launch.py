@@ -25,10 +25,12 @@ from .disk import raise_first
 from .full_stop import StopWhenFull
 from .fusion import fused_groups, ray_trials
 from .layout import SweepDir, storage_location
+from .mo_asha import MultiObjectiveAsha
 from .pbt import pbt_param_space, pbt_scheduler, pbt_searcher
 from .pruning import CheckpointPruner, prune_finished
 from .records import TrialRecord, saved_records
 from .results import trials_frame
+from .rungs import asha_rungs
 from .searcher import FusedGridSearch, optuna_search, space_exhausted
 from .space import num_trials
 from .spec import SweepSpec
@@ -90,6 +92,8 @@ def _scheduler(spec: SweepSpec):
     s = spec.search
     if s.scheduler == "pbt":
         return pbt_scheduler(spec)
+    if s.scheduler == "asha" and s.multi_objective:
+        return MultiObjectiveAsha(s.metrics, s.modes, asha_rungs(spec))
     if s.scheduler == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=spec.run.train.epochs,
                              grace_period=s.grace_period, reduction_factor=s.reduction_factor)
@@ -217,7 +221,7 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
         grid = tuner.fit()
     raise_first(r.error for r in grid)  # trials that failed for a full disk: the sweep stops, resumable
     failed = sum(1 for r in grid if r.error is not None)
-    records = saved_records(path)  # the experiment, read once
+    records = saved_records(path, asha_rungs(spec))  # the experiment, read once
     unfinished = sum(1 for r in records if not r.finished)
     exhausted = space_exhausted(sweep.name, sweep.optuna_db)  # the searcher ended it early
     ended = (len(grid) >= state.get("ray_trials", state["num_trials"]) or exhausted) and not unfinished
@@ -240,7 +244,7 @@ def saved_trials(sweep: SweepDir):
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"sweep {sweep.name} has no trials saved in {path} yet (Ray saves them once its first "
                           f"trial starts); if its launch stopped, `tvae-sweep resume {sweep.name}` runs them")
-    return trials_frame(path)
+    return trials_frame(path, asha_rungs(load_saved_spec(sweep)))
 
 
 def check_stopped(sweep: SweepDir) -> None:

@@ -37,6 +37,11 @@ def check_pbt(spec: SweepSpec) -> None:
             raise ConfigError(f"search.mutate: {key} changes the network or its data; a checkpoint cannot carry over")
         if p.type == "preset" or p.same_as or p.when:
             raise ConfigError(f"search.mutate: {key} must be a plain int, float or categorical key")
+    every = spec.run.train.eval_every  # PBT compares the trials by the objective at each perturbation
+    if s.perturbation_interval % every:
+        raise ConfigError(f"search.perturbation_interval: PBT compares trials every {s.perturbation_interval} epochs, "
+                          f"but they evaluate the objective every {every} (train.eval_every); "
+                          f"give a multiple of {every}")
 
 
 def initial_population(spec: SweepSpec) -> list[dict[str, Any]]:

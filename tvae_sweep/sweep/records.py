@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .fusion import MEMBERS, PARAMS, POINTS, Point, point_folder
+from .rungs import Rungs
 from .whole_files import on_this_machine
 
 # Ray's trial states
@@ -57,6 +58,7 @@ class TrialRecord:
     path: str = ""  # the Ray trial's folder
     retries: int = 0  # failures Ray recovered from
     traceback: str | None = None  # the whole text of its error (or of the last one Ray recovered from)
+    stopped_at_rung: int | None = None  # the ASHA rung at which the scheduler stopped it (rungs.py)
 
     @property
     def finished(self) -> bool:
@@ -70,11 +72,12 @@ def last_line(text: str) -> str:
 
 
 def records_of(trials: Iterable, result: dict | None = None, checkpoint=None,
-               finished: Collection[str] = ()) -> list[TrialRecord]:
+               finished: Collection[str] = (), rungs: Rungs | None = None) -> list[TrialRecord]:
     """Ray's trials as records, a fused trial as its points. `result` and `checkpoint`: a report or
     checkpoint newer than the trial's own (for a single trial, in the hook that receives them);
     `finished`: ids of trials that have ended though Ray has not marked them yet (a callback's
-    on_trial_complete runs before it does)."""
+    on_trial_complete runs before it does); `rungs`: the sweep's ASHA rungs, to say at which one a
+    trial ended early was stopped."""
     out = []
     for trial in trials:
         report = result if result is not None else (trial.last_result or {})
@@ -87,8 +90,9 @@ def records_of(trials: Iterable, result: dict | None = None, checkpoint=None,
         if POINTS in (trial.config or {}):
             out += _points(trial, report, ref, text, common)
         else:
+            stopped = rungs.stopped_at(report) if rungs is not None and ray_state == TERMINATED else None
             out.append(_record(trial.trial_id, ray_state, dict(trial.config), report, ref, text,
-                               name=str(trial), **common))
+                               name=str(trial), stopped_at_rung=stopped, **common))
     return out
 
 
@@ -134,8 +138,9 @@ def _error_text(trial) -> str:
     return text or ""
 
 
-def saved_records(experiment_path: str) -> list[TrialRecord]:
-    """The records of the trials of the Ray experiment saved at `experiment_path`."""
+def saved_records(experiment_path: str, rungs: Rungs | None = None) -> list[TrialRecord]:
+    """The records of the trials of the Ray experiment saved at `experiment_path` (`rungs`: the
+    sweep's ASHA rungs, see records_of)."""
     from ray.tune import ExperimentAnalysis  # noqa: PLC0415 records and their readers (MLflow) load no Ray
 
-    return records_of(ExperimentAnalysis(experiment_path).trials)
+    return records_of(ExperimentAnalysis(experiment_path).trials, rungs=rungs)

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from ..config import ConfigError, dump_yaml
 from ..metrics import is_metric, metric_mode, metric_order
 from .records import TERMINATED, TrialRecord, saved_records
+from .rungs import Rungs
 from .space import trial_run_config
 from .spec import SweepSpec
 
@@ -28,14 +29,15 @@ def _finite(value: Any) -> bool:
     return _numeric(value) and math.isfinite(value)
 
 
-def trials_frame(path: str) -> pd.DataFrame:
-    """The trials table of the sweep whose Ray experiment is at `path`."""
-    return frame_of(saved_records(path))
+def trials_frame(path: str, rungs: Rungs | None = None) -> pd.DataFrame:
+    """The trials table of the sweep whose Ray experiment is at `path` (`rungs`: its ASHA rungs)."""
+    return frame_of(saved_records(path, rungs))
 
 
 def frame_of(records: list[TrialRecord]) -> pd.DataFrame:
     """One row per trial (per point of a fused trial): id, state, config, final and best metrics,
-    epochs, run time, node, error, checkpoint."""
+    epochs, run time, node, error, checkpoint; and stopped_at_rung after epochs where ASHA stopped
+    some trials early (the rung, rungs.py; empty for the others)."""
     rows = []
     for record in records:
         last, best = record.last, record.best
@@ -52,7 +54,11 @@ def frame_of(records: list[TrialRecord]) -> pd.DataFrame:
         row["error"] = record.error
         row["checkpoint"] = record.checkpoint.path if record.checkpoint is not None else None
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    stopped = [record.stopped_at_rung for record in records]
+    if any(rung is not None for rung in stopped):  # ASHA stopped some: the rung of each, else empty
+        frame.insert(frame.columns.get_loc("epochs") + 1, "stopped_at_rung", pd.array(stopped, dtype="Int64"))
+    return frame
 
 
 def ranked(frame: pd.DataFrame, metric: str, top: int | None = None, mode: str | None = None) -> pd.DataFrame:

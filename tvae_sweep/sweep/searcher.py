@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch as RayOptunaSearch
 
 from ..compat import optuna_metrics, optuna_study, optuna_trials
 from .fusion import MEMBERS, Point, group_config
+from .rungs import Rungs, asha_rungs
 from .space import define_by_run, make_sampler
 from .spec import SweepSpec
 
@@ -35,7 +36,8 @@ def optuna_search(spec: SweepSpec, study_name: str, storage: optuna.storages.Bas
     mode = s.modes if s.multi_objective else s.modes[0]
     return OptunaSearch(space=define_by_run(spec), metric=metric, mode=mode,
                         points_to_evaluate=[dict(p) for p in s.warm_start] or None,
-                        sampler=make_sampler(spec), study_name=study_name, storage=storage, retry_seed=s.seed)
+                        sampler=make_sampler(spec), study_name=study_name, storage=storage, retry_seed=s.seed,
+                        rungs=asha_rungs(spec) if s.multi_objective else None)
 
 
 def space_exhausted(study_name: str, db: Path) -> int | None:
@@ -66,9 +68,13 @@ def name_objectives(study: optuna.Study, metrics: list[str]) -> None:
 class OptunaSearch(RayOptunaSearch):
     # class defaults, for a searcher pickled before these attributes existed
     retry_seed, warm_starts, asked = 0, 0, None
+    rungs: Rungs | None = None
 
-    def __init__(self, *args, retry_seed: int = 0, **kwargs):
+    def __init__(self, *args, retry_seed: int = 0, rungs: Rungs | None = None, **kwargs):
+        """rungs: the ASHA rungs of a search of several objectives, whose scheduler stops trials
+        early (a trial of one objective reaches Optuna with its last value, as Ray tells it)."""
         super().__init__(*args, **kwargs)
+        self.rungs = rungs
         self.retry_seed = retry_seed  # with a trial's number, the seed of the random asks after it
         self.warm_starts = len(kwargs.get("points_to_evaluate") or [])  # the study's first trials
         self.asked: dict[tuple, int] | None = None  # config -> the Optuna trial that asked for it
@@ -145,12 +151,30 @@ class OptunaSearch(RayOptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """A failed trial (a diverging one, say) counts as the worst value the study has seen, so
-        the sampler steers away from it; Optuna would otherwise drop it as FAIL and learn nothing."""
+        the sampler steers away from it; Optuna would otherwise drop it as FAIL and learn nothing.
+        A trial ASHA stopped early reaches the study PRUNED (see prune_stopped)."""
         if error and not result and trial_id in optuna_trials(self):
             worst = self._worst_values()
             if worst is not None:
                 result = worst
+        if not error and result and self.prune_stopped(trial_id, result):
+            result = None  # no values: Ray's OptunaSearch tells PRUNED
         super().on_trial_complete(trial_id, result=result, error=error)
+
+    def prune_stopped(self, trial_id: str, result: dict) -> bool:
+        """Whether ASHA stopped the trial early (its last report `result` ends it before its last
+        epoch). Optuna takes no values with PRUNED: the trial keeps them as its user attributes
+        last_values (objective -> value) and stopped_at_rung."""
+        rung = self.rungs.stopped_at(result) if self.rungs is not None else None
+        trial = optuna_trials(self).get(trial_id)
+        if rung is None or trial is None:
+            return False
+        try:
+            trial.set_user_attr("last_values", {metric: result.get(metric) for metric in optuna_metrics(self)})
+            trial.set_user_attr("stopped_at_rung", rung)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # settled before a SIGKILL (see on_trial_result): the study keeps its outcome
+        return True
 
     def _worst_values(self) -> dict | None:
         study = optuna_study(self)

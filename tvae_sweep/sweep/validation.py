@@ -45,9 +45,6 @@ def check_search(spec: SweepSpec, run: RunConfig) -> None:
         check_pbt(spec)
     if s.mutate and s.scheduler != "pbt":
         raise ConfigError("search.mutate: only the pbt scheduler mutates keys; remove it or set scheduler: pbt")
-    if s.multi_objective and s.scheduler != "fifo":
-        raise ConfigError(f"search.scheduler: {s.scheduler} stops trials on one metric; "
-                          "with several objectives use fifo")
     if s.multi_objective and s.algorithm == "cmaes":
         raise ConfigError("search.algorithm: cmaes has one objective; use tpe, gp or random for a Pareto front")
     if s.replicates > 1 and "train.seed" in searched_keys(spec):

@@ -15,6 +15,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECK
 
 from ..sweep.records import ERROR, TrialRecord, records_of, saved_records
 from ..sweep.results import frame_of
+from ..sweep.rungs import asha_rungs
 from .trial_log import TrialLog
 
 NOT_METRICS = set(AUTO_RESULT_KEYS) | {DONE, SHOULD_CHECKPOINT, TRIAL_ID, EXPERIMENT_TAG, "node_id", "device"}
@@ -80,7 +81,7 @@ class MlflowTracking(Callback):
     @hook
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished.add(trial.trial_id)
-        records = records_of(trials, finished=self.finished)
+        records = records_of(trials, finished=self.finished, rungs=asha_rungs(self.log.spec))
         for record in records:
             if record.ray_id != trial.trial_id:
                 continue

@@ -94,6 +94,8 @@ class ChildRuns:
         if record.epochs < self.spec.run.train.epochs:
             stopped = f"by the scheduler after {record.epochs} epochs"
             self.runs.set_tags(child.run_id, {"tvae_sweep.stopped_early": stopped})
+        if record.stopped_at_rung is not None:
+            self.runs.set_tags(child.run_id, {"tvae_sweep.stopped_at_rung": record.stopped_at_rung})
         self.runs.set_status(child.run_id, FINISHED)
         child.status = FINISHED
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..sweep.layout import SweepDir
 from ..sweep.results import trials_frame
+from ..sweep.rungs import asha_rungs
 from ..sweep.spec import SweepSpec
 from . import store as stores
 from .children import ChildRuns
@@ -85,6 +86,6 @@ class TrialLog:
     def saved_trials(self) -> pd.DataFrame:
         """Ray's saved trials table; empty when the sweep stopped before Ray saved any."""
         try:
-            return trials_frame(self.sweep.read_state()["experiment_path"])
+            return trials_frame(self.sweep.read_state()["experiment_path"], asha_rungs(self.spec))
         except Exception:
             return pd.DataFrame(columns=["trial_id", "state"])
