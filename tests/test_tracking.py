@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
 import signal
 import socket
@@ -549,6 +550,8 @@ def test_only_the_newest_aggregates_wait_for_a_busy_tracking_thread():
         writer.later("on_trial_complete", written.append, f"trial {i}")
         writer.latest("aggregates", "on_trial_complete", written.append, f"aggregates of {i + 1} trials")
     assert list(writer.waiting) == ["aggregates"]  # one waiting write of that kind, not 100
+    copy = pickle.loads(pickle.dumps(writer))  # as Ray pickles the callbacks: settings only
+    assert copy.pool is None and copy.waiting == {} and copy.lock is not writer.lock
     release.set()
     writer.drain()
     assert [w for w in written if w.startswith("trial")] == [f"trial {i}" for i in range(100)]

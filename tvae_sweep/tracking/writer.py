@@ -31,6 +31,13 @@ class Writer:
         self.waiting: dict[str, tuple] = {}  # kind -> (name, fn, args) of a `latest` write not yet begun
         self.lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Ray pickles the sweep's callbacks with its run config: no thread, lock, waiting write or console."""
+        return {**self.__dict__, "pool": None, "lock": None, "waiting": {}, "console": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, lock=threading.Lock())
+
     def later(self, name: str, fn, *args) -> None:
         """Runs fn(*args) on the tracking thread, in the order the hooks were called."""
         if self.pool is None:
