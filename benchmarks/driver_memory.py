@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import gc
 import os
 import sys
@@ -29,6 +28,7 @@ import yaml
 
 from tvae_sweep import sweeping
 from tvae_sweep.sweep.console import TrialConsole
+from tvae_sweep.sweep.heap import malloc_info
 
 from .bench_sweep import SCALE_SPEC, driver_memory
 
@@ -39,18 +39,10 @@ def tracking_backlog() -> int:
     return sum(p._work_queue.qsize() for p in pools if p._thread_name_prefix == "mlflow-log")
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
 def malloc_mb() -> tuple[float, float, float]:
-    """glibc's heap (mallinfo2, all arenas): (MB in use, MB free but kept in the arenas, MB mmapped)."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _Mallinfo2
-    info = libc.mallinfo2()
-    return info.uordblks / 2**20, info.fordblks / 2**20, info.hblkhd / 2**20
+    """glibc's heap, all arenas: (MB in use, MB free but held in the arenas, MB mapped apart)."""
+    info = malloc_info()
+    return info.get("uordblks", 0) / 2**20, info.get("fordblks", 0) / 2**20, info.get("hblkhd", 0) / 2**20
 
 
 def object_counts() -> collections.Counter:
