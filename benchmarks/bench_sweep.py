@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -210,6 +211,134 @@ def search_efficiency(quick: bool, seeds: list[int]) -> dict:
     return {"settings": extra, "targets": targets, "runs": runs}
 
 
+# ---------------------------------------------------------------- driver memory at scale
+
+# the tiniest trial the config allows: one capsule of 3, sequences of 2 frames, 2 training sequences,
+# one epoch; random search over two keys, FIFO, two at a time, MLflow tracking on as users run it
+SCALE_SPEC = {
+    "data": {"dataset": "mnist5k", "transforms": ["rotation"], "train_sequences": 2, "test_sequences": 1},
+    "model": {"variant": "tvae", "n_caps": 1, "cap_dim": 3, "seq_len": 2, "coherence_window": 1,
+              "n_off_diag": 1, "shift": 1},
+    "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 1, "ll_samples": 1, "device": "cpu",
+              "num_threads": 1},
+    "space": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+              "train.seed": {"type": "int", "low": 0, "high": 1_000_000}},
+    "search": {"algorithm": "random", "scheduler": "fifo", "metric": "log_likelihood", "mode": "max",
+               "max_concurrent": 2, "seed": 0},
+    "resources": {"cpus_per_trial": 1},
+    "tracking": {"enabled": True},
+}
+MILESTONES = (100, 250, 500, 1000)  # finished trials at which the driver's memory is read out
+ENDED = (" finished after ", " failed after ")  # the console's line for a trial that ended (not a terminal)
+
+
+def driver_memory(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB, from /proc/<pid>/status; (nan, nan) once it is gone."""
+    fields = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return fields.get("VmRSS", float("nan")), fields.get("VmHWM", float("nan"))
+
+
+class MemoryPoll:
+    """Reads a process's memory every `every` seconds on a thread, with the trials ended by then."""
+
+    def __init__(self, pid: int, every: float = 2.0):
+        self.pid, self.every = pid, every
+        self.ended = 0
+        self.samples: list[tuple[float, int, float, float]] = []  # (seconds, trials ended, RSS MB, HWM MB)
+        self.start = time.perf_counter()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> tuple[float, int, float, float]:
+        rss, hwm = driver_memory(self.pid)
+        row = (time.perf_counter() - self.start, self.ended, rss, hwm)
+        if rss == rss:  # not nan: the process is still there
+            self.samples.append(row)
+        return row
+
+    def _poll(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.sample()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+def scale_sweep(n: int, env: dict[str, str], work: Path, name: str) -> dict:
+    """A sweep of `n` tiny trials by the command line, its driver's memory read while it runs and at
+    every milestone (trials ended)."""
+    spec = {**SCALE_SPEC, "search": {**SCALE_SPEC["search"], "num_trials": n}}
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    cmd = [*CLI, "launch", str(path), "--results-dir", str(work / "results"), "--name", name]
+    marks = [m for m in MILESTONES if m < n] + [n]
+    at: dict[int, tuple] = {}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+    poll = MemoryPoll(proc.pid)
+    tail: list[str] = []
+    for line in proc.stdout:
+        tail = [*tail[-40:], line]
+        if any(word in line for word in ENDED):
+            poll.ended += 1
+            if poll.ended in marks:
+                at[poll.ended] = poll.sample()
+    proc.wait()
+    wall = time.perf_counter() - start
+    poll.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{''.join(tail)}")
+    peak = max((s[3] for s in poll.samples), default=float("nan"))
+    return {"n": n, "env": env, "wall_s": wall, "peak_mb": peak,
+            "at": {str(m): {"s": s, "rss_mb": rss, "hwm_mb": hwm} for m, (s, _, rss, hwm) in at.items()},
+            "samples": poll.samples}
+
+
+def scale(quick: bool, n: int, env: dict[str, str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        return scale_sweep(8 if quick else n, env, Path(tmp), "scale")
+
+
+def slope_mb(run: dict, first: int = 100) -> float:
+    """MB of driver RSS per trial beyond the first `first`, while trials run: a least-squares line
+    through the samples polled from `first` trials ended to the last (nan with fewer than two)."""
+    n = run["n"]
+    points = [(ended, rss) for _, ended, rss, _ in run["samples"] if first <= ended < n]
+    if str(n) in run["at"]:
+        points.append((n, run["at"][str(n)]["rss_mb"]))
+    if len({e for e, _ in points}) < 2:
+        return float("nan")
+    return statistics.linear_regression([e for e, _ in points], [r for _, r in points]).slope
+
+
+def scale_text(s: dict) -> str:
+    env = ", ".join(f"{k}={v}" for k, v in s["env"].items()) or "none"
+    rows = "\n".join(f"| {m} | {v['s']:.0f} | {v['rss_mb']:.0f} | {v['hwm_mb']:.0f} |" for m, v in s["at"].items())
+    return "\n".join([
+        f"{s['n']} trials of the tiniest training the config allows (one capsule of 3 units, sequences of "
+        "2 frames, 2 training sequences, 1 epoch), random search over train.lr and train.seed, FIFO, two at "
+        f"a time, MLflow tracking on; extra environment: {env}. The driver's (`tvae-sweep launch`) "
+        "VmRSS and VmHWM from /proc, polled every 2 s and read as the console reports the trials ended.",
+        "",
+        "| trials ended | seconds | driver RSS MB | driver peak RSS MB |", "| ---: | ---: | ---: | ---: |", rows, "",
+        f"Wall time {s['wall_s']:.0f} s ({s['wall_s'] / s['n']:.2f} s per trial; the machine is shared with "
+        "other work, so this is not a quiet figure). Driver peak RSS "
+        f"{s['peak_mb']:.0f} MB (after the last trial: the final tables, figures and MLflow runs). Slope beyond "
+        "the first 100 trials while they run (least squares over the polled samples): "
+        f"{slope_mb(s):.3f} MB per trial (goal < 0.5: {'met' if slope_mb(s) < 0.5 else '**not met**'}).",
+    ])
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -305,10 +434,13 @@ def search_text(s: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that every part runs")
-    parser.add_argument("--only", choices=("overhead", "search"), default=None)
+    parser.add_argument("--only", choices=("overhead", "search", "scale"), default=None)
     parser.add_argument("--trials", type=int, default=8, help="identical trials for overhead and concurrency")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of loop and sweeps, side by side")
     parser.add_argument("--seeds", type=int, default=3, help="search seeds per algorithm")
+    parser.add_argument("--scale-trials", type=int, default=1000, help="trials of the driver memory sweep")
+    parser.add_argument("--scale-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of the driver memory sweep (repeatable): Ray's knobs, say")
     parser.add_argument("--no-write", action="store_true", help="print without touching RESULTS.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = parser.parse_args(argv)
@@ -318,7 +450,10 @@ def main(argv: list[str] | None = None) -> None:
     parts = {"overhead": ("Sweep overhead and concurrency", lambda: overhead(args.quick, args.trials, rounds),
                           overhead_text),
              "search": ("Search efficiency: TPE with ASHA against random search",
-                        lambda: search_efficiency(args.quick, list(range(args.seeds))), search_text)}
+                        lambda: search_efficiency(args.quick, list(range(args.seeds))), search_text),
+             "scale": ("Driver memory over a long sweep",
+                       lambda: scale(args.quick, args.scale_trials, dict(e.split("=", 1) for e in args.scale_env)),
+                       scale_text)}
     for part, (title, measure, render) in parts.items():
         if args.only not in (None, part):
             continue

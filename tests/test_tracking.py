@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
 import signal
 import socket
@@ -48,6 +49,7 @@ from tvae_sweep.tracking.callback import MlflowTracking
 from tvae_sweep.tracking.runs import RUNNING, Child
 from tvae_sweep.tracking.store import Store, artifact_root, resolve
 from tvae_sweep.tracking.trial_log import TrialLog
+from tvae_sweep.tracking.writer import Writer
 
 CLI = [sys.executable, "-m", "tvae_sweep"]
 NAME = "tracked"
@@ -559,6 +561,28 @@ def test_hooks_hand_their_mlflow_writes_to_the_tracking_thread_in_order(tmp_path
     release.set()
     tracking.log.writer.drain()
     assert written == [("run-t1", 1, -1.0), ("run-t1", 2, -2.0), ("run-t1", 3, -3.0)]
+
+
+def test_only_the_newest_aggregates_wait_for_a_busy_tracking_thread():
+    """A long sweep's trials end faster than the thread writes the aggregates of every trial: at most
+    one such write waits (the newest), while every trial's own write waits in order."""
+    release, written = threading.Event(), []
+    writer = Writer()
+    writer.later("busy", lambda: release.wait(30))
+    for i in range(100):
+        writer.later("on_trial_complete", written.append, f"trial {i}")
+        writer.latest("aggregates", "on_trial_complete", written.append, f"aggregates of {i + 1} trials")
+    assert list(writer.waiting) == ["aggregates"]  # one waiting write of that kind, not 100
+    copy = pickle.loads(pickle.dumps(writer))  # as Ray pickles the callbacks: settings only
+    assert copy.pool is None and copy.waiting == {} and copy.lock is not writer.lock
+    release.set()
+    writer.drain()
+    assert [w for w in written if w.startswith("trial")] == [f"trial {i}" for i in range(100)]
+    assert [w for w in written if w.startswith("aggregates")] == ["aggregates of 100 trials"]
+    assert written.index("aggregates of 100 trials") == 1  # where the first one stood, after trial 0
+    writer.latest("aggregates", "on_trial_complete", written.append, "aggregates again")
+    writer.drain()
+    assert written[-1] == "aggregates again" and writer.waiting == {}  # the next one is written too
 
 
 def test_tracking_warnings_reach_the_console_while_ray_output_goes_to_its_log(tmp_path, capsys):

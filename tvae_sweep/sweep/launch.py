@@ -24,6 +24,7 @@ from .console import RayLog, ray_output_to
 from .disk import raise_first
 from .full_stop import StopWhenFull
 from .fusion import fused_groups, ray_trials
+from .heap import fix_mmap_threshold
 from .layout import SweepDir, storage_location
 from .mo_asha import MultiObjectiveAsha
 from .pbt import pbt_param_space, pbt_scheduler, pbt_searcher
@@ -187,6 +188,7 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
     # a trial's reports before its first evaluation (train.eval_every > 1) hold no objective yet;
     # the scheduler and the searcher wait for one
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    fix_mmap_threshold()  # a long sweep's driver does not grow by a heap of freed blocks (sweep/heap.py)
     state = sweep.read_state()
     path = state["experiment_path"]
     callbacks = [*callbacks, JsonLoggerCallback(), CheckpointPruner(), StopWhenFull()]

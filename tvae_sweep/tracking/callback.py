@@ -87,7 +87,12 @@ class MlflowTracking(Callback):
                 continue
             done = self.log.children.log_error if record.state == ERROR else self.log.children.log_complete
             self.log.later("on_trial_complete", done, record)
-        self.log.later("on_trial_complete", self.log.parent.publish, frame_of(records), False)
+        # the aggregates over every trial: only the newest waits for the tracking thread, and its
+        # table is made there
+        self.log.latest("aggregates", "on_trial_complete", self.publish, records)
+
+    def publish(self, records: list[TrialRecord]) -> None:
+        self.log.parent.publish(frame_of(records), False)
 
     @hook
     def on_trial_recover(self, iteration, trials, trial, **info):

@@ -65,6 +65,9 @@ class TrialLog:
     def later(self, name: str, fn, *args) -> None:
         self.writer.later(name, fn, *args)
 
+    def latest(self, kind: str, name: str, fn, *args) -> None:
+        self.writer.latest(kind, name, fn, *args)
+
     def guard(self, name: str):
         return self.writer.guard(name)
 
