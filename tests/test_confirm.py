@@ -21,6 +21,7 @@ from tvae_sweep.sweep.confirm import (
 from tvae_sweep.sweep.space import grid_points, num_trials
 from tvae_sweep.sweep.validation import spec_from_dict
 from tvae_sweep.tracking import confirmation, report
+from tvae_sweep.tracking.compare import comparisons
 
 KIND = {"type": "preset", "values": {"vae": {"model.variant": "vae"},
                                      "bubble": {"model.shift": 0, "model.coherence_window": 3}}}
@@ -45,7 +46,8 @@ def test_one_objective_confirms_the_top_k_distinct_configs_best_first():
          "config/train.seed": 0, "final/log_likelihood": -80.0},
         {"config/kind": "bubble", "config/model.shift": 0, "config/train.lr": 3e-3,  # the same config, seed 1
          "config/train.seed": 1, "final/log_likelihood": -85.0},
-        {"config/kind": "vae", "config/model.variant": "vae", "config/train.lr": 3e-3, "final/log_likelihood": math.nan},
+        {"config/kind": "vae", "config/model.variant": "vae", "config/train.lr": 3e-3,
+         "final/log_likelihood": math.nan},
         {"config/kind": "vae", "config/model.variant": "vae", "config/train.lr": 3e-3, "final/log_likelihood": -1.0},
     ])
     trials.loc[4, "state"] = "ERROR"
@@ -128,7 +130,8 @@ def confirmation_frame(spec, shift=0.0):
     for name, values in (("rank1_t1", [-80.0, -82.0, -81.0]), ("vae", [-90.0, -91.0, -93.0])):
         values = [v + (shift if name == "rank1_t1" else 0.0) for v in values]
         rows.append({"config/confirm": name, "final/log_likelihood": sum(values) / 3,
-                     **{f"final/log_likelihood_seed{1000 + i}": v for i, v in enumerate(values)}})
+                     **{f"final/log_likelihood_seed{1000 + i}": v for i, v in enumerate(values)},
+                     "final/kl_z": 0.0, **{f"final/kl_z_seed{1000 + i}": v / 100 + i for i, v in enumerate(values)}})
     return frame(rows)
 
 
@@ -143,6 +146,10 @@ def test_the_confirmation_table_gives_each_configs_mean_interval_and_paired_diff
     assert (best["ci_low"], best["ci_high"]) == pytest.approx((-81.0 - 2.484138, -81.0 + 2.484138), abs=1e-5)
     assert best["diff"] == pytest.approx(10.333333, abs=1e-5)  # differences 10, 9, 12
     assert best["diff_ci_low"] > 0 and best["p_holm"] < 0.05 and best["verdict"] == "higher (better)"
+    # Holm over the table's one comparison (the objective), not over every metric's as comparisons.parquet
+    every = comparisons(confirmation_frame(spec), spec).set_index("metric")
+    assert best["p_holm"] == best["p"] == every.loc["log_likelihood", "p"]
+    assert every.loc["log_likelihood", "p_holm"] == pytest.approx(2 * best["p"])
     assert base["verdict"] == confirmation.IS_BASELINE and math.isnan(base["diff"]) and math.isnan(base["search"])
     shifted = confirmation.table(confirmation_frame(spec, shift=-10.333333), spec)  # now no better than vae
     assert shifted.iloc[0]["mean"] == pytest.approx(-91.333333) and shifted.iloc[1]["mean"] == base["mean"]

@@ -90,7 +90,7 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
     console = TrialConsole(list(spec.space), spec.search.metrics, total, epochs=spec.run.train.epochs)
     together = f" trained as {fused} fused trials" if spec.search.fuse else ""
     origin, stage = origin_of(sweep)
-    say(f"{f'the {stage} of {origin.name}' if stage else f'sweep {sweep.name}'}: {total} trials{together}, "
+    say(f"{f'sweep {origin.name}, {stage} stage' if stage else f'sweep {sweep.name}'}: {total} trials{together}, "
         f"results in {sweep.root}")
     tracking = None
     if spec.tracking.enabled:
@@ -195,7 +195,8 @@ def _confirm(sweep: SweepDir, spec: SweepSpec, top: int | None, seeds: int | Non
         cspec, raw, state = load_saved_spec(folder), None, None
         if folder.read_state().get("status") == "finished":
             say(f"{sweep.name} is confirmed already, in {folder.root}; --overwrite runs the confirmation again")
-            return _confirmed(sweep, Outcome(folder, cspec, "finished", saved_trials(folder)), tracking_uri)
+            shown = Outcome(folder, cspec, "finished", saved_trials(folder))
+            return _confirmed(sweep, shown, tracking_uri, write_report=False)
         say(f"continuing the confirmation of {sweep.name} in {folder.root}")
     else:
         raw, state = _prepare(sweep, spec, top, seeds, baselines)
@@ -250,10 +251,12 @@ def _check_unchanged(folder: SweepDir, top: int | None, seeds: int | None, basel
                           "continue it, or pass --overwrite to start it again")
 
 
-def _confirmed(sweep: SweepDir, outcome: Outcome, tracking_uri: str | None) -> Outcome:
+def _confirmed(sweep: SweepDir, outcome: Outcome, tracking_uri: str | None, write_report: bool = True) -> Outcome:
     """A finished confirmation's table, to print last, and the sweep's report.md with it."""
     if outcome.finished:
-        _, path = report(sweep.name, tracking_uri, sweep.root.parent)
+        path = sweep.root / "report.md"
+        if write_report:
+            _, path = report(sweep.name, tracking_uri, sweep.root.parent)
         table, state = confirmation_table(sweep)
         outcome.confirmation = [reports.confirmation_text(table, state["seeds"]),
                                 f"confirmation: {outcome.sweep.root}; report: {path}"]

@@ -5,7 +5,9 @@ One row per config (a preset of the confirmation's one preset key: the chosen co
 baselines) and objective: `search`, the value the search reported for the trial that chose it (an
 optimistic number: it was picked as the best); the mean over the n new seeds, the mean's 95%
 interval (Student t); and from comparisons.parquet the paired difference from the baseline over the
-shared seeds (`diff`, `diff_ci_low`, `diff_ci_high`), the Holm-corrected p-value and the verdict.
+shared seeds (`diff`, `diff_ci_low`, `diff_ci_high`) and its paired t-test's p-value, Holm-corrected
+across the table's comparisons (its objectives and configs: the claims the confirmation makes;
+comparisons.parquet corrects across every metric), and the verdict in the objective's direction.
 """
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ import pandas as pd
 from ..sweep.spec import SweepSpec
 from .aggregate import axis_values, finished
 from .compare import by_seed, compared_key, comparisons
-from .stats import interval
+from .stats import holm, interval, verdict
 
 COLUMNS = ["config", "metric", "search", "mean", "n", "ci_low", "ci_high", "baseline", "diff", "diff_ci_low",
-           "diff_ci_high", "p_holm", "verdict"]
+           "diff_ci_high", "p", "p_holm", "verdict"]
 IS_BASELINE = "(the baseline)"
 FILE = "confirmation"  # aggregates/confirmation.parquet, and <stage>/confirmation.json on the parent run
 
@@ -45,6 +47,12 @@ def table(frame: pd.DataFrame, spec: SweepSpec, compared: pd.DataFrame | None = 
             rows.append({**row, **_against_baseline(compared, spec, name, metric)})
     out = pd.DataFrame(rows, columns=COLUMNS)
     out["n"] = out["n"].astype("int64")
+    compared_rows = out["diff"].notna()
+    if compared_rows.any():
+        modes = dict(zip(metrics, spec.search.modes, strict=True))
+        out.loc[compared_rows, "p_holm"] = holm(out.loc[compared_rows, "p"])
+        out.loc[compared_rows, "verdict"] = [verdict(d, p, modes[m]) for d, p, m in out.loc[
+            compared_rows, ["diff", "p_holm", "metric"]].itertuples(index=False)]
     return out
 
 
@@ -55,5 +63,4 @@ def _against_baseline(compared: pd.DataFrame, spec: SweepSpec, name: str, metric
     if match.empty:
         return {"verdict": "-" if spec.baseline is None else "no seed shared with the baseline"}
     first = match.iloc[0]
-    return {"diff": first["diff"], "diff_ci_low": first["ci_low"], "diff_ci_high": first["ci_high"],
-            "p_holm": first["p_holm"], "verdict": first["verdict"]}
+    return {"diff": first["diff"], "diff_ci_low": first["ci_low"], "diff_ci_high": first["ci_high"], "p": first["p"]}

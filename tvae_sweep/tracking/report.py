@@ -209,8 +209,8 @@ def confirmation_cells(table: pd.DataFrame) -> list[list[str]]:
 def confirmation_intro(table: pd.DataFrame, seeds: list[int]) -> str:
     baseline = table["baseline"].dropna().iloc[0] if table["baseline"].notna().any() else None
     against = (f"`diff`: the paired difference from the baseline `{baseline}` over the shared seeds, its 95% "
-               "interval, the paired t-test's p-value Holm-corrected across the confirmation's comparisons "
-               "(`confirm/aggregates/comparisons.parquet`), and the verdict."
+               "interval, the paired t-test's p-value Holm-corrected across the comparisons of this table "
+               "(every metric's are in `confirm/aggregates/comparisons.parquet`), and the verdict."
                if baseline else "No baseline was given, so nothing is compared.")
     return (f"The search's best configs and the baselines, retrained under the seeds "
             f"{', '.join(map(str, seeds))}, which the search never used (`confirm/`): each objective's mean "
