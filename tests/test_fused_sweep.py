@@ -15,9 +15,12 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from click.testing import CliRunner
 from helpers import tiny_raw
 from mlflow import MlflowClient
-from sweeps import cli_env, run_cli, running
+from sweeps import cli_env, reports, run_cli, running
+
+from tvae_sweep.cli import main
 
 PRESETS = {
     "vae": {"model.variant": "vae"},
@@ -62,10 +65,12 @@ def replicated(tmp_path_factory, ray_temp):
     return results, pd.read_parquet(results / "replicated" / "trials.parquet")
 
 
-def child_runs(results: Path, experiment: str) -> dict:
+def child_runs(results: Path, experiment: str, stage: str | None = None) -> dict:
+    """The runs of the search's trials (or of a later stage's: the confirmation's), by trial id."""
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return {r.data.tags["tvae_sweep.trial_id"]: r for r in runs if "tvae_sweep.trial_id" in r.data.tags}
+    return {r.data.tags["tvae_sweep.trial_id"]: r for r in runs
+            if "tvae_sweep.trial_id" in r.data.tags and r.data.tags.get("tvae_sweep.stage") == stage}
 
 
 def point_of(row: pd.Series) -> tuple[str, int]:
@@ -203,3 +208,70 @@ def test_a_fused_sweep_killed_mid_trial_resumes_to_the_numbers_of_its_points_alo
     assert run_cli("train", alone, "--output", tmp_path / "alone").returncode == 0
     final = json.loads((tmp_path / "alone" / "metrics.json").read_text())["final"]
     assert final["log_likelihood"] == pytest.approx(row["final/log_likelihood"], rel=1e-4, abs=2e-3)
+
+
+def finished_reports(experiment: Path) -> dict[str, list[int]]:
+    """Trial folder -> its reported epochs, for the trials that reported their last."""
+    return {name: [r["epoch"] for r in lines] for name, lines in reports(experiment).items()
+            if lines and lines[-1]["epoch"] == 2}
+
+
+@pytest.mark.slow
+def test_confirm_retrains_the_best_configs_and_the_baseline_under_new_seeds_and_continues_after_sigkill(
+        fused, ray_temp, tmp_path):
+    """`confirm --top 2 --seeds 2`, killed with SIGKILL once a trial has finished, then run again:
+    it continues, and its trials are children of the sweep's parent run, tagged as the confirmation."""
+    results, frame = fused
+    folder = results / "fused" / "confirm"
+    log = tmp_path / "confirm.log"
+    # Ray saves the experiment every second: the trial that finished is saved finished before the kill
+    with running(["confirm", "fused", "--top", "2", "--seeds", "2", "--results-dir", results], log,
+                 cli_env(RAY_TMPDIR=ray_temp, TUNE_GLOBAL_CHECKPOINT_S="1")) as proc:
+        deadline = time.monotonic() + 300
+        while not finished_reports(folder / "tune"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+    before = finished_reports(folder / "tune")
+    assert before and json.loads((folder / "sweep.json").read_text())["status"] == "running"
+    proc = run_cli("confirm", "fused", "--results-dir", results, RAY_TMPDIR=ray_temp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"continuing the confirmation of fused in {folder}" in proc.stdout
+    after = finished_reports(folder / "tune")
+    assert len(after) == 3 and all(after[name] == epochs for name, epochs in before.items())  # none trained again
+
+    # the top two distinct configs (presets, the seed aside) by the search's log-likelihood, and the baseline
+    done = frame[frame["state"] == "TERMINATED"].sort_values("final/log_likelihood", ascending=False)
+    best = done.drop_duplicates("config/preset").head(2)
+    names = [f"rank{k}_{trial}" for k, trial in enumerate(best["trial_id"], start=1)]
+    confirmed = pd.read_parquet(folder / "trials.parquet")
+    assert sorted(confirmed["config/confirm"]) == sorted([*names, "vae"]) and set(confirmed["state"]) == {"TERMINATED"}
+    state = json.loads((folder / "sweep.json").read_text())
+    assert set(frame["config/train.seed"]) == {0, 1} and state["seeds"] == [1000, 1001]
+    for _, row in confirmed.iterrows():
+        seeds = [row["final/log_likelihood_seed1000"], row["final/log_likelihood_seed1001"]]
+        assert row["final/log_likelihood"] == pytest.approx(sum(seeds) / 2)
+        assert row["final/log_likelihood_std"] == pytest.approx(pd.Series(seeds).std())
+        assert "final/log_likelihood_seed0" not in row
+    compared = pd.read_parquet(folder / "aggregates" / "comparisons.parquet")
+    ll = compared[compared["metric"] == "log_likelihood"]
+    assert sorted(ll["model"]) == sorted(names) and set(ll["baseline"]) == {"vae"} and set(ll["n"]) == {2}
+
+    search, confirmation = child_runs(results, "fused"), child_runs(results, "fused", stage="confirm")
+    assert set(search) == set(frame["trial_id"]) and set(confirmation) == set(confirmed["trial_id"])
+    parent = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").get_run(
+        next(iter(search.values())).data.tags["mlflow.parentRunId"])
+    for run in confirmation.values():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.tags["tvae_sweep.confirm"] == "finished"
+    logged = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").list_artifacts(parent.info.run_id, "confirm")
+    assert "confirm/confirmation.json" in {a.path for a in logged}
+
+    report = (results / "fused" / "report.md").read_text()
+    section = report[report.index("## Confirmation"):]
+    assert "seeds 1000, 1001" in section and all(f"| {name} " in section for name in names)
+    again = CliRunner().invoke(main, ["confirm", "fused", "--results-dir", str(results)])  # no Ray: in this process
+    assert again.exit_code == 0 and f"fused is confirmed already, in {folder}" in again.stdout, again.output
+    assert "confirmed under the new seeds 1000, 1001:" in again.stdout and " started" not in again.stdout
+    assert finished_reports(folder / "tune") == after
