@@ -2,6 +2,7 @@
 which seeds, the spec it derives, and its table. The real run is in test_fused_sweep.py."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,10 +20,11 @@ from tvae_sweep.sweep.confirm import (
     used_seeds,
 )
 from tvae_sweep.sweep.space import grid_points, num_trials
-from tvae_sweep.sweep.validation import spec_from_dict
+from tvae_sweep.sweep.validation import load_spec, spec_from_dict
 from tvae_sweep.tracking import confirmation, report
 from tvae_sweep.tracking.compare import comparisons
 
+ROOT = Path(__file__).resolve().parents[1]
 KIND = {"type": "preset", "values": {"vae": {"model.variant": "vae"},
                                      "bubble": {"model.shift": 0, "model.coherence_window": 3}}}
 
@@ -160,3 +162,10 @@ def test_the_confirmation_table_gives_each_configs_mean_interval_and_paired_diff
     assert "| rank1_t1 | log_likelihood |" in cells and "higher (better)" in cells and "`vae`" in cells
     text = report.confirmation_text(table, [1000, 1001, 1002])
     assert text.splitlines()[0] == "confirmed under the new seeds 1000, 1001, 1002:"
+
+
+def test_the_capsules_spec_confirms_its_front_against_the_papers_tvae_its_first_warm_start():
+    spec = load_spec(ROOT / "search_spaces" / "capsules.yaml")
+    assert (spec.confirm.top, spec.confirm.seeds) == (3, 3)
+    assert baseline_bundles(spec.confirm.baselines, spec, "confirm.baselines") == {
+        "tvae_L13_36": spec.search.warm_start[0]}

@@ -48,6 +48,7 @@ def launch(folder: Path, name: str, space: dict, search: dict, ray_temp: str, **
     results = folder / "results"
     proc = run_cli("launch", spec, "--results-dir", results, RAY_TMPDIR=ray_temp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (folder / f"{name}.out").write_text(proc.stdout)
     return results
 
 
@@ -61,7 +62,10 @@ def fused(tmp_path_factory, ray_temp):
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory, ray_temp):
     space = {"model.shift": {"type": "categorical", "values": [0, 1]}}
-    results = launch(tmp_path_factory.mktemp("replicated"), "replicated", space, {"replicates": 3}, ray_temp)
+    # the launch confirms its best config against an inline baseline after the search
+    confirm = {"top": 1, "seeds": 2, "baselines": [{"bubble": {"model.shift": 0}}]}
+    results = launch(tmp_path_factory.mktemp("replicated"), "replicated", space, {"replicates": 3}, ray_temp,
+                     confirm=confirm)
     return results, pd.read_parquet(results / "replicated" / "trials.parquet")
 
 
@@ -173,6 +177,12 @@ def test_a_replicated_trial_reports_its_seeds_mean_spread_and_each_value(replica
     proc = run_cli("train", config, "--output", tmp_path / "again", "--seeds", "0,1,2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     best = frame.sort_values("final/log_likelihood", ascending=False).iloc[0]
+    printed = (results.parent / "replicated.out").read_text().splitlines()  # the confirmation, printed last
+    table = printed.index("confirmed under the new seeds 1000, 1001:")  # the search's seeds were 0, 1, 2
+    assert printed[table + 1].split()[:4] == ["config", "metric", "in", "the"]
+    assert printed[table + 3].startswith(f"rank1_{best['trial_id']}  log_likelihood")
+    assert printed[table + 4].startswith("bubble ") and printed[table + 4].endswith("(the baseline)")
+    assert printed[-1].startswith(f"confirmation: {results / 'replicated' / 'confirm'}; report: ")
     for s in (0, 1, 2):
         final = json.loads((tmp_path / "again" / f"seed_{s}" / "metrics.json").read_text())["final"]
         assert final["log_likelihood"] == pytest.approx(best[f"final/log_likelihood_seed{s}"], rel=1e-4, abs=2e-3)

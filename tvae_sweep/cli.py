@@ -191,9 +191,11 @@ def validate(spec_path: Path, overrides: tuple[str, ...], profile: str | None) -
     shown = f" (profile {spec.profile})" if spec.profile else ""
     together = f" (trained as {ray_trials(spec)} fused trials)" if s.fuse else ""
     seeds = f", each under {s.replicates} seeds" if s.replicates > 1 else ""
+    c = spec.confirm
+    confirm = f"; then the best {c.top} confirmed under {c.seeds} new seeds" if c else ""
     click.echo(f"{spec_path}{shown}: valid; {num_trials(spec)} trials{together}{seeds} of "
                f"{', '.join(spec.space) or 'the base config'} by {s.algorithm} with {s.scheduler}, "
-               f"optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes, strict=True))}")
+               f"optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes, strict=True))}{confirm}")
 
 
 @main.command()
