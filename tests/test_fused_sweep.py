@@ -226,6 +226,49 @@ def finished_reports(experiment: Path) -> dict[str, list[int]]:
             if lines and lines[-1]["epoch"] == 2}
 
 
+def killed_once_a_trial_has_finished(args: list, folder: Path, log: Path, ray_temp: str) -> dict[str, list[int]]:
+    """Runs the CLI and kills it with SIGKILL once a trial of `folder` has finished (Ray saving its
+    experiment every second, so that trial is saved finished); returns the finished trials' epochs."""
+    with running(args, log, cli_env(RAY_TMPDIR=ray_temp, TUNE_GLOBAL_CHECKPOINT_S="1")) as proc:
+        deadline = time.monotonic() + 300
+        while not finished_reports(folder / "tune"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert json.loads((folder / "sweep.json").read_text())["status"] == "running"
+    return finished_reports(folder / "tune")
+
+
+def check_confirmed_trials(folder: Path, names: list[str]) -> pd.DataFrame:
+    """The confirmation's trials table: each config once, finished, with its new seeds' values and
+    their mean and spread; its comparisons with the baseline over both seeds."""
+    confirmed = pd.read_parquet(folder / "trials.parquet")
+    assert sorted(confirmed["config/confirm"]) == sorted([*names, "vae"])
+    assert set(confirmed["state"]) == {"TERMINATED"} and "final/log_likelihood_seed0" not in confirmed
+    for _, row in confirmed.iterrows():
+        seeds = [row["final/log_likelihood_seed1000"], row["final/log_likelihood_seed1001"]]
+        assert row["final/log_likelihood"] == pytest.approx(sum(seeds) / 2)
+        assert row["final/log_likelihood_std"] == pytest.approx(pd.Series(seeds).std())
+    compared = pd.read_parquet(folder / "aggregates" / "comparisons.parquet")
+    ll = compared[compared["metric"] == "log_likelihood"]
+    assert sorted(ll["model"]) == sorted(names) and set(ll["baseline"]) == {"vae"} and set(ll["n"]) == {2}
+    return confirmed
+
+
+def check_confirmation_runs(results: Path, frame: pd.DataFrame, confirmed: pd.DataFrame) -> None:
+    """The confirmation's trials are children of the search's parent run, tagged with the stage; the
+    parent's status is the search's, its end a tag, its table an artifact under confirm/."""
+    search, confirmation = child_runs(results, "fused"), child_runs(results, "fused", stage="confirm")
+    assert set(search) == set(frame["trial_id"]) and set(confirmation) == set(confirmed["trial_id"])
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    parent = client.get_run(next(iter(search.values())).data.tags["mlflow.parentRunId"])
+    assert {r.data.tags["mlflow.parentRunId"] for r in confirmation.values()} == {parent.info.run_id}
+    assert {r.info.status for r in confirmation.values()} == {"FINISHED"}
+    assert parent.info.status == "FINISHED" and parent.data.tags["tvae_sweep.confirm"] == "finished"
+    assert "confirm/confirmation.json" in {a.path for a in client.list_artifacts(parent.info.run_id, "confirm")}
+
+
 @pytest.mark.slow
 def test_confirm_retrains_the_best_configs_and_the_baseline_under_new_seeds_and_continues_after_sigkill(
         fused, ray_temp, tmp_path):
@@ -233,18 +276,8 @@ def test_confirm_retrains_the_best_configs_and_the_baseline_under_new_seeds_and_
     it continues, and its trials are children of the sweep's parent run, tagged as the confirmation."""
     results, frame = fused
     folder = results / "fused" / "confirm"
-    log = tmp_path / "confirm.log"
-    # Ray saves the experiment every second: the trial that finished is saved finished before the kill
-    with running(["confirm", "fused", "--top", "2", "--seeds", "2", "--results-dir", results], log,
-                 cli_env(RAY_TMPDIR=ray_temp, TUNE_GLOBAL_CHECKPOINT_S="1")) as proc:
-        deadline = time.monotonic() + 300
-        while not finished_reports(folder / "tune"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
-        time.sleep(1.5)
-        os.killpg(proc.pid, signal.SIGKILL)
-    before = finished_reports(folder / "tune")
-    assert before and json.loads((folder / "sweep.json").read_text())["status"] == "running"
+    before = killed_once_a_trial_has_finished(["confirm", "fused", "--top", "2", "--seeds", "2", "--results-dir",
+                                               results], folder, tmp_path / "confirm.log", ray_temp)
     proc = run_cli("confirm", "fused", "--results-dir", results, RAY_TMPDIR=ray_temp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"continuing the confirmation of fused in {folder}" in proc.stdout
@@ -253,30 +286,11 @@ def test_confirm_retrains_the_best_configs_and_the_baseline_under_new_seeds_and_
 
     # the top two distinct configs (presets, the seed aside) by the search's log-likelihood, and the baseline
     done = frame[frame["state"] == "TERMINATED"].sort_values("final/log_likelihood", ascending=False)
-    best = done.drop_duplicates("config/preset").head(2)
-    names = [f"rank{k}_{trial}" for k, trial in enumerate(best["trial_id"], start=1)]
-    confirmed = pd.read_parquet(folder / "trials.parquet")
-    assert sorted(confirmed["config/confirm"]) == sorted([*names, "vae"]) and set(confirmed["state"]) == {"TERMINATED"}
+    names = [f"rank{k}_{trial}" for k, trial in enumerate(done.drop_duplicates("config/preset")["trial_id"][:2], 1)]
+    confirmed = check_confirmed_trials(folder, names)
     state = json.loads((folder / "sweep.json").read_text())
     assert set(frame["config/train.seed"]) == {0, 1} and state["seeds"] == [1000, 1001]
-    for _, row in confirmed.iterrows():
-        seeds = [row["final/log_likelihood_seed1000"], row["final/log_likelihood_seed1001"]]
-        assert row["final/log_likelihood"] == pytest.approx(sum(seeds) / 2)
-        assert row["final/log_likelihood_std"] == pytest.approx(pd.Series(seeds).std())
-        assert "final/log_likelihood_seed0" not in row
-    compared = pd.read_parquet(folder / "aggregates" / "comparisons.parquet")
-    ll = compared[compared["metric"] == "log_likelihood"]
-    assert sorted(ll["model"]) == sorted(names) and set(ll["baseline"]) == {"vae"} and set(ll["n"]) == {2}
-
-    search, confirmation = child_runs(results, "fused"), child_runs(results, "fused", stage="confirm")
-    assert set(search) == set(frame["trial_id"]) and set(confirmation) == set(confirmed["trial_id"])
-    parent = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").get_run(
-        next(iter(search.values())).data.tags["mlflow.parentRunId"])
-    for run in confirmation.values():
-        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
-    assert parent.info.status == "FINISHED" and parent.data.tags["tvae_sweep.confirm"] == "finished"
-    logged = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").list_artifacts(parent.info.run_id, "confirm")
-    assert "confirm/confirmation.json" in {a.path for a in logged}
+    check_confirmation_runs(results, frame, confirmed)
 
     report = (results / "fused" / "report.md").read_text()
     section = report[report.index("## Confirmation"):]
