@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from sweeps import cli_env, reports, run_cli, running
 
 from tvae_sweep.cli import main
+from tvae_sweep.sweep.records import saved_records
 
 PRESETS = {
     "vae": {"model.variant": "vae"},
@@ -226,18 +227,25 @@ def finished_reports(experiment: Path) -> dict[str, list[int]]:
             if lines and lines[-1]["epoch"] == 2}
 
 
+def saved_finished(experiment: Path) -> set[str]:
+    """The trial folders that Ray's saved experiment holds as finished (none before its first save)."""
+    try:
+        return {Path(r.path).name for r in saved_records(str(experiment)) if r.state == "TERMINATED"}
+    except ValueError:  # Ray has not saved its experiment yet (it names the file it did not find)
+        return set()
+
+
 def killed_once_a_trial_has_finished(args: list, folder: Path, log: Path, ray_temp: str) -> dict[str, list[int]]:
-    """Runs the CLI and kills it with SIGKILL once a trial of `folder` has finished (Ray saving its
-    experiment every second, so that trial is saved finished); returns the finished trials' epochs."""
+    """Runs the CLI and kills it with SIGKILL once Ray has saved a trial of `folder` as finished (it
+    saves its experiment every second here); returns those trials' reported epochs."""
     with running(args, log, cli_env(RAY_TMPDIR=ray_temp, TUNE_GLOBAL_CHECKPOINT_S="1")) as proc:
         deadline = time.monotonic() + 300
-        while not finished_reports(folder / "tune"):
+        while not (saved := saved_finished(folder / "tune")):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
-        time.sleep(1.5)
         os.killpg(proc.pid, signal.SIGKILL)
     assert json.loads((folder / "sweep.json").read_text())["status"] == "running"
-    return finished_reports(folder / "tune")
+    return {name: epochs for name, epochs in finished_reports(folder / "tune").items() if name in saved}
 
 
 def check_confirmed_trials(folder: Path, names: list[str]) -> pd.DataFrame:
