@@ -200,6 +200,11 @@ BROKEN_SPECS = [
      "search.hypervolume_reference: the hypervolume is of a front of several objectives"),
     ("an unknown training precision", _set("train.precision", "fp16"),
      "train.precision: must be one of fp32, tf32, bf16, got 'fp16'"),
+    ("a confirmation under one seed", _set("confirm", {"seeds": 1}), "confirm.seeds: must be >= 2, got 1"),
+    ("a confirmation's baseline that is not there", _set("confirm", {"baselines": ["nope.yaml"]}),
+     "confirm.baselines nope.yaml: neither a preset of the sweep's space (its presets: none) nor a config file"),
+    ("a confirmation's inline baseline with a bad key", _set("confirm", {"baselines": [{"wide": {"caps": 4}}]}),
+     "confirm.baselines wide.caps: not a config key; use section.field"),
 ]
 
 
@@ -381,6 +386,7 @@ def test_resume_against_an_unreachable_tracking_server_changes_nothing(existing)
     ["results", NAME, "--out", "{tmp}/t.csv"],
     ["export-best", NAME, "--out", "{tmp}/best"],
     ["report", NAME],
+    ["confirm", NAME],
 ], ids=lambda c: c[0])
 def test_a_sweep_that_stopped_before_its_first_trial_is_one_line(tmp_path, existing, command):
     results, sweep, before = existing
@@ -391,6 +397,7 @@ def test_a_sweep_that_stopped_before_its_first_trial_is_one_line(tmp_path, exist
 
 @pytest.mark.parametrize("command", [
     ["resume", "nothing"],
+    ["confirm", "nothing"],
     ["status", "nothing"],
     ["results", "nothing", "--out", "{tmp}/t.csv"],
     ["export-best", "nothing", "--out", "{tmp}/best"],
@@ -403,6 +410,30 @@ def test_an_unknown_sweep_is_one_line(tmp_path, command):
     refused(f"no sweep named 'nothing' in {tmp_path / 'results'} (`tvae-sweep list` shows them)",
             *command, "--results-dir", tmp_path / "results")
     assert list((tmp_path / "results").iterdir()) == []
+
+
+# (id, change to the existing sweep, arguments of `confirm NAME`, text the one line must contain)
+CONFIRM_REFUSALS = [
+    ("no config", None, ["--top", "0"], "--top 0: confirm at least 1 config"),
+    ("one seed", None, ["--seeds", "1"], "--seeds 1: an interval needs at least 2 seeds"),
+    ("a running sweep", lambda sweep: sweep.write_state(status="running", pid=os.getpid()), [],
+     f"sweep {NAME} is running (driver pid {os.getpid()}); wait for it to stop, or stop it first"),
+    ("an unknown baseline", None, ["--baseline", "vae"],
+     "--baseline vae: neither a preset of the sweep's space (its presets: none) nor a config file"),
+    ("a baseline file that is no config", lambda sweep: (sweep.root.parent / "empty.yaml").write_text("a: 1\n"),
+     ["--baseline", "{results}/empty.yaml"], "empty.yaml: not a config (no data, model or train section)"),
+]
+
+
+@pytest.mark.parametrize("change, args, expected", [c[1:] for c in CONFIRM_REFUSALS],
+                         ids=[c[0] for c in CONFIRM_REFUSALS])
+def test_a_confirmation_that_cannot_run_is_one_line(existing, change, args, expected):
+    results, sweep, _ = existing
+    if change:
+        change(sweep)
+    before = snapshot(sweep.root)
+    refused(expected, "confirm", NAME, *[a.format(results=results) for a in args], "--results-dir", results)
+    assert snapshot(sweep.root) == before  # no confirm/ folder, nothing changed
 
 
 # ---------------------------------------------------------------- train: a checkpoint that cannot be read

@@ -15,9 +15,13 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from click.testing import CliRunner
 from helpers import tiny_raw
 from mlflow import MlflowClient
-from sweeps import cli_env, run_cli, running
+from sweeps import cli_env, reports, run_cli, running
+
+from tvae_sweep.cli import main
+from tvae_sweep.sweep.records import saved_records
 
 PRESETS = {
     "vae": {"model.variant": "vae"},
@@ -45,6 +49,7 @@ def launch(folder: Path, name: str, space: dict, search: dict, ray_temp: str, **
     results = folder / "results"
     proc = run_cli("launch", spec, "--results-dir", results, RAY_TMPDIR=ray_temp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (folder / f"{name}.out").write_text(proc.stdout)
     return results
 
 
@@ -58,14 +63,19 @@ def fused(tmp_path_factory, ray_temp):
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory, ray_temp):
     space = {"model.shift": {"type": "categorical", "values": [0, 1]}}
-    results = launch(tmp_path_factory.mktemp("replicated"), "replicated", space, {"replicates": 3}, ray_temp)
+    # the launch confirms its best config against an inline baseline after the search
+    confirm = {"top": 1, "seeds": 2, "baselines": [{"bubble": {"model.shift": 0}}]}
+    results = launch(tmp_path_factory.mktemp("replicated"), "replicated", space, {"replicates": 3}, ray_temp,
+                     confirm=confirm)
     return results, pd.read_parquet(results / "replicated" / "trials.parquet")
 
 
-def child_runs(results: Path, experiment: str) -> dict:
+def child_runs(results: Path, experiment: str, stage: str | None = None) -> dict:
+    """The runs of the search's trials (or of a later stage's: the confirmation's), by trial id."""
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return {r.data.tags["tvae_sweep.trial_id"]: r for r in runs if "tvae_sweep.trial_id" in r.data.tags}
+    return {r.data.tags["tvae_sweep.trial_id"]: r for r in runs
+            if "tvae_sweep.trial_id" in r.data.tags and r.data.tags.get("tvae_sweep.stage") == stage}
 
 
 def point_of(row: pd.Series) -> tuple[str, int]:
@@ -186,6 +196,12 @@ def test_a_replicated_trial_reports_its_seeds_mean_spread_and_each_value(replica
     proc = run_cli("train", config, "--output", tmp_path / "again", "--seeds", "0,1,2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     best = frame.sort_values("final/log_likelihood", ascending=False).iloc[0]
+    printed = (results.parent / "replicated.out").read_text().splitlines()  # the confirmation, printed last
+    table = printed.index("confirmed under the new seeds 1000, 1001:")  # the search's seeds were 0, 1, 2
+    assert printed[table + 1].split()[:4] == ["config", "metric", "in", "the"]
+    assert printed[table + 3].startswith(f"rank1_{best['trial_id']}  log_likelihood")
+    assert printed[table + 4].startswith("bubble ") and printed[table + 4].endswith("(the baseline)")
+    assert printed[-1].startswith(f"confirmation: {results / 'replicated' / 'confirm'}; report: ")
     for s in (0, 1, 2):
         final = json.loads((tmp_path / "again" / f"seed_{s}" / "metrics.json").read_text())["final"]
         assert final["log_likelihood"] == pytest.approx(best[f"final/log_likelihood_seed{s}"], rel=1e-4, abs=2e-3)
@@ -221,3 +237,91 @@ def test_a_fused_sweep_killed_mid_trial_resumes_to_the_numbers_of_its_points_alo
     assert run_cli("train", alone, "--output", tmp_path / "alone").returncode == 0
     final = json.loads((tmp_path / "alone" / "metrics.json").read_text())["final"]
     assert final["log_likelihood"] == pytest.approx(row["final/log_likelihood"], rel=1e-4, abs=2e-3)
+
+
+def finished_reports(experiment: Path) -> dict[str, list[int]]:
+    """Trial folder -> its reported epochs, for the trials that reported their last."""
+    return {name: [r["epoch"] for r in lines] for name, lines in reports(experiment).items()
+            if lines and lines[-1]["epoch"] == 2}
+
+
+def saved_finished(experiment: Path) -> set[str]:
+    """The trial folders that Ray's saved experiment holds as finished (none before its first save)."""
+    try:
+        return {Path(r.path).name for r in saved_records(str(experiment)) if r.state == "TERMINATED"}
+    except ValueError:  # Ray has not saved its experiment yet (it names the file it did not find)
+        return set()
+
+
+def killed_once_a_trial_has_finished(args: list, folder: Path, log: Path, ray_temp: str) -> dict[str, list[int]]:
+    """Runs the CLI and kills it with SIGKILL once Ray has saved a trial of `folder` as finished (it
+    saves its experiment every second here); returns those trials' reported epochs."""
+    with running(args, log, cli_env(RAY_TMPDIR=ray_temp, TUNE_GLOBAL_CHECKPOINT_S="1")) as proc:
+        deadline = time.monotonic() + 300
+        while not (saved := saved_finished(folder / "tune")):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert json.loads((folder / "sweep.json").read_text())["status"] == "running"
+    return {name: epochs for name, epochs in finished_reports(folder / "tune").items() if name in saved}
+
+
+def check_confirmed_trials(folder: Path, names: list[str]) -> pd.DataFrame:
+    """The confirmation's trials table: each config once, finished, with its new seeds' values and
+    their mean and spread; its comparisons with the baseline over both seeds."""
+    confirmed = pd.read_parquet(folder / "trials.parquet")
+    assert sorted(confirmed["config/confirm"]) == sorted([*names, "vae"])
+    assert set(confirmed["state"]) == {"TERMINATED"} and "final/log_likelihood_seed0" not in confirmed
+    for _, row in confirmed.iterrows():
+        seeds = [row["final/log_likelihood_seed1000"], row["final/log_likelihood_seed1001"]]
+        assert row["final/log_likelihood"] == pytest.approx(sum(seeds) / 2)
+        assert row["final/log_likelihood_std"] == pytest.approx(pd.Series(seeds).std())
+    compared = pd.read_parquet(folder / "aggregates" / "comparisons.parquet")
+    ll = compared[compared["metric"] == "log_likelihood"]
+    assert sorted(ll["model"]) == sorted(names) and set(ll["baseline"]) == {"vae"} and set(ll["n"]) == {2}
+    return confirmed
+
+
+def check_confirmation_runs(results: Path, frame: pd.DataFrame, confirmed: pd.DataFrame) -> None:
+    """The confirmation's trials are children of the search's parent run, tagged with the stage; the
+    parent's status is the search's, its end a tag, its table an artifact under confirm/."""
+    search, confirmation = child_runs(results, "fused"), child_runs(results, "fused", stage="confirm")
+    assert set(search) == set(frame["trial_id"]) and set(confirmation) == set(confirmed["trial_id"])
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    parent = client.get_run(next(iter(search.values())).data.tags["mlflow.parentRunId"])
+    assert {r.data.tags["mlflow.parentRunId"] for r in confirmation.values()} == {parent.info.run_id}
+    assert {r.info.status for r in confirmation.values()} == {"FINISHED"}
+    assert parent.info.status == "FINISHED" and parent.data.tags["tvae_sweep.confirm"] == "finished"
+    assert "confirm/confirmation.json" in {a.path for a in client.list_artifacts(parent.info.run_id, "confirm")}
+
+
+@pytest.mark.slow
+def test_confirm_retrains_the_best_configs_and_the_baseline_under_new_seeds_and_continues_after_sigkill(
+        fused, ray_temp, tmp_path):
+    """`confirm --top 2 --seeds 2`, killed with SIGKILL once a trial has finished, then run again:
+    it continues, and its trials are children of the sweep's parent run, tagged as the confirmation."""
+    results, frame = fused
+    folder = results / "fused" / "confirm"
+    before = killed_once_a_trial_has_finished(["confirm", "fused", "--top", "2", "--seeds", "2", "--results-dir",
+                                               results], folder, tmp_path / "confirm.log", ray_temp)
+    proc = run_cli("confirm", "fused", "--results-dir", results, RAY_TMPDIR=ray_temp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"continuing the confirmation of fused in {folder}" in proc.stdout
+    after = finished_reports(folder / "tune")
+    assert len(after) == 3 and all(after[name] == epochs for name, epochs in before.items())  # none trained again
+
+    # the top two distinct configs (presets, the seed aside) by the search's log-likelihood, and the baseline
+    done = frame[frame["state"] == "TERMINATED"].sort_values("final/log_likelihood", ascending=False)
+    names = [f"rank{k}_{trial}" for k, trial in enumerate(done.drop_duplicates("config/preset")["trial_id"][:2], 1)]
+    confirmed = check_confirmed_trials(folder, names)
+    state = json.loads((folder / "sweep.json").read_text())
+    assert set(frame["config/train.seed"]) == {0, 1} and state["seeds"] == [1000, 1001]
+    check_confirmation_runs(results, frame, confirmed)
+
+    report = (results / "fused" / "report.md").read_text()
+    section = report[report.index("## Confirmation"):]
+    assert "seeds 1000, 1001" in section and all(f"| {name} " in section for name in names)
+    again = CliRunner().invoke(main, ["confirm", "fused", "--results-dir", str(results)])  # no Ray: in this process
+    assert again.exit_code == 0 and f"fused is confirmed already, in {folder}" in again.stdout, again.output
+    assert "confirmed under the new seeds 1000, 1001:" in again.stdout and " started" not in again.stdout
+    assert finished_reports(folder / "tune") == after

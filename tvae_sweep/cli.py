@@ -191,9 +191,11 @@ def validate(spec_path: Path, overrides: tuple[str, ...], profile: str | None) -
     shown = f" (profile {spec.profile})" if spec.profile else ""
     together = f" (trained as {ray_trials(spec)} fused trials)" if s.fuse else ""
     seeds = f", each under {s.replicates} seeds" if s.replicates > 1 else ""
+    c = spec.confirm
+    confirm = f"; then the best {c.top} confirmed under {c.seeds} new seeds" if c else ""
     click.echo(f"{spec_path}{shown}: valid; {num_trials(spec)} trials{together}{seeds} of "
                f"{', '.join(spec.space) or 'the base config'} by {s.algorithm} with {s.scheduler}, "
-               f"optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes, strict=True))}")
+               f"optimising {', '.join(f'{m} ({d})' for m, d in zip(s.metrics, s.modes, strict=True))}{confirm}")
 
 
 @main.command()
@@ -228,7 +230,7 @@ def resume(name: str, results_dir: Path | None, address: str | None, tracking_ur
 
 
 def _ended(outcome) -> None:
-    """The end of a sweep: its summary, or how to continue it (exit 130)."""
+    """The end of a sweep: its summary (and its confirmation last), or how to continue it (exit 130)."""
     from .sweeping import best_lines
 
     sweep = outcome.sweep
@@ -239,6 +241,39 @@ def _ended(outcome) -> None:
     for line in best_lines(outcome.frame, search.metrics, search.modes, search.hypervolume_reference):
         click.echo(line)
     click.echo(f"trials table: {sweep.trials}")
+    for line in outcome.confirmation:
+        click.echo(line)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--top", type=int, default=None, metavar="K",
+              help="The best K configs by the objective, or up to K of the Pareto front of several "
+                   "(the K best by the first objective) [default: the spec's confirm.top, else 3].")
+@click.option("--seeds", type=int, default=None, metavar="N",
+              help="New seeds each config is retrained under [default: the spec's confirm.seeds, else 3].")
+@click.option("--baseline", "baselines", multiple=True, metavar="PRESET_OR_CONFIG",
+              help="A preset of the sweep's space or a config file (what export-best writes), retrained beside "
+                   "them; the first is the one they are compared with (repeatable) [default: the spec's "
+                   "confirm.baselines, else its baseline].")
+@click.option("--overwrite", is_flag=True, help="Run a confirmation that has run again.")
+@results_dir_option
+@click.option("--address", default=None, help="Ray cluster to join [default: $RAY_ADDRESS, else a local one].")
+@tracking_uri_option
+def confirm(name: str, top: int | None, seeds: int | None, baselines: tuple[str, ...], overwrite: bool,
+            results_dir: Path | None, address: str | None, tracking_uri: str | None) -> None:
+    """Retrain a stopped sweep's best configs and its baselines under N seeds the search never used,
+    into results/NAME/confirm/: each config's objectives with n and a 95% interval, and its paired
+    difference from the baseline, in report.md. Run it again to continue a confirmation that stopped."""
+    from . import sweeping
+
+    outcome = sweeping.confirm(name, top, seeds, list(baselines), results_dir, address, overwrite, tracking_uri,
+                               say=click.echo)
+    if not outcome.finished:
+        click.echo(f"the confirmation of {name} stopped before its end; continue it with: tvae-sweep confirm {name}")
+        sys.exit(130)
+    for line in outcome.confirmation:
+        click.echo(line)
 
 
 @main.command(name="list")

@@ -7,26 +7,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import ray
 
+from .config import read_yaml
 from .errors import ConfigError
+from .sweep.confirm import CONFIRM, baseline_bundles, chosen_configs, confirm_dir, confirm_raw, new_seeds
 from .sweep.console import RayLog, TrialConsole
 from .sweep.disk import one_line_when_full
 from .sweep.fusion import ray_trials
 from .sweep.launch import check_new, check_stopped, create, fit, join, load_saved_spec, preflight, saved_trials
-from .sweep.layout import SweepDir, all_sweeps, disk_usage, results_root, sweep_dir
+from .sweep.layout import SweepDir, all_sweeps, disk_usage, origin_of, results_root, sweep_dir
 from .sweep.pruning import apply_prune, plan_prune
 from .sweep.results import frame_of, hypervolume_line, hypervolume_summary, pareto_trials, ranked, write_trials
 from .sweep.rungs import asha_rungs
 from .sweep.space import num_trials
-from .sweep.spec import SweepSpec, read_spec
-from .sweep.validation import spec_from_dict
-from .tracking import publish
+from .sweep.spec import ConfirmSpec, SweepSpec, read_spec
+from .sweep.validation import check_confirm, spec_from_dict
+from .tracking import confirmation, publish
 from .tracking import report as reports
 from .tracking import store as stores
 from .tracking.callback import MlflowTracking
@@ -46,6 +48,7 @@ class Outcome:
     spec: SweepSpec
     status: str  # "finished" or "interrupted"
     frame: pd.DataFrame
+    confirmation: list[str] = field(default_factory=list)  # the confirmed configs' table, printed last
 
     @property
     def finished(self) -> bool:
@@ -58,6 +61,7 @@ def launch(spec_path: Path, overrides: list[str], profile: str | None, name: str
     """Checks everything a sweep needs before anything is written, then runs it to its end."""
     raw = read_spec(spec_path, overrides, profile)
     spec = spec_from_dict(raw)
+    check_confirm(spec)  # a confirmation's baseline that is not there: refused before the search
     sweep = sweep_dir(results_dir, name or spec.name or spec_path.stem)
     check_new(sweep, overwrite)
     preflight(spec, sweep, address)  # an unwritable folder, missing data, no cluster
@@ -66,7 +70,8 @@ def launch(spec_path: Path, overrides: list[str], profile: str | None, name: str
     join(spec, sweep, address, log)  # before the sweep's folder is made: a refused cluster leaves no sweep behind
     create(spec, sweep, raw, overwrite)
     with one_line_when_full(sweep, log):
-        return _run(spec, sweep, address, log, False, tracking_uri, say)
+        outcome = _run(spec, sweep, address, log, False, tracking_uri, say)
+    return _then_confirm(outcome, address, tracking_uri, say)
 
 
 def resume(name: str, results_dir: Path | None, address: str | None, tracking_uri: str | None,
@@ -78,7 +83,8 @@ def resume(name: str, results_dir: Path | None, address: str | None, tracking_ur
     log = RayLog()
     join(spec, sweep, address, log)
     with one_line_when_full(sweep, log):
-        return _run(spec, sweep, address, log, True, tracking_uri, say)
+        outcome = _run(spec, sweep, address, log, True, tracking_uri, say)
+    return _then_confirm(outcome, address, tracking_uri, say)
 
 
 def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, resumed: bool,
@@ -87,7 +93,9 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
     console = TrialConsole(list(spec.space), spec.search.metrics, total, epochs=spec.run.train.epochs,
                            rungs=asha_rungs(spec))
     together = f" trained as {fused} fused trials" if spec.search.fuse else ""
-    say(f"sweep {sweep.name}: {total} trials{together}, results in {sweep.root}")
+    origin, stage = origin_of(sweep)
+    say(f"{f'sweep {origin.name}, {stage} stage' if stage else f'sweep {sweep.name}'}: {total} trials{together}, "
+        f"results in {sweep.root}")
     tracking = None
     if spec.tracking.enabled:
         tracking = MlflowTracking.start(spec, sweep, tracking_uri)
@@ -110,7 +118,7 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
     if tracking is not None:
         _close_beside_ray_shutdown(tracking.log, status, frame)
         say(f"MLflow: sweep and trials in experiment {tracking.log.experiment!r}, aggregates in "
-            f"{sweep.root / 'aggregates'}; see them with: tvae-sweep ui {sweep.name}")
+            f"{sweep.root / 'aggregates'}; see them with: tvae-sweep ui {origin.name}")
     return Outcome(sweep, spec, status, frame)
 
 
@@ -143,6 +151,124 @@ def best_lines(frame: pd.DataFrame, metrics: list[str], modes: list[str],
         config = ", ".join(f"{k.removeprefix('config/')}={v}" for k, v in row.items() if k.startswith("config/"))
         lines.append(f"  {row['trial_id']}  {values}  {config}")
     return lines
+
+
+# ---------------------------------------------------------------- the confirmation
+
+
+def confirm(name: str, top: int | None, seeds: int | None, baselines: list[str], results_dir: Path | None,
+            address: str | None, overwrite: bool, tracking_uri: str | None, say: Say) -> Outcome:
+    """Retrains a stopped sweep's best configs and baselines under new seeds (sweep/confirm.py), or
+    continues the confirmation that was started; a finished one is only shown again (unless
+    `overwrite`). Options not given come from the spec's confirm section, else its defaults."""
+    if top is not None and top < 1:
+        raise ConfigError(f"--top {top}: confirm at least 1 config")
+    if seeds is not None and seeds < 2:
+        raise ConfigError(f"--seeds {seeds}: an interval needs at least 2 seeds")
+    sweep = sweep_dir(results_dir, name)
+    check_stopped(sweep)
+    return _confirm(sweep, load_saved_spec(sweep), top, seeds, list(baselines), address, overwrite, tracking_uri, say)
+
+
+def _then_confirm(outcome: Outcome, address: str | None, tracking_uri: str | None, say: Say) -> Outcome:
+    """After a finished search whose spec has a confirm section: its confirmation (continued if it
+    was started, only shown if it has run); the search's outcome, stopped if the confirmation was."""
+    if not outcome.finished or outcome.spec.confirm is None:
+        return outcome
+    confirmed = _confirm(outcome.sweep, outcome.spec, None, None, [], address, False, tracking_uri, say)
+    outcome.status, outcome.confirmation = confirmed.status, confirmed.confirmation
+    return outcome
+
+
+def _confirm(sweep: SweepDir, spec: SweepSpec, top: int | None, seeds: int | None, baselines: list,
+             address: str | None, overwrite: bool, tracking_uri: str | None, say: Say) -> Outcome:
+    folder = confirm_dir(sweep)
+    started = folder.state.is_file() and not overwrite
+    if started:
+        check_stopped(folder)
+        _check_unchanged(folder, top, seeds, baselines)
+        cspec, raw, state = load_saved_spec(folder), None, None
+        if folder.read_state().get("status") == "finished":
+            say(f"{sweep.name} is confirmed already, in {folder.root}; --overwrite runs the confirmation again")
+            shown = Outcome(folder, cspec, "finished", saved_trials(folder))
+            return _confirmed(sweep, shown, tracking_uri, write_report=False)
+        say(f"continuing the confirmation of {sweep.name} in {folder.root}")
+    else:
+        raw, state = _prepare(sweep, spec, top, seeds, baselines)
+        cspec = spec_from_dict(raw)
+    preflight(cspec, folder, address)
+    stores.preflight(cspec.tracking, tracking_uri, sweep.root.parent)
+    log = RayLog()
+    join(cspec, folder, address, log)
+    if not started:
+        create(cspec, folder, raw, overwrite=True)
+        folder.write_state(**state)
+    with one_line_when_full(folder, log):
+        outcome = _run(cspec, folder, address, log, started, tracking_uri, say)
+    return _confirmed(sweep, outcome, tracking_uri)
+
+
+def _prepare(sweep: SweepDir, spec: SweepSpec, top: int | None, seeds: int | None,
+             baselines: list) -> tuple[dict, dict]:
+    """The confirmation's raw spec and the state it records (refused with one line, before anything
+    is written, for an unknown baseline or a sweep without a finished trial)."""
+    defaults = spec.confirm or ConfirmSpec()
+    top, n = top or defaults.top, seeds or defaults.seeds
+    items = baselines or defaults.baselines or ([spec.baseline] if spec.baseline else [])
+    bundles = baseline_bundles(items, spec, "--baseline" if baselines else "confirm.baselines")
+    frame = saved_trials(sweep)
+    chosen = chosen_configs(frame, spec, top)
+    if not chosen:
+        raise ConfigError(f"sweep {sweep.name} has no finished trial with a finite "
+                          f"{' and '.join(spec.search.metrics)}: nothing to confirm")
+    for c in chosen:
+        if c.name in bundles:
+            raise ConfigError(f"baseline {c.name}: a chosen config has that name; give the baseline another")
+    new = new_seeds(frame, spec, n)
+    rows = frame.set_index("trial_id")
+    search = {c.name: {m: float(rows.loc[c.trial_id, f"final/{m}"]) for m in spec.search.metrics} for c in chosen}
+    raw = confirm_raw(read_yaml(sweep.spec), sweep.name, {**{c.name: c.values for c in chosen}, **bundles},
+                      next(iter(bundles), None), new)
+    state = {"stage": CONFIRM, "top": top, "seeds": new, "baselines": items,
+             "chosen": {c.name: c.trial_id for c in chosen}, "search": search}
+    return raw, state
+
+
+def _check_unchanged(folder: SweepDir, top: int | None, seeds: int | None, baselines: list) -> None:
+    """A confirmation that was started is continued as it was started: other options are refused."""
+    state = folder.read_state()
+    given = {"--top": (top, state.get("top")), "--seeds": (seeds, len(state.get("seeds", []))),
+             "--baseline": (baselines or None, state.get("baselines"))}
+    changed = [option for option, (value, saved) in given.items() if value is not None and value != saved]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)}: the confirmation in {folder.root} was started with --top "
+                          f"{state.get('top')} --seeds {len(state.get('seeds', []))}; rerun without them to "
+                          "continue it, or pass --overwrite to start it again")
+
+
+def _confirmed(sweep: SweepDir, outcome: Outcome, tracking_uri: str | None, write_report: bool = True) -> Outcome:
+    """A finished confirmation's table, to print last, and the sweep's report.md with it."""
+    if outcome.finished:
+        path = sweep.root / "report.md"
+        if write_report:
+            _, path = report(sweep.name, tracking_uri, sweep.root.parent)
+        table, state = confirmation_table(sweep)
+        outcome.confirmation = [reports.confirmation_text(table, state["seeds"]),
+                                f"confirmation: {outcome.sweep.root}; report: {path}"]
+    return outcome
+
+
+def confirmation_table(sweep: SweepDir) -> tuple[pd.DataFrame, dict] | tuple[None, None]:
+    """A sweep's finished confirmation: its table, written to confirm/aggregates/confirmation.parquet
+    (with the aggregates and comparisons beside it), and its state; (None, None) without one."""
+    folder = confirm_dir(sweep)
+    if not folder.trials.is_file() or folder.read_state().get("status") != "finished":
+        return None, None
+    spec, frame, state = load_saved_spec(folder), pd.read_parquet(folder.trials), folder.read_state()
+    result = publish.compute(frame, spec, folder, figures=False)
+    table = confirmation.table(frame, spec, result.comparisons, state.get("search"))
+    table.to_parquet(publish.folder(folder) / f"{confirmation.FILE}.parquet", index=False)
+    return table, state
 
 
 # ---------------------------------------------------------------- saved sweeps
@@ -205,6 +331,10 @@ def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> tup
             mlflow_line = (f"MLflow: parent run {parent} in experiment {experiment!r} (id {experiment_id}), "
                            f"store {store.portable()}")
     text, markdown = reports.render(name, frame, spec, result, mlflow_line)
+    table, state = confirmation_table(sweep)
+    if table is not None:
+        text += "\n" + reports.confirmation_text(table, state["seeds"]) + "\n"
+        markdown += "\n" + "\n".join(reports.confirmation_markdown(table, state["seeds"]))
     return text, reports.write(sweep, markdown)
 
 

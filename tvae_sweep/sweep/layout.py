@@ -91,3 +91,11 @@ def disk_usage(path: Path) -> int:
     if not path.exists():
         return 0
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def origin_of(sweep: SweepDir) -> tuple[SweepDir, str | None]:
+    """(the sweep a folder's runs belong to, their stage): a later stage of a sweep (its confirmation,
+    whose state names the stage) lives in the sweep's folder and is tracked under the sweep's parent
+    run; a sweep is its own, with no stage."""
+    stage = sweep.read_state().get("stage") if sweep.state.is_file() else None
+    return (SweepDir(sweep.root.parent), stage) if stage else (sweep, None)

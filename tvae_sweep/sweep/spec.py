@@ -207,6 +207,20 @@ class StorageSpec(Schema):
         return value
 
 
+Baseline = Str | dict[Str, dict[Str, Any]]  # a preset's name, a config file, or {name: {config.key: value}}
+
+
+class ConfirmSpec(Schema):
+    """After the search, its best configs (the top `top` by the objective, or up to `top` of the
+    Pareto front) and the baselines retrained under `seeds` new seeds (tvae-sweep confirm)."""
+
+    section: ClassVar[str] = "confirm"
+
+    top: Count = 3
+    seeds: Annotated[Int, at_least(2)] = 3  # an interval needs two
+    baselines: list[Baseline] = Field(default_factory=list)
+
+
 class SweepSpec(Schema):
     name: Str | None = None
     profile: Str | None = None  # the profile the spec was resolved with (see select_profile)
@@ -219,6 +233,7 @@ class SweepSpec(Schema):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     baseline: Str | None = None  # the preset the others are compared with, seed by seed
+    confirm: ConfirmSpec | None = None  # launch retrains the best configs under new seeds after the search
     _run: RunConfig = PrivateAttr()
 
     @model_validator(mode="after")

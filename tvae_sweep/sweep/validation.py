@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import ConfigError, RunConfig
 from ..metrics import reported_metrics
+from .confirm import baseline_bundles
 from .pbt import check_pbt
 from .space import check_space
 from .spec import SearchSpec, SweepSpec, read_spec
@@ -105,7 +106,16 @@ def check_space_keys(spec: SweepSpec, run: RunConfig) -> None:
 
 def load_spec(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> SweepSpec:
     """Reads, overrides and checks a spec; raises ConfigError with one line on any problem."""
-    return spec_from_dict(read_spec(path, overrides, profile))
+    spec = spec_from_dict(read_spec(path, overrides, profile))
+    check_confirm(spec)
+    return spec
+
+
+def check_confirm(spec: SweepSpec) -> None:
+    """The confirmation's baselines are presets of the space, readable config files or valid inline
+    configs (checked when a spec is launched, not when a saved sweep is read again)."""
+    if spec.confirm is not None:
+        baseline_bundles(spec.confirm.baselines, spec, "confirm.baselines")
 
 
 def spec_from_dict(raw: dict) -> SweepSpec:

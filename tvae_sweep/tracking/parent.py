@@ -10,10 +10,10 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from ..config import ConfigError
-from ..sweep.layout import SweepDir
+from ..sweep.layout import SweepDir, origin_of
 from ..sweep.space import num_trials
 from ..sweep.spec import SweepSpec
-from . import publish
+from . import confirmation, publish
 from . import store as stores
 from .runs import ERROR, FAILED, FINISHED, KILLED, NOTE, SweepRuns, launch_id
 from .writer import Writer, first_line
@@ -110,3 +110,54 @@ class ParentRun:
             self.runs.set_status(self.run_id, FAILED)
         else:
             self.runs.set_status(self.run_id, FINISHED if status == "finished" else KILLED)
+
+
+# ---------------------------------------------------------------- a later stage: the confirmation
+
+
+class ConfirmationParent(ParentRun):
+    """A finished sweep's parent run, found again for its confirmation (a stage in the sweep's
+    folder, sweep/confirm.py): the confirmation's trials are its children tagged with the stage, its
+    tables go to the parent under `<stage>/`, and the search's aggregates, metrics and status stay."""
+
+    @classmethod
+    def open(cls, store: stores.Store, experiment: str, spec: SweepSpec, sweep: SweepDir,
+             saved_trials: Callable[[], set[str]], writer: Writer, figure_interval: float = 300.0) -> ParentRun:
+        origin, stage = origin_of(sweep)
+        stores.check(store)
+        try:
+            client = stores.client(store)
+            experiment_id = stores.experiment_id(client, experiment, store.artifact_root, create=False)
+            runs = SweepRuns(client, experiment_id, origin.name, launch_id(origin), stage)
+            found = runs.find_parent() if experiment_id is not None else None
+        except (MlflowException, OSError) as e:
+            reason = stores.redact(first_line(str(e))) or type(e).__name__
+            raise ConfigError(f"tracking store {store.describe()}: {reason}") from None
+        if found is None:
+            raise ConfigError(f"sweep {origin.name} has no parent run in experiment {experiment!r} of "
+                              f"{store.describe()}; pass the --tracking-uri it was launched with")
+        runs.parent_id = found.info.run_id
+        parent = cls(runs, spec, sweep, figure_interval)
+        parent.discard_lost_trials(saved_trials, writer)  # the stage's own children only
+        return parent
+
+    def publish(self, frame: pd.DataFrame, final: bool) -> None:
+        """The stage's tables on the parent under `<stage>/` after every finished trial (its
+        aggregates in its own folder), and its figures at the end."""
+        result = publish.compute(frame, self.spec, self.sweep, figures=final)
+        stage, parent = self.runs.stage, self.run_id
+        for key, table in result.tables.items():
+            self.runs.put_table(parent, table, f"{stage}/{publish.FOLDER}/{key}.json")
+        if result.comparisons is not None:
+            self.runs.put_table(parent, result.comparisons, f"{stage}/{publish.FOLDER}/{publish.COMPARISONS}.json")
+        search = self.sweep.read_state().get("search")
+        self.runs.put_table(parent, confirmation.table(frame, self.spec, result.comparisons, search),
+                            f"{stage}/{confirmation.FILE}.json")
+        for path in result.figures.values():
+            self.runs.put_file(parent, path, f"{stage}/{publish.FOLDER}")
+
+    def close(self, status: str, error: BaseException | None = None) -> None:
+        """The stage's end as a tag of the parent, whose status stays the search's."""
+        if error is not None and not isinstance(error, KeyboardInterrupt):
+            status = f"failed: {first_line(f'{type(error).__name__}: {error}')}"
+        self.runs.set_tags(self.run_id, {f"tvae_sweep.{self.runs.stage}": status})

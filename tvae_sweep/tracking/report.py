@@ -228,3 +228,47 @@ def write(sweep: SweepDir, markdown: str) -> Path:
     path = sweep.root / "report.md"
     path.write_text(markdown)
     return path
+
+
+# ---------------------------------------------------------------- the confirmation (tracking/confirmation.py)
+
+CONFIRMATION_HEADER = ["config", "metric", "in the search", "mean", "95% CI", "n", "diff", "95% CI of diff",
+                       "p (Holm)", "verdict"]
+
+
+def confirmation_cells(table: pd.DataFrame) -> list[list[str]]:
+    """A confirmation table's cells, each config named once over its objectives' rows."""
+    out, previous = [], None
+    for _, row in table.iterrows():
+        diff = "-" if missing(row["diff"]) else ci(row["diff_ci_low"], row["diff_ci_high"])
+        out.append([row["config"] if row["config"] != previous else "", row["metric"], fmt(row["search"]),
+                    fmt(row["mean"]), ci(row["ci_low"], row["ci_high"]), fmt(row["n"]), fmt(row["diff"]), diff,
+                    fmt(row["p_holm"]), row["verdict"]])
+        previous = row["config"]
+    return out
+
+
+def confirmation_intro(table: pd.DataFrame, seeds: list[int]) -> str:
+    baseline = table["baseline"].dropna().iloc[0] if table["baseline"].notna().any() else None
+    against = (f"`diff`: the paired difference from the baseline `{baseline}` over the shared seeds, its 95% "
+               "interval, the paired t-test's p-value Holm-corrected across the comparisons of this table "
+               "(every metric's are in `confirm/aggregates/comparisons.parquet`), and the verdict."
+               if baseline else "No baseline was given, so nothing is compared.")
+    return (f"The search's best configs and the baselines, retrained under the seeds "
+            f"{', '.join(map(str, seeds))}, which the search never used (`confirm/`): each objective's mean "
+            "over the n seeds and its 95% interval (Student t). `in the search`: the value the search reported "
+            f"for the trial that chose the config (the best of many, so an optimistic one). {against}")
+
+
+def confirmation_markdown(table: pd.DataFrame, seeds: list[int]) -> list[str]:
+    """The report's Confirmation section."""
+    cells = confirmation_cells(table)
+    return ["## Confirmation", "", confirmation_intro(table, seeds), "",
+            markdown(cells, CONFIRMATION_HEADER, text_columns=2) if cells else "No config to confirm.", ""]
+
+
+def confirmation_text(table: pd.DataFrame, seeds: list[int]) -> str:
+    """The confirmation's table in the terminal."""
+    cells = confirmation_cells(table)
+    head = f"confirmed under the new seeds {', '.join(map(str, seeds))}:"
+    return head + "\n" + text_of(cells, CONFIRMATION_HEADER, 2) if cells else head + " no config"

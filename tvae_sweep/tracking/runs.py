@@ -28,6 +28,7 @@ TRIAL = "tvae_sweep.trial_id"
 LAST_STEP = "tvae_sweep.last_step"
 ERROR = "tvae_sweep.error"
 DISCARDED = "tvae_sweep.discarded"
+STAGE = "tvae_sweep.stage"  # a later stage's trial runs (the confirmation's), children of the sweep's parent
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
 
@@ -81,12 +82,19 @@ def launch_id(sweep) -> str:
 
 
 class SweepRuns:
-    def __init__(self, client, experiment_id: str, sweep: str, launch: str):
+    """The runs of a sweep, or of one of its later stages (`stage`: its trials' runs are tagged with
+    it, and those of the search or another stage are not its own)."""
+
+    def __init__(self, client, experiment_id: str, sweep: str, launch: str, stage: str | None = None):
         self.client = client
         self.experiment_id = experiment_id
         self.sweep = sweep
         self.launch = launch
+        self.stage = stage
         self.parent_id: str | None = None
+
+    def _own(self, runs: list) -> list:
+        return [r for r in runs if r.data.tags.get(STAGE) == self.stage]
 
     # ------------------------------------------------------------ lookups
 
@@ -109,12 +117,12 @@ class SweepRuns:
         return runs[0] if runs else None
 
     def find_child(self, trial_id: str):
-        runs = self._search([f"tags.`{PARENT}` = {_quote(self.parent_id)}", f"tags.`{TRIAL}` = {_quote(trial_id)}"],
-                            max_results=1)
+        runs = self._own(self._search([f"tags.`{PARENT}` = {_quote(self.parent_id)}",
+                                       f"tags.`{TRIAL}` = {_quote(trial_id)}"]))
         return runs[0] if runs else None
 
     def children(self) -> list:
-        return self._search([f"tags.`{PARENT}` = {_quote(self.parent_id)}"])
+        return self._own(self._search([f"tags.`{PARENT}` = {_quote(self.parent_id)}"]))
 
     # ------------------------------------------------------------ the parent
 
@@ -149,7 +157,8 @@ class SweepRuns:
             last = int(found.data.tags.get(LAST_STEP, 0))
             return Child(found.info.run_id, last, found.info.status)
         tags = {**tags, PARENT: self.parent_id, SWEEP: self.sweep, LAUNCH: self.launch, ROLE: "trial",
-                TRIAL: trial_id}
+                TRIAL: trial_id, **({STAGE: self.stage} if self.stage else {})}
+        run_name = f"{self.stage}-{run_name}" if self.stage else run_name
         run = self.client.create_run(self.experiment_id, tags=_clip(tags, MAX_TAG), run_name=run_name)
         self.log_params(run.info.run_id, params)
         return Child(run.info.run_id, 0, RUNNING)

@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from ..sweep.layout import SweepDir
+from ..sweep.layout import SweepDir, origin_of
 from ..sweep.results import trials_frame
 from ..sweep.rungs import asha_rungs
 from ..sweep.spec import SweepSpec
 from . import store as stores
 from .children import ChildRuns
-from .parent import ParentRun
+from .parent import ConfirmationParent, ParentRun
 from .writer import Writer
 
 
@@ -52,9 +52,11 @@ class TrialLog:
         """Resolves the store (option > $MLFLOW_TRACKING_URI > spec > default), then opens the
         sweep's parent run, finding it again if the sweep ran before; `saved_trials` gives the ids
         of the trials Ray saved, for a sweep that is resumed."""
-        store = stores.resolve(uri_option, spec.tracking.uri, sweep.root.parent, spec.tracking.artifact_location)
-        log = cls(store, spec.tracking.experiment or sweep.name, spec, sweep)
-        log.parent = ParentRun.open(store, log.experiment, spec, sweep, saved_trials, log.writer, log.figure_interval)
+        origin, stage = origin_of(sweep)  # a confirmation's runs are under its sweep's parent run
+        store = stores.resolve(uri_option, spec.tracking.uri, origin.root.parent, spec.tracking.artifact_location)
+        log = cls(store, spec.tracking.experiment or origin.name, spec, sweep)
+        opener = ConfirmationParent.open if stage else ParentRun.open
+        log.parent = opener(store, log.experiment, spec, sweep, saved_trials, log.writer, log.figure_interval)
         log.children.runs = log.parent.runs
         return log
 
