@@ -5,11 +5,11 @@
 
 capsules.yaml (the log-likelihood against equivariance_ratio_learned; its confirmation stage left
 out) at a reduced size, searched by TPE with FIFO (every trial runs its epochs), TPE with
-multi-objective ASHA, and random search with FIFO, each under several search seeds, one search after another on the same machine. For every
-search, the hypervolume of the front of the trials finished so far against wall time since its
-launch, all searches measured from one reference point (the worst final value of each objective over
-every search), so their volumes compare. A trial stopped early by ASHA counts with the values it
-last reported, as it does in the sweep's own front.
+multi-objective ASHA, and random search with FIFO, each under several search seeds, one search
+after another on the same machine. For every search, the hypervolume of the front of the trials
+finished so far against wall time since its launch, all searches measured from one reference point
+(the worst final value of each objective over every search), so their volumes compare. A trial
+stopped early by ASHA counts with the values it last reported, as it does in the sweep's own front.
 
 Written to RESULTS.md (section bench_front) with a figure, benchmarks/records/front_hypervolume.png.
 """
