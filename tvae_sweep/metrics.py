@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,6 +95,13 @@ def metric_mode(name: str) -> str:
     if m is None:
         raise KeyError(f"{name!r} is not a metric; metrics: {', '.join(METRICS)}")
     return "min" if name.endswith(STD) else m.mode
+
+
+def as_losses(values, modes) -> np.ndarray:
+    """Objective values (rows of one value per objective) with every objective as a loss: a
+    maximised one negated. Its own inverse: the losses of losses are the values."""
+    signs = np.array([-1.0 if mode == "max" else 1.0 for mode in modes])
+    return np.asarray(values, dtype=float).reshape(-1, len(signs)) * signs
 
 
 def metric_order(name: str) -> tuple:

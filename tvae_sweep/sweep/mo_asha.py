@@ -17,13 +17,8 @@ import moocore
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from ..metrics import as_losses
 from .rungs import Rungs
-
-
-def as_losses(vectors: Sequence[Sequence[float]], modes: Sequence[str]) -> np.ndarray:
-    """The vectors as rows of losses: a maximised objective negated."""
-    signs = np.array([-1.0 if mode == "max" else 1.0 for mode in modes])
-    return np.asarray(vectors, dtype=float).reshape(len(vectors), len(modes)) * signs
 
 
 def crowding_distance(front: np.ndarray) -> np.ndarray:

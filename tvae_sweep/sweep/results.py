@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import moocore
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ConfigError, dump_yaml
-from ..metrics import is_metric, metric_mode, metric_order
+from ..metrics import as_losses, is_metric, metric_mode, metric_order
 from .records import TERMINATED, TrialRecord, saved_records
 from .rungs import Rungs
 from .space import trial_run_config
@@ -92,17 +91,10 @@ def pareto_trials(frame: pd.DataFrame, metrics: list[str], modes: list[str]) -> 
     on all, better on one), ordered by the first objective, best first."""
     columns = [f"final/{m}" for m in metrics]
     done = finished_on(frame, columns)
-    losses, _ = _as_losses(done, columns, modes)
-    dominated = [bool(((losses <= row).all(axis=1) & (losses < row).any(axis=1)).any()) for row in losses]
-    return done.iloc[np.flatnonzero(~np.asarray(dominated, dtype=bool))].sort_values(
-        columns[0], ascending=modes[0] == "min")
-
-
-def _as_losses(done: pd.DataFrame, columns: list[str], modes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The trials' objectives with every one as a loss (a maximised one negated), (trials,
-    objectives), and the signs that make them so."""
-    signs = np.array([-1.0 if mode == "max" else 1.0 for mode in modes])
-    return done[columns].to_numpy(dtype=float).reshape(len(done), len(columns)) * signs, signs
+    if done.empty:
+        return done
+    front = moocore.is_nondominated(as_losses(done[columns].to_numpy(), modes), keep_weakly=True)
+    return done[front].sort_values(columns[0], ascending=modes[0] == "min")
 
 
 def finished_on(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -127,10 +119,10 @@ def front_hypervolume(frame: pd.DataFrame, metrics: list[str], modes: list[str],
     done = finished_on(frame, columns)
     if done.empty:
         return float("nan"), None if reference is None else [float(v) for v in reference]
-    losses, signs = _as_losses(done, columns, modes)
+    losses = as_losses(done[columns].to_numpy(), modes)
     if reference is None:
-        reference = (losses.max(axis=0) * signs).tolist()  # the worst value of each objective
-    point = np.asarray(reference, dtype=float) * signs
+        reference = as_losses(losses.max(axis=0), modes)[0].tolist()  # the worst value of each objective
+    point = as_losses(reference, modes)[0]
     better = losses[(losses < point).all(axis=1)]
     return (float(moocore.hypervolume(better, ref=point)) if len(better) else 0.0), [float(v) for v in reference]
 
