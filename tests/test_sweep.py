@@ -436,6 +436,27 @@ def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
     assert "-101" in out and "TERMINATED" in out
 
 
+def test_in_a_log_a_trials_end_is_followed_by_the_progress_line_at_most_every_30_s():
+    log = io.StringIO()
+    clock = FakeClock()
+    console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=log, epochs=3, clock=clock)
+    def trial(i, status, epoch):
+        return types.SimpleNamespace(
+            trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i}, path="/nowhere", checkpoint=None,
+            last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
+    console.on_trial_result(0, [trial(0, "RUNNING", 0)], trial(0, "RUNNING", 0), {"training_iteration": 1})
+    clock.now += 10
+    population = [trial(0, "TERMINATED", 3), trial(1, "RUNNING", 1), trial(2, "RUNNING", 1)]
+    console.on_trial_complete(0, population, population[0])  # 4 epochs in 10 s since the first: 4 to go, 10 s
+    clock.now += 5
+    population[1] = trial(1, "TERMINATED", 3)
+    console.on_trial_complete(0, population, population[1])  # 5 s later: no second progress line
+    lines = log.getvalue().splitlines()
+    assert [line.split("  ", 1)[1].split(" after")[0] for line in lines] == \
+        ["trial t0 finished", "1/3 trials done, 2 running, 0 pending; 5/9 epochs; 0m10s elapsed, about 0m10s to go",
+         "trial t1 finished"]
+
+
 def test_the_console_shows_each_point_of_a_fused_trial():
     log = io.StringIO()
     console = TrialConsole(["model", "train.seed"], ["log_likelihood"], total=3, stream=log)

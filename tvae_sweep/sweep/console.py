@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .rungs import Rungs
 
 RAY_LOG = "ray.log"
 REFRESH_S = 1.0  # the live table is redrawn at most this often
+PROGRESS_S = 30.0  # in a log, the progress line follows a trial's end at most this often
 WIDTH = 120  # the live table's width where the terminal's is unknown
 # a searched key's column is headed by the key's last component, or by its name here
 SHORT_NAMES = {"model.n_off_diag": "K", "model.coherence_window": "window", "model.mu_init": "mu",
@@ -170,6 +172,7 @@ class TrialConsole(Callback):
         self.eta = EpochEta(total, epochs, clock)
         self.live = None
         self.drawn = 0.0
+        self.progressed = -math.inf  # when a log last got the progress line
         self.seen: set[str] = set()
 
     @property
@@ -257,7 +260,16 @@ class TrialConsole(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if not self.interactive:
             self.event(records_of([trial], finished={trial.trial_id}, rungs=self.rungs), "finished")
+            self.log_progress(trials)
         self.draw(trials, force=True)
+
+    def log_progress(self, trials) -> None:
+        """In a log, the progress line with its ETA after a trial's end, at most every PROGRESS_S."""
+        if self.clock() - self.progressed < PROGRESS_S:
+            return
+        self.progressed = self.clock()
+        print(f"{time.strftime('%H:%M:%S')}  {self.progress_line(records_of(trials, rungs=self.rungs))}",
+              file=self.stream, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if not self.interactive:
