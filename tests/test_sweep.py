@@ -446,10 +446,11 @@ def test_in_a_log_a_trials_end_is_followed_by_the_progress_line_at_most_every_30
             last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
     console.on_trial_result(0, [trial(0, "RUNNING", 0)], trial(0, "RUNNING", 0), {"training_iteration": 1})
     clock.now += 10
-    population = [trial(0, "TERMINATED", 3), trial(1, "RUNNING", 1), trial(2, "RUNNING", 1)]
+    # Ray calls the callbacks of a trial's end while the trial is RUNNING still
+    population = [trial(0, "RUNNING", 3), trial(1, "RUNNING", 1), trial(2, "RUNNING", 1)]
     console.on_trial_complete(0, population, population[0])  # 4 epochs in 10 s since the first: 4 to go, 10 s
     clock.now += 5
-    population[1] = trial(1, "TERMINATED", 3)
+    population[:2] = [trial(0, "TERMINATED", 3), trial(1, "RUNNING", 3)]
     console.on_trial_complete(0, population, population[1])  # 5 s later: no second progress line
     lines = log.getvalue().splitlines()
     assert [line.split("  ", 1)[1].split(" after")[0] for line in lines] == \

@@ -260,16 +260,17 @@ class TrialConsole(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if not self.interactive:
             self.event(records_of([trial], finished={trial.trial_id}, rungs=self.rungs), "finished")
-            self.log_progress(trials)
+            self.log_progress(trials, trial)
         self.draw(trials, force=True)
 
-    def log_progress(self, trials) -> None:
-        """In a log, the progress line with its ETA after a trial's end, at most every PROGRESS_S."""
+    def log_progress(self, trials, ended) -> None:
+        """In a log, the progress line with its ETA after trial `ended` ended (Ray marks it
+        TERMINATED only after its callbacks), at most every PROGRESS_S."""
         if self.clock() - self.progressed < PROGRESS_S:
             return
         self.progressed = self.clock()
-        print(f"{time.strftime('%H:%M:%S')}  {self.progress_line(records_of(trials, rungs=self.rungs))}",
-              file=self.stream, flush=True)
+        records = records_of(trials, finished={ended.trial_id}, rungs=self.rungs)
+        print(f"{time.strftime('%H:%M:%S')}  {self.progress_line(records)}", file=self.stream, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if not self.interactive:
