@@ -409,6 +409,13 @@ def test_searched_keys_that_share_a_last_name_keep_their_whole_names():
         ["K", "train.seed", "data.seed", "lr"]
 
 
+def ray_trial(i: int, status: str, epoch: int) -> types.SimpleNamespace:
+    """A stand-in for Ray's trial t<i> after `epoch` epochs (0: no report yet)."""
+    return types.SimpleNamespace(
+        trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i}, path="/nowhere", checkpoint=None,
+        last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
+
+
 def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
     class Terminal(io.StringIO):
         def isatty(self):
@@ -417,15 +424,11 @@ def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
     screen = Terminal()
     clock = FakeClock()
     console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=screen, epochs=3, clock=clock)
-    def trial(i, status, epoch):
-        return types.SimpleNamespace(
-            trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i}, path="/nowhere", checkpoint=None,
-            last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
-    console.on_trial_start(0, [trial(0, "RUNNING", 0)], trial(0, "RUNNING", 0))
+    console.on_trial_start(0, [ray_trial(0, "RUNNING", 0)], ray_trial(0, "RUNNING", 0))
     clock.now += 30  # Ray's start and the first epoch: not in the rate
-    console.on_trial_result(0, [trial(0, "RUNNING", 0)], trial(0, "RUNNING", 0), {"training_iteration": 1})
+    console.on_trial_result(0, [ray_trial(0, "RUNNING", 0)], ray_trial(0, "RUNNING", 0), {"training_iteration": 1})
     clock.now += 10
-    population = [trial(0, "TERMINATED", 3), trial(1, "RUNNING", 1)]
+    population = [ray_trial(0, "TERMINATED", 3), ray_trial(1, "RUNNING", 1)]
     console.on_trial_complete(0, population, population[0])  # 3 epochs in 10 s since the first: 5 to go, 16 s
     console.on_experiment_end(population)
     out = screen.getvalue()
@@ -440,17 +443,13 @@ def test_in_a_log_a_trials_end_is_followed_by_the_progress_line_at_most_every_30
     log = io.StringIO()
     clock = FakeClock()
     console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=log, epochs=3, clock=clock)
-    def trial(i, status, epoch):
-        return types.SimpleNamespace(
-            trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i}, path="/nowhere", checkpoint=None,
-            last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
-    console.on_trial_result(0, [trial(0, "RUNNING", 0)], trial(0, "RUNNING", 0), {"training_iteration": 1})
+    console.on_trial_result(0, [ray_trial(0, "RUNNING", 0)], ray_trial(0, "RUNNING", 0), {"training_iteration": 1})
     clock.now += 10
     # Ray calls the callbacks of a trial's end while the trial is RUNNING still
-    population = [trial(0, "RUNNING", 3), trial(1, "RUNNING", 1), trial(2, "RUNNING", 1)]
+    population = [ray_trial(0, "RUNNING", 3), ray_trial(1, "RUNNING", 1), ray_trial(2, "RUNNING", 1)]
     console.on_trial_complete(0, population, population[0])  # 4 epochs in 10 s since the first: 4 to go, 10 s
     clock.now += 5
-    population[:2] = [trial(0, "TERMINATED", 3), trial(1, "RUNNING", 3)]
+    population[:2] = [ray_trial(0, "TERMINATED", 3), ray_trial(1, "RUNNING", 3)]
     console.on_trial_complete(0, population, population[1])  # 5 s later: no second progress line
     lines = log.getvalue().splitlines()
     assert [line.split("  ", 1)[1].split(" after")[0] for line in lines] == \
