@@ -51,11 +51,13 @@ def test_resume_after_sigkill_keeps_finished_trials_and_completes_the_rest(tmp_p
     while not pruned_trials(experiment) and time.monotonic() < deadline:
         assert proc.poll() is None, "the sweep ended before it could be killed"
         time.sleep(0.2)
-    time.sleep(3)  # let the driver save the experiment state once more
-    before = finished_trials(experiment)
-    assert 1 <= len(before) < 4
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # a pruned trial's end was in two saved experiment states: the resume must not run it again; a
+    # trial that ended just before the kill may be in none yet, and runs its last epoch again
+    finished = finished_trials(experiment)
+    before = {name: epochs for name, epochs in finished.items() if name in pruned_trials(experiment)}
+    assert 1 <= len(before) and len(finished) < 4
 
     resumed = run_cli("resume", "killed", "--results-dir", results)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -67,7 +69,8 @@ def test_resume_after_sigkill_keeps_finished_trials_and_completes_the_rest(tmp_p
         assert after[name] == epochs  # a finished trial was not run again
     for epochs in after.values():
         # no epoch missing; at most one runs again: one whose report the driver's last saved state
-        # holds but whose checkpoint it had not taken yet (Ray takes it just after the report)
+        # holds but whose checkpoint it had not taken yet (Ray takes it just after the report), or
+        # whose end no saved state holds yet
         assert sorted(set(epochs)) == [1, 2, 3] and epochs == sorted(epochs) and len(epochs) <= 4
     state = json.loads((results / "killed" / "sweep.json").read_text())
     assert state["status"] == "finished"
