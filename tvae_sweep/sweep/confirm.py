@@ -8,18 +8,16 @@ aggregates compare every config with it seed by seed (tracking/compare.py).
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ..config import ConfigError, read_yaml
 from .layout import SweepDir
-from .results import pareto_trials, ranked
+from .results import pareto_trials, ranked, row_config
 from .space import trial_run_config
 from .spec import RUN_SECTIONS, Baseline, SweepSpec
 
@@ -41,28 +39,10 @@ class Chosen:
     values: dict[str, Any]
 
 
-def _plain(value: Any) -> Any:
-    """A table's cell as YAML writes it: numpy scalars and arrays as Python's."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
 def searched_config(row: pd.Series) -> dict[str, Any]:
     """A trial's sampled config keys (not a preset's name, not its seed, which the confirmation sets)."""
-    values = {}
-    for column, value in row.items():
-        key = str(column).removeprefix("config/")
-        section, _, field = key.partition(".")
-        if str(column).startswith("config/") and section in RUN_SECTIONS and field and key != SEED_KEY:
-            value = _plain(value)
-            if _present(value):
-                values[key] = value
-    return values
+    return {key: value for key, value in row_config(row).items()
+            if key.partition(".")[0] in RUN_SECTIONS and key.partition(".")[2] and key != SEED_KEY}
 
 
 def chosen_configs(frame: pd.DataFrame, spec: SweepSpec, top: int) -> list[Chosen]:
@@ -145,7 +125,7 @@ def used_seeds(frame: pd.DataFrame, spec: SweepSpec) -> set[int]:
     used = {spec.run.train.seed + i for i in range(spec.search.replicates)}
     column = f"config/{SEED_KEY}"
     if column in frame:
-        used |= {int(v) for v in frame[column] if _present(v)}
+        used |= {int(v) for v in frame[column] if pd.notna(v)}
     used |= {int(m.group(1)) for c in frame.columns if (m := re.fullmatch(r"final/.+_seed(\d+)", str(c)))}
     return used
 

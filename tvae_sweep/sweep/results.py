@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import moocore
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -179,8 +180,7 @@ def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out
     if chosen.empty:
         raise ConfigError(f"no finished trial reports {metric}; nothing to export")
     for rank, (_, row) in enumerate(chosen.iterrows(), start=1):
-        config = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
-        config = {k: (v.item() if hasattr(v, "item") else v) for k, v in config.items() if _present(v)}
+        config = row_config(row)
         run = trial_run_config(base, config)
         path = out / f"rank{rank}_{row['trial_id']}.yaml"
         header = (f"# trial {row['trial_id']} of the sweep, rank {rank} by {metric} = {row[f'final/{metric}']:.6g}\n"
@@ -196,5 +196,20 @@ def export_best(spec: SweepSpec, frame: pd.DataFrame, metric: str, top: int, out
     return written
 
 
+def row_config(row: pd.Series) -> dict[str, Any]:
+    """A trials table row's config (its config/<key> cells) as Python values, the keys it does not
+    set (None, NaN) left out."""
+    config = {}
+    for column, value in row.items():
+        if str(column).startswith("config/"):
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, np.generic):
+                value = value.item()
+            if _present(value):
+                config[str(column).removeprefix("config/")] = value
+    return config
+
+
 def _present(value: Any) -> bool:
-    return not (isinstance(value, float) and math.isnan(value))
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
