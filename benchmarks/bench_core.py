@@ -309,8 +309,8 @@ def evaluation_functions(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     return {"likelihood": likelihood, "sequence_metrics": sequence_metrics}
 
 
-def load_data(seed: int = 0):
-    return build_data(DataConfig(), seq_len=MNIST.seq_len, device="cpu", seed=seed)
+def load_data():
+    return build_data(DataConfig(), seq_len=MNIST.seq_len, device="cpu")
 
 
 def run(quiet_rounds: int, max_seconds: float, batches: tuple[int, ...]) -> dict:

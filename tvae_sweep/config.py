@@ -183,6 +183,7 @@ class DataConfig(Section):
     test_transforms: list[Str] | None = None
     train_sequences: Count = 1024
     test_sequences: Count = 128
+    test_seed: Int = 0  # draws the test sequences; the same for every train.seed, so seeds compare
     test_fraction: Annotated[Float, rule(lambda v: 0 < v < 1, "must be between 0 and 1")] = 0.1
     path: Str | None = None
     download: Bool = False

@@ -201,7 +201,7 @@ class Trainer:
             torch.manual_seed(cfg.train.seed)
             models.append(TopographicVAE(cfg.model))  # the run's own initialisation
             self.noise.append(noise_generator(self.device, cfg.train.seed, t.cuda_graph))
-            self.data.append(build_data(cfg.data, cfg.model.seq_len, self.device, cfg.train.seed, sources=sources))
+            self.data.append(build_data(cfg.data, cfg.model.seq_len, self.device, sources=sources))
         self.model = models[0] if len(models) == 1 else self._stacked(models)
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, t, self.device)
