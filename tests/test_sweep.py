@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from rich.console import Console
 from sweeps import run_cli, sweep_spec, trials
 
-from tvae_sweep.sweep.console import EpochEta, TrialConsole, short_names
+from tvae_sweep.sweep.console import TrialConsole, short_names
+from tvae_sweep.sweep.eta import Eta, finish_time
 from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
 from tvae_sweep.sweep.pbt import full_points
 from tvae_sweep.sweep.records import TrialRecord, records_of
@@ -327,40 +328,46 @@ def record(i: int, state: str, epochs: int, config: dict | None = None, **last) 
                        last={"training_iteration": epochs, **last}, epochs=epochs)
 
 
-def test_the_eta_counts_epochs_from_the_first_reported_one():
-    """4 trials of 10 epochs; a stopped trial's epochs leave the plan; two trials report at once."""
-    clock = FakeClock()
-    eta = EpochEta(total=4, epochs=10, clock=clock)
-    assert eta.seconds_left([record(0, "RUNNING", 0)]) is None and eta.planned([]) == 40
-    clock.now += 60  # Ray's start: not in the rate
-    assert eta.seconds_left([record(0, "RUNNING", 1)]) is None  # the first epoch starts the clock
-    clock.now += 10
-    running = [record(0, "RUNNING", 3), record(1, "RUNNING", 2)]  # 4 epochs in 10 s; 35 to go
-    assert eta.planned(running) == 40 and eta.seconds_left(running) == pytest.approx(35 / 0.4)
-    clock.now += 10
-    stopped = [record(0, "TERMINATED", 3), record(1, "RUNNING", 4), record(2, "RUNNING", 2)]  # ASHA stopped 0
-    assert eta.planned(stopped) == 33
-    assert eta.seconds_left(stopped) == pytest.approx((33 - 9) / (8 / 20))
-    console = TrialConsole([], ["log_likelihood"], total=4, epochs=10, clock=clock)
-    console.eta = eta
-    assert console.progress_line(stopped).endswith("pending; 9/33 epochs; 0m00s elapsed, about 1m00s to go")
-    searched = [record(0, "RUNNING", 2, {"train.epochs": 4})]  # a searched train.epochs is the trial's own
-    assert eta.planned(searched) == 4 + 3 * 10
+def timed(i: int, state: str, epochs: int, seconds: float, config: dict | None = None, ray_id: str | None = None,
+          ray_state: str = "RUNNING") -> TrialRecord:
+    """A trial that has reported `epochs` epochs in `seconds` of its own time."""
+    r = record(i, state, epochs, config)
+    return dataclasses.replace(r, time_s=seconds, ray_state=ray_state, ray_id=ray_id or r.ray_id)
 
 
-def test_the_eta_starts_at_the_first_epoch_tune_reports():
-    clock = FakeClock(500.0)
-    console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=2, epochs=5, clock=clock)
-    other = types.SimpleNamespace(trial_id="b", status="RUNNING", config={}, path="/nowhere", checkpoint=None,
-                                  last_result={})
-    first = types.SimpleNamespace(trial_id="a", status="RUNNING", config={}, path="/nowhere", checkpoint=None,
-                                  last_result={})
-    clock.now += 20
-    console.on_trial_result(0, [first, other], first, {"training_iteration": 1})
-    assert console.eta.first == (520.0, 1)
-    clock.now += 5
-    console.on_trial_result(0, [first, other], other, {"training_iteration": 1})
-    assert console.eta.first == (520.0, 1)  # started once
+def test_the_eta_costs_each_trials_epochs_at_its_own_rate_and_fills_the_free_slot_first():
+    """4 trials of 10 epochs, 2 at once: trial 0 takes 10 s an epoch, trial 1 2 s; the two not yet
+    created cost the mean, 6 s an epoch, each on the slot that frees first."""
+    eta = Eta(total=4, epochs=10)
+    assert eta.seconds_left([record(0, "RUNNING", 0)]) is None and eta.planned([]) == 40  # nothing reported
+    running = [timed(0, "RUNNING", 2, 20.0), timed(1, "RUNNING", 2, 4.0)]  # 80 s and 16 s left
+    # trial 1's slot frees at 16 s: trial 2 there until 76 s, then trial 3 there (before 80 s) until 136 s
+    assert eta.seconds_left(running) == pytest.approx(16 + 60 + 60)
+    console = TrialConsole([], ["log_likelihood"], total=4, epochs=10, clock=FakeClock())
+    assert console.progress_line(running).endswith("pending; 4/40 epochs; 0m00s elapsed, about 2m16s to go")
+
+
+def test_the_eta_drops_a_stopped_trials_epochs_and_keeps_the_slots_it_has_seen():
+    eta = Eta(total=3, epochs=10)
+    eta.seconds_left([timed(0, "RUNNING", 1, 5.0), timed(1, "RUNNING", 1, 5.0)])  # two slots seen
+    stopped = [timed(0, "TERMINATED", 3, 15.0, ray_state="TERMINATED"), timed(1, "RUNNING", 4, 20.0)]  # ASHA stopped 0
+    assert eta.planned(stopped) == 3 + 10 + 10
+    assert eta.seconds_left(stopped) == pytest.approx(max(6 * 5.0, 10 * 5.0))  # trial 2 on the free slot
+    searched = [timed(0, "RUNNING", 2, 2.0, {"train.epochs": 4})]  # a searched train.epochs is the trial's own
+    assert eta.planned(searched) == 4 + 2 * 10
+
+
+def test_the_eta_of_a_fused_trial_is_its_own_and_its_points_share_it():
+    """Two points trained as one Ray trial at 8 s an epoch: 4 s an epoch per point for the point
+    not yet created, which runs alone after them."""
+    fused = [timed(i, "RUNNING", 5, 40.0, ray_id="8e3f1_00000") for i in (0, 1)]
+    assert Eta(total=3, epochs=10).seconds_left(fused) == pytest.approx(5 * 8.0 + 10 * 4.0)
+
+
+def test_the_last_slot_to_free_ends_the_sweep():
+    assert finish_time([], [], slots=2) == 0.0
+    assert finish_time([5.0], [1.0, 1.0, 1.0], slots=2) == 5.0  # the free slot takes all three
+    assert finish_time([5.0, 1.0], [10.0], slots=2) == 11.0
 
 
 CAPSULES = ["model.n_caps", "model.cap_dim", "model.n_off_diag", "model.coherence_window", "model.shift",
@@ -410,10 +417,11 @@ def test_searched_keys_that_share_a_last_name_keep_their_whole_names():
 
 
 def ray_trial(i: int, status: str, epoch: int) -> types.SimpleNamespace:
-    """A stand-in for Ray's trial t<i> after `epoch` epochs (0: no report yet)."""
+    """A stand-in for Ray's trial t<i> after `epoch` epochs of 5 s each (0: no report yet)."""
     return types.SimpleNamespace(
         trial_id=f"t{i}", status=status, config={"model.n_caps": 2 + i}, path="/nowhere", checkpoint=None,
-        last_result={"training_iteration": epoch, "log_likelihood": -100.0 - i} if epoch else {})
+        last_result={"training_iteration": epoch, "time_total_s": 5.0 * epoch, "log_likelihood": -100.0 - i}
+        if epoch else {})
 
 
 def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
@@ -425,15 +433,13 @@ def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
     clock = FakeClock()
     console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=screen, epochs=3, clock=clock)
     console.on_trial_start(0, [ray_trial(0, "RUNNING", 0)], ray_trial(0, "RUNNING", 0))
-    clock.now += 30  # Ray's start and the first epoch: not in the rate
-    console.on_trial_result(0, [ray_trial(0, "RUNNING", 0)], ray_trial(0, "RUNNING", 0), {"training_iteration": 1})
-    clock.now += 10
+    clock.now += 40
     population = [ray_trial(0, "TERMINATED", 3), ray_trial(1, "RUNNING", 1)]
-    console.on_trial_complete(0, population, population[0])  # 3 epochs in 10 s since the first: 5 to go, 16 s
+    console.on_trial_complete(0, population, population[0])  # one slot: t1's 2 epochs, then t2's 3, at 5 s each
     console.on_experiment_end(population)
     out = screen.getvalue()
     words = " ".join(out.split())  # the progress line wraps at the terminal's width
-    assert "1/3 trials done, 1 running, 1 pending; 4/9 epochs; 0m40s elapsed, about 0m16s to go" in words
+    assert "1/3 trials done, 1 running, 1 pending; 4/9 epochs; 0m40s elapsed, about 0m25s to go" in words
     assert "\x1b[" in out  # drawn in place with cursor movements, not appended
     assert "trial t0 finished" not in out  # event lines are for logs, not terminals
     assert "-101" in out and "TERMINATED" in out
@@ -443,11 +449,10 @@ def test_in_a_log_a_trials_end_is_followed_by_the_progress_line_at_most_every_30
     log = io.StringIO()
     clock = FakeClock()
     console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=log, epochs=3, clock=clock)
-    console.on_trial_result(0, [ray_trial(0, "RUNNING", 0)], ray_trial(0, "RUNNING", 0), {"training_iteration": 1})
     clock.now += 10
     # Ray calls the callbacks of a trial's end while the trial is RUNNING still
     population = [ray_trial(0, "RUNNING", 3), ray_trial(1, "RUNNING", 1), ray_trial(2, "RUNNING", 1)]
-    console.on_trial_complete(0, population, population[0])  # 4 epochs in 10 s since the first: 4 to go, 10 s
+    console.on_trial_complete(0, population, population[0])  # t1 and t2 at once: 2 epochs of 5 s each
     clock.now += 5
     population[:2] = [ray_trial(0, "TERMINATED", 3), ray_trial(1, "RUNNING", 3)]
     console.on_trial_complete(0, population, population[1])  # 5 s later: no second progress line

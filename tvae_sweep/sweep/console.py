@@ -1,10 +1,11 @@
 """What a sweep shows while it runs, and where Ray's own output goes.
 
 On a terminal: one live table of the trials that fits the terminal's width, redrawn in place under a
-progress line (trials done, running, pending; epochs done of those planned; elapsed; an ETA counted
-in epochs). Elsewhere (a log file, CI): one line per trial event. A fused Ray trial is
-shown as its points, each with its own state and metrics. Ray's banner, hints and warnings go to
-results/<name>/ray.log instead of the console.
+progress line (trials done, running, pending; epochs done of those planned; elapsed; an ETA from
+what each trial's epochs cost, eta.py). Elsewhere (a log file, CI): one line per trial event, and
+after a trial's end the progress line. A fused Ray trial is shown as its points, each with its own
+state and metrics. Ray's banner, hints and warnings go to results/<name>/ray.log instead of the
+console.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .disk import notice
+from .eta import Eta, done_epochs
 from .records import ERROR, RUNNING, TrialRecord, records_of
 from .rungs import Rungs
 
@@ -49,40 +51,6 @@ def short_names(keys: list[str]) -> list[str]:
     return [name if short.count(name) == 1 else key for key, name in zip(keys, short, strict=True)]
 
 
-class EpochEta:
-    """The time left, counted in epochs. Planned: each trial's train.epochs, a trial that has
-    ended (stopped early by the scheduler, or failed) counting the epochs it trained. The rate:
-    epochs reported by all trials together per second, since the first reported epoch (the start
-    of Ray and of the first trials is not in it)."""
-
-    def __init__(self, total: int, epochs: int, clock: Callable[[], float] = time.monotonic):
-        """total: the sweep's trials (a fused trial's points one by one); epochs: train.epochs."""
-        self.total, self.epochs, self.clock = total, epochs, clock
-        self.first: tuple[float, int] | None = None  # (when, epochs done by then) at the first report
-
-    def planned(self, records: list[TrialRecord]) -> int:
-        seen = sum(r.epochs if r.finished else max(r.epochs, r.config.get("train.epochs", self.epochs))
-                   for r in records)
-        return seen + max(self.total - len(records), 0) * self.epochs
-
-    def observe(self, done: int) -> None:
-        """Starts the clock at the first report (`done`: the epochs reported by then)."""
-        if self.first is None and done > 0:
-            self.first = (self.clock(), done)
-
-    def seconds_left(self, records: list[TrialRecord]) -> float | None:
-        """None until a second epoch has been reported after the first."""
-        done = done_epochs(records)
-        self.observe(done)
-        if self.first is None:
-            return None
-        since, done_then = self.first
-        elapsed = self.clock() - since
-        if done <= done_then or elapsed <= 0:
-            return None
-        return max(self.planned(records) - done, 0) * elapsed / (done - done_then)
-
-
 def fitting_columns(headers: list[str], rows: list[list[str]], droppable: range, width: int) -> list[int]:
     """The columns (indices) of a table without borders, two spaces apart, that fit `width`: all of
     them, or without the droppable ones that do not fit, the last first."""
@@ -91,10 +59,6 @@ def fitting_columns(headers: list[str], rows: list[list[str]], droppable: range,
     while sum(widths[i] + 2 for i in shown) - 2 > width and any(i in droppable for i in shown):
         shown.remove(max(i for i in shown if i in droppable))
     return shown
-
-
-def done_epochs(records: list[TrialRecord]) -> int:
-    return sum(r.epochs for r in records)
 
 
 def state_of(record: TrialRecord) -> str:
@@ -169,7 +133,7 @@ class TrialConsole(Callback):
         self.stream = stream or sys.stdout  # the console as it is now, before Ray's output is redirected
         self.clock = clock
         self.started = clock()
-        self.eta = EpochEta(total, epochs, clock)
+        self.eta = Eta(total, epochs)
         self.live = None
         self.drawn = 0.0
         self.progressed = -math.inf  # when a log last got the progress line
@@ -244,11 +208,6 @@ class TrialConsole(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self.draw(trials)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.eta.first is None:  # the ETA's clock starts at the first reported epoch
-            others = records_of(t for t in trials if t is not trial)
-            self.eta.observe(done_epochs(others) + done_epochs(records_of([trial], result)))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         records = records_of([trial])

@@ -1,0 +1,71 @@
+"""The sweep's time left, from what its trials' epochs cost.
+
+An epoch's cost differs several-fold between configs (18 capsules of 18 against 6 of 6), so a rate
+of epochs per second over the whole sweep misleads whenever the expensive trials run first (the
+warm starts) or last. Instead each Ray trial's seconds per epoch are its own (Ray's time_total_s
+over the epochs it reported): a running trial's remaining epochs cost its own rate, a trial not
+started yet the mean rate of the trials seen so far (per point, for fused trials). That work is then
+laid on the sweep's slots (the most trials seen running at once), each waiting trial on the slot
+that frees first; the sweep ends when the last slot frees.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from collections import defaultdict
+from statistics import fmean
+
+from .records import RUNNING, TrialRecord
+
+
+def done_epochs(records: list[TrialRecord]) -> int:
+    return sum(r.epochs for r in records)
+
+
+class Eta:
+    def __init__(self, total: int, epochs: int):
+        """total: the sweep's trials (a fused trial's points one by one); epochs: train.epochs."""
+        self.total, self.epochs = total, epochs
+        self.slots = 1  # the most Ray trials seen running at once
+
+    def planned_of(self, record: TrialRecord) -> int:
+        """A trial's epochs: those it trained if it has ended, else its own train.epochs."""
+        return record.epochs if record.finished else max(record.epochs, record.config.get("train.epochs", self.epochs))
+
+    def planned(self, records: list[TrialRecord]) -> int:
+        """Every epoch the sweep will have trained: the trials seen, and the ones not yet created."""
+        return sum(map(self.planned_of, records)) + max(self.total - len(records), 0) * self.epochs
+
+    def seconds_left(self, records: list[TrialRecord]) -> float | None:
+        """None until a trial has reported an epoch."""
+        trials = defaultdict(list)  # the points of each Ray trial
+        for r in records:
+            trials[r.ray_id].append(r)
+        running = {ray_id for ray_id, points in trials.items()
+                   if points[0].ray_state == RUNNING or any(p.state == RUNNING for p in points)}
+        self.slots = max(self.slots, len(running))
+        rates = {ray_id: points[0].time_s / points[0].epochs for ray_id, points in trials.items()
+                 if points[0].epochs > 0 and math.isfinite(points[0].time_s)}
+        if not rates:
+            return None
+        point_rate = fmean(rates[ray_id] / len(trials[ray_id]) for ray_id in rates)
+
+        def left(points: list[TrialRecord]) -> float:
+            rate = rates.get(points[0].ray_id, point_rate * len(points))
+            return max(max(map(self.planned_of, points)) - points[0].epochs, 0) * rate
+
+        busy = [left(trials[ray_id]) for ray_id in running]
+        waiting = [left(points) for ray_id, points in trials.items()
+                   if ray_id not in running and not all(p.finished for p in points)]
+        waiting += [self.epochs * point_rate] * max(self.total - len(records), 0)
+        return finish_time(busy, waiting, self.slots)
+
+
+def finish_time(busy: list[float], waiting: list[float], slots: int) -> float:
+    """When the last of `slots` frees: each busy for its time, then each waiting job, in order, on
+    the slot that frees first."""
+    free = sorted(busy) + [0.0] * max(slots - len(busy), 0)
+    heapq.heapify(free)
+    for job in waiting:
+        heapq.heappush(free, heapq.heappop(free) + job)
+    return max(free, default=0.0)
