@@ -1,4 +1,6 @@
-from collections import Counter
+import shutil
+import tempfile
+from collections import defaultdict
 
 import pytest
 from clusters import LocalCluster, two_node_cluster
@@ -12,6 +14,14 @@ def tiny_config():
     return lambda **sections: run_config_from_dict(tiny_raw(**sections))
 
 
+@pytest.fixture(scope="module")
+def ray_temp():
+    """A temporary folder of Ray's own (short: Ray's socket paths must stay under 108 characters)."""
+    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """A head of one CPU and one logical GPU, and a second node of two CPUs (tests/clusters.py): one
@@ -20,10 +30,25 @@ def ray_cluster(tmp_path_factory):
         yield cluster
 
 
+SLOW_TEST_S = 10.0  # what a slow test of a file without a `cost` mark is taken to cost
+
+
+def file_cost(items) -> float:
+    """A file's seconds on 2 cores: its `cost` mark (measured, for the files that run sweeps), else
+    SLOW_TEST_S per slow test."""
+    mark = items[0].get_closest_marker("cost")
+    if mark:
+        return float(mark.args[0])
+    return SLOW_TEST_S * sum(1 for item in items if item.get_closest_marker("slow"))
+
+
 def pytest_collection_modifyitems(config, items):
-    """The files with the most slow tests first, each file's tests together and in their order:
-    under `make test`'s `--dist loadfile` the sweeps start early and the quick files fill in at
-    the end, so the two workers finish together instead of one waiting on a late sweep file."""
-    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
-    first_seen = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
-    items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))
+    """The costliest files first, each file's tests together and in their order: under `make test`'s
+    `--dist loadfile` each worker takes the next file as it frees, so the long sweep files start
+    early, the quick files fill in at the end and the two workers finish together."""
+    by_file = defaultdict(list)
+    for item in items:
+        by_file[item.path].append(item)
+    cost = {path: file_cost(tests) for path, tests in by_file.items()}
+    first_seen = {path: i for i, path in enumerate(by_file)}
+    items.sort(key=lambda item: (-cost[item.path], first_seen[item.path]))

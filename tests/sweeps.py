@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 from helpers import SPACE, tiny_raw
+from mlflow import MlflowClient
 
 CLI = [sys.executable, "-m", "tvae_sweep"]
 
@@ -72,3 +73,26 @@ def reports(experiment: Path) -> dict[str, list[dict]]:
             continue
         out[path.parent.name] = lines
     return out
+
+
+def launch_grid(folder: Path, name: str, space: dict, search: dict, ray_temp: str, **top) -> Path:
+    """Launches a tiny grid spec with `space` and `search` from `folder`; returns its results folder."""
+    raw = tiny_raw()
+    raw.update(name=name, space=space, resources={"cpus_per_trial": 1}, **top,
+               search={"algorithm": "grid", "metric": "log_likelihood", "mode": "max", "seed": 0,
+                       "scheduler": "fifo", "max_concurrent": 2, **search})
+    spec = folder / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    results = folder / "results"
+    proc = run_cli("launch", spec, "--results-dir", results, RAY_TMPDIR=ray_temp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (folder / f"{name}.out").write_text(proc.stdout)
+    return results
+
+
+def child_runs(results: Path, experiment: str, stage: str | None = None) -> dict:
+    """The runs of the search's trials (or of a later stage's: the confirmation's), by trial id."""
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return {r.data.tags["tvae_sweep.trial_id"]: r for r in runs
+            if "tvae_sweep.trial_id" in r.data.tags and r.data.tags.get("tvae_sweep.stage") == stage}

@@ -10,6 +10,8 @@ import pytest
 from clusters import error_lines, launch
 from sweeps import sweep_spec, trials
 
+pytestmark = pytest.mark.cost(75)  # seconds on 2 cores (measured): costliest files first
+
 
 @pytest.mark.slow
 def test_sweep_spreads_trials_over_both_nodes_with_shared_storage(ray_cluster, tmp_path):

@@ -14,6 +14,8 @@ from sweeps import run_cli, sweep_spec, trials
 from tvae_sweep.sweep.disk import EXIT_CODE, no_space
 from tvae_sweep.sweep.whole_files import whole_files
 
+pytestmark = pytest.mark.cost(85)  # seconds on 2 cores (measured): costliest files first
+
 SMALL_MB = 6  # room for the sweep to start (MLflow's store, the first trials) but not to finish
 BIG_MB = 64  # the whole sweep takes about 13 MB
 

@@ -1,27 +1,25 @@
-"""Fused sweeps on a real local Ray with a real MLflow store: a fused grid (search.fuse) and a
-replicated search (search.replicates)."""
+"""A fused grid (search.fuse) on a real local Ray with a real MLflow store, and its
+confirmation."""
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
-import yaml
 from click.testing import CliRunner
-from helpers import tiny_raw
 from mlflow import MlflowClient
-from sweeps import cli_env, reports, run_cli, running
+from sweeps import child_runs, cli_env, launch_grid, reports, run_cli, running
 
 from tvae_sweep.cli import main
 from tvae_sweep.sweep.records import saved_records
+
+pytestmark = pytest.mark.cost(135)  # seconds on 2 cores (measured): costliest files first
 
 PRESETS = {
     "vae": {"model.variant": "vae"},
@@ -33,49 +31,10 @@ SEEDS = [0, 1]
 
 
 @pytest.fixture(scope="module")
-def ray_temp():
-    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def launch(folder: Path, name: str, space: dict, search: dict, ray_temp: str, **top) -> Path:
-    raw = tiny_raw()
-    raw.update(name=name, space=space, resources={"cpus_per_trial": 1}, **top,
-               search={"algorithm": "grid", "metric": "log_likelihood", "mode": "max", "seed": 0,
-                       "scheduler": "fifo", "max_concurrent": 2, **search})
-    spec = folder / f"{name}.yaml"
-    spec.write_text(yaml.safe_dump(raw))
-    results = folder / "results"
-    proc = run_cli("launch", spec, "--results-dir", results, RAY_TMPDIR=ray_temp)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (folder / f"{name}.out").write_text(proc.stdout)
-    return results
-
-
-@pytest.fixture(scope="module")
 def fused(tmp_path_factory, ray_temp):
     space = {"preset": {"type": "preset", "values": PRESETS}, "train.seed": {"type": "categorical", "values": SEEDS}}
-    results = launch(tmp_path_factory.mktemp("fused"), "fused", space, {"fuse": True}, ray_temp, baseline="vae")
+    results = launch_grid(tmp_path_factory.mktemp("fused"), "fused", space, {"fuse": True}, ray_temp, baseline="vae")
     return results, pd.read_parquet(results / "fused" / "trials.parquet")
-
-
-@pytest.fixture(scope="module")
-def replicated(tmp_path_factory, ray_temp):
-    space = {"model.shift": {"type": "categorical", "values": [0, 1]}}
-    # the launch confirms its best config against an inline baseline after the search
-    confirm = {"top": 1, "seeds": 2, "baselines": [{"bubble": {"model.shift": 0}}]}
-    results = launch(tmp_path_factory.mktemp("replicated"), "replicated", space, {"replicates": 3}, ray_temp,
-                     confirm=confirm)
-    return results, pd.read_parquet(results / "replicated" / "trials.parquet")
-
-
-def child_runs(results: Path, experiment: str, stage: str | None = None) -> dict:
-    """The runs of the search's trials (or of a later stage's: the confirmation's), by trial id."""
-    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return {r.data.tags["tvae_sweep.trial_id"]: r for r in runs
-            if "tvae_sweep.trial_id" in r.data.tags and r.data.tags.get("tvae_sweep.stage") == stage}
 
 
 def point_of(row: pd.Series) -> tuple[str, int]:
@@ -173,70 +132,6 @@ def test_prune_keeps_the_best_points_weights(fused):
     best = frame.sort_values("final/log_likelihood", ascending=False).iloc[0]
     for _, row in frame[frame["state"] == "TERMINATED"].iterrows():
         assert Path(row["checkpoint"], "state.pt").is_file() == (row["trial_id"] == best["trial_id"])
-
-
-@pytest.mark.slow
-def test_a_replicated_trial_reports_its_seeds_mean_spread_and_each_value(replicated, tmp_path):
-    results, frame = replicated
-    assert len(frame) == 2
-    runs = child_runs(results, "replicated")
-    for _, row in frame.iterrows():
-        seeds = [row[f"final/log_likelihood_seed{s}"] for s in (0, 1, 2)]
-        assert row["final/log_likelihood"] == pytest.approx(sum(seeds) / 3)
-        assert row["final/log_likelihood_std"] == pytest.approx(pd.Series(seeds).std())
-        assert row["final/log_likelihood_std"] > 0
-        metrics = runs[row["trial_id"]].data.metrics
-        expected = {"log_likelihood", "log_likelihood_std", "log_likelihood_seed2", "equivariance_ratio_learned_std"}
-        assert expected <= set(metrics)
-
-    out = tmp_path / "best"
-    assert run_cli("export-best", "replicated", "--results-dir", results, "--out", out).returncode == 0
-    config = next(out.glob("rank1_*.yaml"))
-    assert "--seeds 0,1,2" in config.read_text()
-    proc = run_cli("train", config, "--output", tmp_path / "again", "--seeds", "0,1,2")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    best = frame.sort_values("final/log_likelihood", ascending=False).iloc[0]
-    printed = (results.parent / "replicated.out").read_text().splitlines()  # the confirmation, printed last
-    table = printed.index("confirmed under the new seeds 1000, 1001:")  # the search's seeds were 0, 1, 2
-    assert printed[table + 1].split()[:4] == ["config", "metric", "in", "the"]
-    assert printed[table + 3].startswith(f"rank1_{best['trial_id']}  log_likelihood")
-    assert printed[table + 4].startswith("bubble ") and printed[table + 4].endswith("(the baseline)")
-    assert printed[-1].startswith(f"confirmation: {results / 'replicated' / 'confirm'}; report: ")
-    for s in (0, 1, 2):
-        final = json.loads((tmp_path / "again" / f"seed_{s}" / "metrics.json").read_text())["final"]
-        assert final["log_likelihood"] == pytest.approx(best[f"final/log_likelihood_seed{s}"], rel=1e-4, abs=2e-3)
-
-
-@pytest.mark.slow
-def test_a_fused_sweep_killed_mid_trial_resumes_to_the_numbers_of_its_points_alone(tmp_path, ray_temp):
-    """SIGKILL once a fused trial has saved a checkpoint; the resume continues every point from it,
-    and each point ends where its config trained alone ends."""
-    raw = tiny_raw(train={"epochs": 3}, data={"train_sequences": 800})
-    raw.update(name="killed", resources={"cpus_per_trial": 1},
-               space={"model.shift": {"type": "categorical", "values": [0, 1]},
-                      "train.seed": {"type": "categorical", "values": [0, 1]}},
-               search={"algorithm": "grid", "metric": "log_likelihood", "mode": "max", "seed": 0,
-                       "scheduler": "fifo", "max_concurrent": 1, "fuse": True})
-    spec, results = tmp_path / "killed.yaml", tmp_path / "results"
-    spec.write_text(yaml.safe_dump(raw))
-    with running(["launch", spec, "--results-dir", results], tmp_path / "launch.log",
-                 cli_env(RAY_TMPDIR=ray_temp)) as proc:
-        deadline = time.monotonic() + 300
-        while not list((results / "killed" / "tune").glob("fused_*/checkpoint_000000/point_3/state.pt")):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "launch.log").read_text()[-3000:]
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc = run_cli("resume", "killed", "--results-dir", results, RAY_TMPDIR=ray_temp)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    frame = pd.read_parquet(results / "killed" / "trials.parquet")
-    assert len(frame) == 4 and set(frame["state"]) == {"TERMINATED"} and set(frame["epochs"]) == {3}
-    row = frame[(frame["config/model.shift"] == 1) & (frame["config/train.seed"] == 1)].iloc[0]
-    alone = tmp_path / "alone.yaml"
-    alone.write_text(yaml.safe_dump(tiny_raw(train={"epochs": 3, "seed": 1}, data={"train_sequences": 800},
-                                             model={"shift": 1})))
-    assert run_cli("train", alone, "--output", tmp_path / "alone").returncode == 0
-    final = json.loads((tmp_path / "alone" / "metrics.json").read_text())["final"]
-    assert final["log_likelihood"] == pytest.approx(row["final/log_likelihood"], rel=1e-4, abs=2e-3)
 
 
 def finished_reports(experiment: Path) -> dict[str, list[int]]:

@@ -2,6 +2,7 @@
 import json
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from benchmarks.gpu_kit import GROUPS, PROFILE, SPEC, collect_session
@@ -9,6 +10,8 @@ from tvae_sweep.cli import main
 from tvae_sweep.collect import Grid
 from tvae_sweep.config import load_run_config
 from tvae_sweep.sweep.space import trial_run_config
+
+pytestmark = pytest.mark.cost(17)  # seconds on 2 cores (measured): costliest files first
 
 # the gpu profile's grid with one small capsule (the paper's S = D = 18 keep every preset valid)
 TINY = ["model.n_caps=1", "data.train_sequences=8", "data.test_sequences=4", "train.epochs=2",

@@ -13,6 +13,8 @@ import pytest
 from clusters import launch, max_overlap
 from sweeps import cli_env, sweep_spec, trials
 
+pytestmark = pytest.mark.cost(23)  # seconds on 2 cores (measured): costliest files first
+
 NO_GPU_SCRIPT = '''
 import json, os, sys, ray
 ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")

@@ -17,6 +17,8 @@ from clusters import LocalCluster, alive, descendants, two_node_cluster
 from mlflow import MlflowClient
 from sweeps import cli_env, reports, running, sweep_spec, trials
 
+pytestmark = pytest.mark.cost(62)  # seconds on 2 cores (measured): costliest files first
+
 EPOCHS = 4
 TRAIN_SEQUENCES = 256  # about a second an epoch: time to see the trial mid-run and kill its node
 # the head's GCS declares a node dead after 3 missed health checks a second apart (default: 5 of 3 s)

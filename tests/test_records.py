@@ -19,6 +19,8 @@ from tvae_sweep.sweep.records import ERROR, RUNNING, TERMINATED, CheckpointRef, 
 from tvae_sweep.sweep.results import frame_of
 from tvae_sweep.sweep.whole_files import whole_files
 
+pytestmark = pytest.mark.cost(18)  # seconds on 2 cores (measured): costliest files first
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXED = ["trial_id", "state", "epochs", "time_s", "node_id", "error", "checkpoint"]  # the table's other columns
 

@@ -31,6 +31,8 @@ from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError
 from tvae_sweep.tracking.store import hidden_password, redact, resolve
 
+pytestmark = pytest.mark.cost(86)  # seconds on 2 cores (measured): costliest files first
+
 SECRET = "s3cret"
 START_TIMEOUT_S = 240  # the MLflow server starts in seconds on a quiet machine, far slower on a busy one
 

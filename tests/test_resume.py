@@ -9,6 +9,8 @@ import pytest
 import torch
 from sweeps import CLI, cli_env, run_cli, sweep_spec, trials
 
+pytestmark = pytest.mark.cost(111)  # seconds on 2 cores (measured): costliest files first
+
 
 def finished_trials(experiment, epochs=3):
     """Trial folder -> its reported epochs, for trials that reported their final epoch."""

@@ -4,8 +4,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 import types
 from pathlib import Path
@@ -28,13 +26,7 @@ from tvae_sweep.sweep.records import TrialRecord, records_of
 from tvae_sweep.sweep.trainable import best_metrics
 from tvae_sweep.sweep.validation import load_spec
 
-
-@pytest.fixture(scope="module")
-def ray_temp():
-    """A temporary folder of Ray's own (short: Ray's socket paths must stay under 108 characters)."""
-    folder = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+pytestmark = pytest.mark.cost(216)  # seconds on 2 cores (measured): costliest files first
 
 
 @pytest.fixture(scope="module")

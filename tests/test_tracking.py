@@ -51,6 +51,8 @@ from tvae_sweep.tracking.store import Store, artifact_root, resolve
 from tvae_sweep.tracking.trial_log import TrialLog
 from tvae_sweep.tracking.writer import Writer
 
+pytestmark = pytest.mark.cost(123)  # seconds on 2 cores (measured): costliest files first
+
 CLI = [sys.executable, "-m", "tvae_sweep"]
 NAME = "tracked"
 GOOD_LR, BAD_LR = 1e-3, 1e6  # Adam at 1e6 makes the loss non-finite in the first epoch

@@ -18,6 +18,8 @@ from test_tracking import CLI, NAME, cli, env, shared_sweep
 from tvae_sweep.tracking.store import Store
 from tvae_sweep.tracking.ui import command
 
+pytestmark = pytest.mark.cost(21)  # seconds on 2 cores (measured): costliest files first
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]

@@ -13,6 +13,8 @@ from clusters import alive, descendants
 from mlflow import MlflowClient
 from sweeps import reports, running, sweep_spec, trials
 
+pytestmark = pytest.mark.cost(51)  # seconds on 2 cores (measured): costliest files first
+
 EPOCHS = 4
 TRAIN_SEQUENCES = 256  # about a second an epoch: time to see the trial mid-run and kill its worker
 
