@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from sweeps import run_cli, sweep_spec, trials
 
+from benchmarks.eta_accuracy import rows, stages
 from tvae_sweep.sweep.console import TrialConsole, short_names
 from tvae_sweep.sweep.eta import Eta, finish_time
 from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
@@ -474,3 +475,15 @@ def test_the_console_shows_each_point_of_a_fused_trial():
     assert [row[:4] for row in rows] == [["f_p0", "TERMINATED", "shifting", "0"],
                                          ["f_p1", "TERMINATED", "shifting", "1"],
                                          ["f_p2", "ERROR", "shifting", "2"]]
+
+
+def test_the_eta_benchmark_reads_each_stages_estimates_against_its_end():
+    log = ["sweep capsules: 2 trials, results in /r", "10:00:00  trial a started",
+           "10:01:00  1/2 trials done, 1 running, 0 pending; 5/10 epochs; 1m00s elapsed, about 1m30s to go",
+           "10:03:00  trial b finished after 5 epochs", "sweep capsules, confirm stage: 1 trials",
+           "10:04:00  0/1 trials done, 1 running, 0 pending; 1/4 epochs; 0m10s elapsed, about 1h02m to go",
+           "10:05:00  trial c finished after 4 epochs"]
+    by_stage = stages(log)
+    assert list(by_stage) == ["search", "confirm"]
+    assert rows(by_stage["search"]) == [("10:01:00", 0.5, 90.0, 120.0)]
+    assert rows(by_stage["confirm"]) == [("10:04:00", 0.25, 3720.0, 60.0)]
