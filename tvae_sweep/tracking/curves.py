@@ -126,9 +126,10 @@ def headline(table: pd.DataFrame | None) -> list[str]:
 
 
 def shown_epochs(epochs: Sequence[int]) -> list[int]:
-    """At most six evaluated epochs to show: those nearest to 5, 10, 20, 40 and 80, and the last."""
+    """At most six evaluated epochs to show: all of them where there are no more, else those
+    nearest to 5, 10, 20, 40 and 80, and the last."""
     present = sorted(set(int(e) for e in epochs))
-    if not present:
-        return []
+    if len(present) <= len(SHOWN_EPOCHS) + 1:
+        return present
     nearest = {min(present, key=lambda e, t=target: (abs(e - t), e)) for target in SHOWN_EPOCHS}
     return sorted(nearest | {present[-1]})
