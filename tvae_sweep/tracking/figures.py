@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from ..sweep.spec import SweepSpec
@@ -158,6 +159,7 @@ def curves_figure(table: pd.DataFrame | None, metrics: list[str]) -> Figure | No
                             color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
