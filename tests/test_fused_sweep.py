@@ -74,7 +74,21 @@ def test_a_fused_grid_trains_its_shapes_together_and_keeps_a_row_a_run_and_an_op
     assert set(compared["model"]) == {"tvae", "bubble"} and set(compared["n"]) == {2}
     parent = next(iter(runs.values())).data.tags["mlflow.parentRunId"]
     logged = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").list_artifacts(parent, "aggregates")
-    assert "aggregates/comparisons.json" in {a.path for a in logged}
+    assert {"aggregates/comparisons.json", "aggregates/curves.json",
+            "aggregates/curves.png"} <= {a.path for a in logged}
+    check_curves(results, frame)
+
+
+def check_curves(results: Path, frame: pd.DataFrame) -> None:
+    """The learning curves, from each point's reports in Ray's saved results: a group per preset
+    (blowup failed), both seeds at each of the two epochs, the last one's mean the final values'."""
+    curves = pd.read_parquet(results / "fused" / "aggregates" / "curves.parquet")
+    assert sorted(set(curves["group"])) == ["bubble", "tvae", "vae"]
+    assert set(curves["epoch"]) == {1, 2} and set(curves["n"]) == {2}
+    assert {"log_likelihood", "equivariance_ratio_learned", "roll_gain", "kl_z"} <= set(curves["metric"])
+    last = curves[(curves["metric"] == "log_likelihood") & (curves["epoch"] == 2)].set_index("group")["mean"]
+    final = frame[frame["state"] == "TERMINATED"].groupby("config/preset")["final/log_likelihood"].mean()
+    assert last.to_dict() == pytest.approx(final.to_dict())
 
 
 @pytest.mark.slow
@@ -214,6 +228,7 @@ def test_confirm_retrains_the_best_configs_and_the_baseline_under_new_seeds_and_
     check_confirmation_runs(results, frame, confirmed)
 
     report = (results / "fused" / "report.md").read_text()
+    assert "## Learning curves" in report and "### log_likelihood" in report
     section = report[report.index("## Confirmation"):]
     assert "seeds 1000, 1001" in section and all(f"| {name} " in section for name in names)
     again = CliRunner().invoke(main, ["confirm", "fused", "--results-dir", str(results)])  # no Ray: in this process

@@ -17,7 +17,7 @@ from pathlib import Path
 from .config import ConfigError, dump_yaml
 from .sweep.fusion import Point, fused_groups
 from .sweep.layout import SweepDir
-from .sweep.records import ERROR, PENDING, RUNNING, TERMINATED, CheckpointRef, TrialRecord, last_line
+from .sweep.records import ERROR, PENDING, RUNNING, TERMINATED, CheckpointRef, TrialRecord, histories_of, last_line
 from .sweep.results import frame_of, write_trials
 from .sweep.space import trial_run_config
 from .sweep.spec import SweepSpec, read_spec
@@ -81,7 +81,7 @@ def run_record(trial_id: str, config: dict, folder: Path, epochs: int) -> TrialR
         trial_id=trial_id, ray_id="", state=state, ray_state=state, config=config, last=report,
         best=report.get("best") or {}, epochs=len(history),
         time_s=sum(e.get("train_time_s", 0.0) + e.get("eval_time_s", 0.0) for e in history),
-        error=last_line(error) if error else None, traceback=error, path=str(folder),
+        error=last_line(error) if error else None, traceback=error, path=str(folder), history=tuple(history),
         # a finished point's pictures are in its folder, where a sweep's are in the checkpoint
         checkpoint=CheckpointRef(str(folder)) if state == TERMINATED else None)
 
@@ -103,7 +103,7 @@ def collect(grid: Grid, runs: Path, out: Path, source: str | None = None) -> Pat
     frame = frame_of(records)
     write_trials(frame, grid.spec, sweep.trials)
     dump_yaml(grid.raw, sweep.spec)
-    result = publish.compute(frame, grid.spec, sweep)
+    result = publish.compute(frame, grid.spec, sweep, histories=histories_of(records))
     groups = len({g for g, _ in points})
     how = source or (f"trained without Ray by `tvae-sweep train`, {len(points)} points in {groups} fused groups, "
                      f"collected from {runs} by `tvae-sweep collect`")

@@ -20,9 +20,20 @@ from .sweep.confirm import CONFIRM, baseline_bundles, chosen_configs, confirm_di
 from .sweep.console import RayLog, TrialConsole
 from .sweep.disk import one_line_when_full
 from .sweep.fusion import ray_trials
-from .sweep.launch import check_new, check_stopped, create, fit, join, load_saved_spec, preflight, saved_trials
+from .sweep.launch import (
+    check_new,
+    check_stopped,
+    create,
+    fit,
+    join,
+    load_saved_spec,
+    preflight,
+    saved_trial_records,
+    saved_trials,
+)
 from .sweep.layout import SweepDir, all_sweeps, disk_usage, origin_of, results_root, sweep_dir
 from .sweep.pruning import apply_prune, plan_prune
+from .sweep.records import histories_of
 from .sweep.results import frame_of, hypervolume_line, hypervolume_summary, pareto_trials, ranked, write_trials
 from .sweep.rungs import asha_rungs
 from .sweep.space import num_trials
@@ -116,17 +127,18 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
             f"of {total} trials")
     write_trials(frame, spec, sweep.trials)
     if tracking is not None:
-        _close_beside_ray_shutdown(tracking.log, status, frame)
+        _close_beside_ray_shutdown(tracking.log, status, frame, histories_of(records))
         say(f"MLflow: sweep and trials in experiment {tracking.log.experiment!r}, aggregates in "
             f"{sweep.root / 'aggregates'}; see them with: tvae-sweep ui {origin.name}")
     return Outcome(sweep, spec, status, frame)
 
 
-def _close_beside_ray_shutdown(log, status: str, frame: pd.DataFrame) -> None:
-    """Settles the sweep's MLflow runs (final tables and figures, seconds) while this driver leaves
-    Ray (seconds of waiting for the processes of a cluster it started)."""
+def _close_beside_ray_shutdown(log, status: str, frame: pd.DataFrame, histories) -> None:
+    """Settles the sweep's MLflow runs (final tables, learning curves from the trials' `histories`,
+    figures: seconds) while this driver leaves Ray (seconds of waiting for the processes of a
+    cluster it started)."""
     with ThreadPoolExecutor(1, thread_name_prefix="mlflow-close") as pool:
-        closing = pool.submit(log.close, status, frame)
+        closing = pool.submit(log.close, status, frame, None, histories)
         ray.shutdown()
         closing.result()
 
@@ -320,8 +332,9 @@ def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> tup
     """A sweep's aggregated results: (the terminal's text, the report.md written)."""
     store, experiment, sweep = sweep_store(name, results_dir, tracking_uri)
     spec = load_saved_spec(sweep)
-    frame = saved_trials(sweep)
-    result = publish.compute(frame, spec, sweep)
+    records = saved_trial_records(sweep)  # the experiment, read once: the trials and their histories
+    frame = frame_of(records)
+    result = publish.compute(frame, spec, sweep, histories=histories_of(records))
     mlflow_line = None
     if spec.tracking.enabled or tracking_uri:
         if tracking_uri or store.is_server:

@@ -30,7 +30,7 @@ from .mo_asha import MultiObjectiveAsha
 from .pbt import pbt_param_space, pbt_scheduler, pbt_searcher
 from .pruning import CheckpointPruner, prune_finished
 from .records import TrialRecord, saved_records
-from .results import trials_frame
+from .results import frame_of
 from .rungs import asha_rungs
 from .searcher import FusedGridSearch, optuna_search, space_exhausted
 from .space import num_trials
@@ -239,14 +239,19 @@ def fused_trial_folder(trial) -> str:
     return f"fused_{trial.trial_id}"
 
 
-def saved_trials(sweep: SweepDir):
-    """Ray's trials table of the sweep (results.trials_frame); a one-line error when Ray saved none yet."""
-
+def saved_trial_records(sweep: SweepDir) -> list[TrialRecord]:
+    """The records of the sweep's trials as Ray saved them, each with its history; a one-line error
+    when Ray saved none yet."""
     path = sweep.read_state()["experiment_path"]
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"sweep {sweep.name} has no trials saved in {path} yet (Ray saves them once its first "
                           f"trial starts); if its launch stopped, `tvae-sweep resume {sweep.name}` runs them")
-    return trials_frame(path, asha_rungs(load_saved_spec(sweep)))
+    return saved_records(path, asha_rungs(load_saved_spec(sweep)))
+
+
+def saved_trials(sweep: SweepDir):
+    """Ray's trials table of the sweep (results.frame_of its saved records)."""
+    return frame_of(saved_trial_records(sweep))
 
 
 def check_stopped(sweep: SweepDir) -> None:

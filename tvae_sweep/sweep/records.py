@@ -7,11 +7,13 @@ no Ray: the trials are read by their attributes.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import math
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..metrics import is_metric
 from .fusion import MEMBERS, PARAMS, POINTS, Point, point_folder
 from .rungs import Rungs
 from .whole_files import on_this_machine
@@ -59,6 +61,9 @@ class TrialRecord:
     retries: int = 0  # failures Ray recovered from
     traceback: str | None = None  # the whole text of its error (or of the last one Ray recovered from)
     stopped_at_rung: int | None = None  # the ASHA rung at which the scheduler stopped it (rungs.py)
+    # every report it made, oldest first, as {"epoch": e, <metric>: value, ...} (a point's: its own);
+    # read from the trial's saved results (saved_records), empty in a live hook's record
+    history: tuple[dict[str, Any], ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -72,12 +77,14 @@ def last_line(text: str) -> str:
 
 
 def records_of(trials: Iterable, result: dict | None = None, checkpoint=None,
-               finished: Collection[str] = (), rungs: Rungs | None = None) -> list[TrialRecord]:
+               finished: Collection[str] = (), rungs: Rungs | None = None,
+               histories: Mapping[str, Any] | None = None) -> list[TrialRecord]:
     """Ray's trials as records, a fused trial as its points. `result` and `checkpoint`: a report or
     checkpoint newer than the trial's own (for a single trial, in the hook that receives them);
     `finished`: ids of trials that have ended though Ray has not marked them yet (a callback's
     on_trial_complete runs before it does); `rungs`: the sweep's ASHA rungs, to say at which one a
-    trial ended early was stopped."""
+    trial ended early was stopped; `histories`: each trial's reports as Ray saved them (a table
+    per trial id, one row a report: ExperimentAnalysis.trial_dataframes)."""
     out = []
     for trial in trials:
         report = result if result is not None else (trial.last_result or {})
@@ -87,28 +94,49 @@ def records_of(trials: Iterable, result: dict | None = None, checkpoint=None,
         retries = getattr(trial, "num_failures", 0)
         text = _error_text(trial) if ray_state == ERROR or retries else None
         common = dict(ray_id=trial.trial_id, ray_state=ray_state, path=str(trial.path), retries=retries)
+        reports = saved_reports((histories or {}).get(trial.trial_id))
         if POINTS in (trial.config or {}):
-            out += _points(trial, report, ref, text, common)
+            out += _points(trial, report, ref, text, reports, common)
         else:
             stopped = rungs.stopped_at(report) if rungs is not None and ray_state == TERMINATED else None
             out.append(_record(trial.trial_id, ray_state, dict(trial.config), report, ref, text,
-                               name=str(trial), stopped_at_rung=stopped, **common))
+                               name=str(trial), stopped_at_rung=stopped, history=_history(reports), **common))
     return out
 
 
-def _points(trial, report: dict, ref: CheckpointRef | None, text: str | None, common: dict) -> list[TrialRecord]:
+def _points(trial, report: dict, ref: CheckpointRef | None, text: str | None, reports: list[dict],
+            common: dict) -> list[TrialRecord]:
     """A fused trial's points: each with its config, its own report, its folder of the checkpoint."""
-    members = report.get(MEMBERS) or []
-    whole = {k: v for k, v in report.items() if k != MEMBERS}
     params = trial.config.get(PARAMS) or [{} for _ in trial.config[POINTS]]
     out = []
     for i, (point_params, point_config) in enumerate(zip(params, trial.config[POINTS], strict=True)):
-        own = members[i] if i < len(members) else {}
+        own = point_report(report, i)
         alone = own.get("error")  # a point that failed while the others went on
         out.append(_record(f"{trial.trial_id}_p{i}", ERROR if alone else common["ray_state"],
-                           Point(point_params, point_config).trial_config, {**whole, **own},
-                           ref and ref.folder(point_folder(i)), alone or text, name=f"{trial}_p{i}", **common))
+                           Point(point_params, point_config).trial_config, own,
+                           ref and ref.folder(point_folder(i)), alone or text, name=f"{trial}_p{i}",
+                           history=_history(point_report(r, i) for r in reports), **common))
     return out
+
+
+def point_report(report: dict, i: int) -> dict:
+    """Point i's report within a fused trial's: the trial's keys, then the point's own."""
+    members = report.get(MEMBERS) or []
+    whole = {k: v for k, v in report.items() if k != MEMBERS}
+    return {**whole, **(members[i] if i < len(members) else {})}
+
+
+def saved_reports(table: Any) -> list[dict]:
+    """The rows of a trial's saved results table (None: none saved) as reports, empty cells left out."""
+    if table is None or len(table) == 0:
+        return []
+    return [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+            for row in table.to_dict("records")]
+
+
+def _history(reports: Iterable[dict]) -> tuple[dict[str, Any], ...]:
+    """Each report's epoch and metrics (not Ray's bookkeeping, not its best-so-far)."""
+    return tuple({k: v for k, v in r.items() if k == "epoch" or is_metric(k)} for r in reports if "epoch" in r)
 
 
 def _record(trial_id: str, state: str, config: dict, report: dict, checkpoint: CheckpointRef | None,
@@ -138,9 +166,15 @@ def _error_text(trial) -> str:
     return text or ""
 
 
+def histories_of(records: Iterable[TrialRecord]) -> dict[str, tuple[dict[str, Any], ...]]:
+    """Each record's history by its trial id."""
+    return {record.trial_id: record.history for record in records}
+
+
 def saved_records(experiment_path: str, rungs: Rungs | None = None) -> list[TrialRecord]:
     """The records of the trials of the Ray experiment saved at `experiment_path` (`rungs`: the
     sweep's ASHA rungs, see records_of)."""
     from ray.tune import ExperimentAnalysis  # noqa: PLC0415 records and their readers (MLflow) load no Ray
 
-    return records_of(ExperimentAnalysis(experiment_path).trials, rungs=rungs)
+    analysis = ExperimentAnalysis(experiment_path)  # reads every trial's reports (result.json) too
+    return records_of(analysis.trials, rungs=rungs, histories=analysis.trial_dataframes)

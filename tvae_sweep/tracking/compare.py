@@ -27,6 +27,12 @@ def compared_key(spec: SweepSpec) -> str | None:
     return next((key for key, p in spec.space.items() if p.type == "preset"), None)
 
 
+def seed_metrics(frame: pd.DataFrame) -> list[str]:
+    """The reported metrics (aggregate.reported_metrics) compared seed by seed: each once, not its
+    replicates' `<m>_seed<s>` or `<m>_std`."""
+    return [m for m in reported_metrics(frame) if not SEED.search(m) and not m.endswith(STD)]
+
+
 def by_seed(frame: pd.DataFrame, models: pd.Series, metric: str, default_seed: int) -> pd.DataFrame:
     """A (seed x model) table of `metric`: each finished trial's value at its train.seed, or its
     replicates' `<metric>_seed<s>` values where it has them."""
@@ -54,9 +60,8 @@ def comparisons(frame: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
     if key is None or spec.baseline is None or done.empty:
         return pd.DataFrame(columns=COLUMNS)
     models = axis_values(done, key, spec.space[key])
-    metrics = [m for m in reported_metrics(done) if not SEED.search(m) and not m.endswith(STD)]
     rows = []
-    for metric in metrics:
+    for metric in seed_metrics(done):
         table = by_seed(done, models, metric, spec.run.train.seed)
         if spec.baseline not in table:
             continue

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from ..sweep.spec import SweepSpec
@@ -141,4 +142,26 @@ def importance_figure(table: pd.DataFrame) -> Figure | None:
         ax.grid(axis="x", alpha=0.3)
     first = table.iloc[0]
     fig.suptitle(f"Which searched keys matter ({first['evaluator']}, {first['trials']} finished trials)", fontsize=10)
+    return fig
+
+
+def curves_figure(table: pd.DataFrame | None, metrics: list[str]) -> Figure | None:
+    """Learning curves (a curves table: group, epoch, metric, n, mean, ..., ci_low, ci_high), one
+    panel per metric of `metrics`: each group's mean against the epoch, its 95% interval a band."""
+    if table is None or table.empty or not metrics:
+        return None
+    fig = _figure(3.6 * len(metrics) + 0.6, 3.4)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        for group, curve in table[table["metric"] == metric].groupby("group", sort=False):
+            line, = ax.plot(curve["epoch"], curve["mean"], "o-", markersize=3, label=_short(group))
+            ax.fill_between(curve["epoch"], curve["ci_low"].astype(float), curve["ci_high"].astype(float),
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Learning curves: each group's mean over its seeds, the band its 95% interval", fontsize=10)
     return fig

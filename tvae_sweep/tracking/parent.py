@@ -91,11 +91,12 @@ class ParentRun:
                 self.runs.discard(run, "its driver was killed before Ray saved this trial, "
                                        "so the resumed sweep replaced it with a new trial")
 
-    def publish(self, frame: pd.DataFrame, final: bool) -> None:
+    def publish(self, frame: pd.DataFrame, final: bool, histories: publish.Histories | None = None) -> None:
         """Aggregated tables to the results folder and the parent run after every finished trial;
-        figures at the end and during the sweep at most every figure_interval seconds."""
+        figures at the end and during the sweep at most every figure_interval seconds; the learning
+        curves where the trials' `histories` are given (at the end)."""
         draw = final or time.monotonic() - self.last_figures >= self.figure_interval
-        result = publish.compute(frame, self.spec, self.sweep, figures=draw)
+        result = publish.compute(frame, self.spec, self.sweep, figures=draw, histories=histories)
         if draw:
             self.last_figures = time.monotonic()
         step = result.finished if result.finished > self.step else None
@@ -141,10 +142,10 @@ class ConfirmationParent(ParentRun):
         parent.discard_lost_trials(saved_trials, writer)  # the stage's own children only
         return parent
 
-    def publish(self, frame: pd.DataFrame, final: bool) -> None:
+    def publish(self, frame: pd.DataFrame, final: bool, histories: publish.Histories | None = None) -> None:
         """The stage's tables on the parent under `<stage>/` after every finished trial (its
-        aggregates in its own folder), and its figures at the end."""
-        result = publish.compute(frame, self.spec, self.sweep, figures=final)
+        aggregates in its own folder), and its figures (and learning curves) at the end."""
+        result = publish.compute(frame, self.spec, self.sweep, figures=final, histories=histories)
         stage, parent = self.runs.stage, self.run_id
         for key, table in result.tables.items():
             self.runs.put_table(parent, table, f"{stage}/{publish.FOLDER}/{key}.json")

@@ -3,7 +3,9 @@
 Files: <key>.parquet per searched key (value, metric, mean, std, ci_low, ci_high, best, count),
 <key>_summary.parquet for the first preset key (one row per preset: <metric>_mean, <metric>_std,
 <metric>_ci_low, <metric>_ci_high, count), comparisons.parquet where the spec names a baseline preset
-(each other preset against it, seed by seed: compare.py), pareto.png,
+(each other preset against it, seed by seed: compare.py), curves.parquet and curves.png (each
+metric at every evaluated epoch per group of trials that differ only by seed: curves.py; where the
+trials' histories are given, at the end of a sweep, in `report` and `collect`), pareto.png,
 metrics_by_axis.png, best_traversals.png; for a spec with a preset key (the paper's models), the
 best trial of each preset's forecast (forecasts.png, the paper's Figure 1) and topographic map
 (topographic_maps.png, Figure 3); importance.parquet (objective, param, importance, evaluator,
@@ -27,7 +29,9 @@ from ..sweep.results import hypervolume_summary, ranked, write_table
 from ..sweep.spec import SweepSpec
 from .aggregate import axis_tables, axis_values, finished, wide_table
 from .compare import compared_key, comparisons
-from .figures import axes_figure, importance_figure, pareto_figure, save, traversals_figure
+from .curves import FILE as CURVES
+from .curves import Histories, curve_table, headline
+from .figures import axes_figure, curves_figure, importance_figure, pareto_figure, save, traversals_figure
 from .importance import Importance, importance_metrics, param_importance
 
 FOLDER = "aggregates"
@@ -49,6 +53,7 @@ class Aggregates:
     comparisons: pd.DataFrame | None = None  # each preset against the baseline, where the spec names one
     hypervolume: dict | None = None  # the front's (results.hypervolume_summary), for several objectives
     importance: Importance | None = None  # each objective's parameter importance, computed with the figures
+    curves: pd.DataFrame | None = None  # the learning curves, where the trials' histories were given
 
 
 def folder(sweep: SweepDir) -> Path:
@@ -67,9 +72,11 @@ def objective(spec: SweepSpec) -> tuple[str, str]:
     return spec.search.metrics[0], spec.search.modes[0]
 
 
-def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool = True) -> Aggregates:
+def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool = True,
+            histories: Histories | None = None) -> Aggregates:
     """Tables (and figures, which take seconds to draw) from a trials frame, written into the
-    sweep's aggregates folder."""
+    sweep's aggregates folder; the learning curves too where the trials' `histories` (trial id ->
+    its reports: records.histories_of) are given."""
     out = folder(sweep)
     out.mkdir(parents=True, exist_ok=True)
     tables = axis_tables(frame, spec)
@@ -87,6 +94,9 @@ def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool
     if spec.baseline is not None:
         result.comparisons = comparisons(frame, spec)
         result.comparisons.to_parquet(out / f"{COMPARISONS}.parquet", index=False)
+    if histories is not None:
+        result.curves = curve_table(frame, spec, histories)
+        result.curves.to_parquet(out / f"{CURVES}.parquet", index=False)
     if not figures:
         return result
     result.importance = param_importance(frame, spec)  # a random forest per objective: seconds for a big sweep
@@ -94,7 +104,8 @@ def compute(frame: pd.DataFrame, spec: SweepSpec, sweep: SweepDir, figures: bool
                 {NOTES_KEY: json.dumps(result.importance.notes).encode()})
     drawn = {"pareto.png": pareto_figure(frame), "metrics_by_axis.png": axes_figure(frame, spec),
              "best_traversals.png": traversals_figure(best_pictures(frame, spec, sweep, TRAVERSAL_FILE)),
-             f"{IMPORTANCE}.png": importance_figure(result.importance.table)}
+             f"{IMPORTANCE}.png": importance_figure(result.importance.table),
+             f"{CURVES}.png": curves_figure(result.curves, headline(result.curves))}
     if key is not None:
         drawn["forecasts.png"] = traversals_figure(pictures_by_value(frame, spec, sweep, key, FORECAST_FILE), 2)
         drawn["topographic_maps.png"] = traversals_figure(pictures_by_value(frame, spec, sweep, key, MAP_FILE))
@@ -148,6 +159,8 @@ def log_on_parent(runs, result: Aggregates, step: int | None) -> None:
         runs.put_table(parent, table, f"{FOLDER}/{key}.json")
     if result.comparisons is not None:
         runs.put_table(parent, result.comparisons, f"{FOLDER}/{COMPARISONS}.json")
+    if result.curves is not None:
+        runs.put_table(parent, result.curves, f"{FOLDER}/{CURVES}.json")
     for path in result.figures.values():
         runs.put_file(parent, path, FOLDER)
     if step is not None:

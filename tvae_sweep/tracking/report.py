@@ -10,6 +10,8 @@ from ..metrics import DERIVED
 from ..sweep.layout import SweepDir
 from ..sweep.results import hypervolume_line, pareto_trials
 from ..sweep.spec import SweepSpec
+from .curves import FILE as CURVES
+from .curves import headline, shown_epochs
 from .importance import Importance
 from .publish import FOLDER, IMPORTANCE, Aggregates, objective
 from .stats import excludes_zero
@@ -193,6 +195,39 @@ def importance_sections(importance: Importance | None, figures: dict) -> tuple[l
     return text, md
 
 
+def curve_cell(row: pd.Series) -> str:
+    """'mean [ci_low, ci_high] (n = k)', or the mean and no interval for one seed."""
+    if missing(row["ci_low"]) or missing(row["ci_high"]):
+        return f"{fmt(row['mean'])} {NO_INTERVAL}"
+    return f"{fmt(row['mean'])} {ci(row['ci_low'], row['ci_high'])} (n = {row['n']})"
+
+
+def curves_markdown(table: pd.DataFrame | None, figures: dict) -> list[str]:
+    """The report's Learning curves section: per headline metric, a table of group x epoch (at
+    most six evaluated epochs, curves.shown_epochs), and the figure."""
+    if table is None:
+        return []
+    md = ["## Learning curves", ""]
+    metrics = headline(table)
+    if not metrics:
+        return md + ["No finished trial has an evaluated epoch yet.", ""]
+    epochs = shown_epochs(table["epoch"])
+    md += [f"Each group's mean over its n seeds at evaluated epochs ({', '.join(map(str, epochs))} shown; "
+           f"every evaluated epoch and metric in `{FOLDER}/{CURVES}.parquet`), with the mean's 95% interval "
+           f"(Student t; {NO_INTERVAL} for one seed).", ""]
+    for metric in metrics:
+        rows = table[(table["metric"] == metric) & table["epoch"].isin(epochs)]
+        columns = [e for e in epochs if e in set(rows["epoch"])]
+        cells = []
+        for group, curve in rows.groupby("group", sort=False):
+            at = {row["epoch"]: curve_cell(row) for _, row in curve.iterrows()}
+            cells.append([fmt(group), *(at.get(e, "-") for e in columns)])
+        md += [f"### {metric}", "", markdown(cells, ["group", *(f"epoch {e}" for e in columns)]), ""]
+    if f"{CURVES}.png" in figures:
+        md += [f"![Learning curves]({FOLDER}/{CURVES}.png)", ""]
+    return md
+
+
 def render(name: str, frame: pd.DataFrame, spec: SweepSpec, result: Aggregates,
            mlflow_line: str | None) -> tuple[str, str]:
     """(terminal text, markdown) of a sweep's aggregated results."""
@@ -217,7 +252,7 @@ def render(name: str, frame: pd.DataFrame, spec: SweepSpec, result: Aggregates,
         text += [text_table(table, key), ""]
         md += [f"## {key}", "", markdown_table(table, key), ""]
     importance_text, importance_md = importance_sections(result.importance, result.figures)
-    text, md = text + importance_text, md + importance_md
+    text, md = text + importance_text, md + importance_md + curves_markdown(result.curves, result.figures)
     for file, title in FIGURES:
         if file in result.figures:
             md += [f"## {title}", "", f"![{title}]({FOLDER}/{file})", ""]

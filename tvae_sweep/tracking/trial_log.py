@@ -23,6 +23,7 @@ from ..sweep.rungs import asha_rungs
 from ..sweep.spec import SweepSpec
 from . import store as stores
 from .children import ChildRuns
+from .curves import Histories
 from .parent import ConfirmationParent, ParentRun
 from .writer import Writer
 
@@ -73,9 +74,11 @@ class TrialLog:
     def guard(self, name: str):
         return self.writer.guard(name)
 
-    def close(self, status: str, frame: pd.DataFrame | None = None, error: BaseException | None = None) -> None:
+    def close(self, status: str, frame: pd.DataFrame | None = None, error: BaseException | None = None,
+              histories: Histories | None = None) -> None:
         """Settles every run after the sweep stopped: children by their trial's state (unfinished
-        ones KILLED), the final aggregates on the parent, the parent FINISHED, KILLED or FAILED."""
+        ones KILLED), the final aggregates on the parent (the learning curves where the trials'
+        `histories` are given), the parent FINISHED, KILLED or FAILED."""
         if self.parent is None:
             return
         self.writer.drain()  # what the hooks handed over is logged first
@@ -84,7 +87,7 @@ class TrialLog:
                 frame = self.saved_trials()
             self.children.settle(frame)
             if len(frame):
-                self.parent.publish(frame, final=True)
+                self.parent.publish(frame, final=True, histories=histories)
         with self.guard("close"):
             self.parent.close(status, error)
 
