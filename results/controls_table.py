@@ -1,0 +1,78 @@
+"""The controls table of results/README.md, from a replicated sweep's trials.parquet.
+
+    python results/controls_table.py results/reference/learned_equivariance/trials.parquet
+
+One row per config (its searched values), each cell the mean over the trial's seeds with its 95%
+interval (tvae_sweep.tracking.stats.interval, the aggregates' own): what training changed in the
+equivariance ratio, the ratio at the posterior means against the input-free control (each frame's u
+from a random test frame), what training changed in E_eq itself, roll gain and its lead over the
+reversed roll, the likelihood and kl_z. Differences are taken seed by seed.
+"""
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+import pandas as pd
+
+from tvae_sweep.tracking.stats import interval
+
+SEED = re.compile(r"^final/log_likelihood_seed(\d+)$")
+SHORT = {"model.coherence_window": "window", "model.n_off_diag": "n_off_diag", "model.mu_init": "mu",
+         "model.n_caps": "n_caps", "model.cap_dim": "cap_dim", "model.shift": "shift"}
+
+
+def seeds_of(frame: pd.DataFrame) -> list[int]:
+    return sorted(int(m.group(1)) for c in frame.columns if (m := SEED.match(c)))
+
+
+def per_seed(row: pd.Series, metric: str, seeds: list[int]) -> np.ndarray:
+    return np.array([row[f"final/{metric}_seed{s}"] for s in seeds], dtype=float)
+
+
+def cell(values: np.ndarray, digits: int) -> str:
+    low, high = interval(values)
+    return f"{np.nanmean(values):.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def row_cells(row: pd.Series, seeds: list[int]) -> dict[str, str]:
+    def v(metric):
+        return per_seed(row, metric, seeds)
+
+    return {
+        "ratio learned": cell(v("equivariance_ratio_learned"), 3),
+        "at mean": cell(v("equivariance_ratio_at_mean"), 3),
+        "input-free": cell(v("equivariance_ratio_input_free"), 3),
+        "at mean - input-free": cell(v("equivariance_ratio_at_mean") - v("equivariance_ratio_input_free"), 3),
+        "E_eq learned": cell(v("equivariance_error_learned"), 1),
+        "roll gain - reversed": cell(v("roll_gain") - v("roll_gain_reversed"), 1),
+        "log p(x)": cell(v("log_likelihood"), 1),
+        "kl_z": cell(v("kl_z"), 2),
+    }
+
+
+def table(frame: pd.DataFrame) -> pd.DataFrame:
+    seeds = seeds_of(frame)
+    searched = [c for c in frame.columns if c.startswith("config/") and frame[c].nunique() > 1
+                and c != "config/train.seed"]
+    rows = []
+    for _, row in frame[frame["state"] == "TERMINATED"].iterrows():
+        config = {SHORT.get(c[7:], c[7:]): row[c] for c in searched}
+        if "n_off_diag" in config:
+            config["K"] = 2 * int(config.pop("n_off_diag")) + 1
+        rows.append({**config, "n": len(seeds), **row_cells(row, seeds)})
+    out = pd.DataFrame(rows)
+    keys = [k for k in ("mu", "window", "K") if k in out] or list(out.columns[:1])
+    return out[keys + [c for c in out.columns if c not in keys]].sort_values(keys)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---:" if i else "---" for i in range(len(frame.columns))) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+if __name__ == "__main__":
+    print(markdown(table(pd.read_parquet(sys.argv[1]))))
