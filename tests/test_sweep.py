@@ -330,7 +330,7 @@ def timed(i: int, state: str, epochs: int, seconds: float, config: dict | None =
 
 def test_the_eta_costs_each_trials_epochs_at_its_own_rate_and_fills_the_free_slot_first():
     """4 trials of 10 epochs, 2 at once: trial 0 takes 10 s an epoch, trial 1 2 s; the two not yet
-    created cost the mean, 6 s an epoch, each on the slot that frees first."""
+    created cost the median, 6 s an epoch, each on the slot that frees first."""
     eta = Eta(total=4, epochs=10)
     assert eta.seconds_left([record(0, "RUNNING", 0)]) is None and eta.planned([]) == 40  # nothing reported
     running = [timed(0, "RUNNING", 2, 20.0), timed(1, "RUNNING", 2, 4.0)]  # 80 s and 16 s left
@@ -355,6 +355,22 @@ def test_the_eta_of_a_fused_trial_is_its_own_and_its_points_share_it():
     not yet created, which runs alone after them."""
     fused = [timed(i, "RUNNING", 5, 40.0, ray_id="8e3f1_00000") for i in (0, 1)]
     assert Eta(total=3, epochs=10).seconds_left(fused) == pytest.approx(5 * 8.0 + 10 * 4.0)
+
+
+def test_the_trials_not_started_cost_the_median_rate_of_the_latest_two_per_slot():
+    """Two costly warm starts first, then three cheap trials: with one slot, the two latest price the
+    trial not yet created, not the warm starts."""
+    eta = Eta(total=6, epochs=10)
+    ended = [timed(i, "TERMINATED", 10, seconds, ray_state="TERMINATED")
+             for i, seconds in enumerate((100.0, 100.0, 10.0, 20.0))]
+    assert eta.seconds_left([*ended, timed(4, "RUNNING", 5, 15.0)]) == pytest.approx(5 * 3.0 + 10 * 2.5)
+
+
+def test_the_console_counts_the_trials_running_as_each_starts():
+    console = TrialConsole([], ["log_likelihood"], total=4, epochs=3, stream=io.StringIO())
+    both = [ray_trial(0, "RUNNING", 0), ray_trial(1, "RUNNING", 0)]
+    console.on_trial_start(0, both, both[1])
+    assert console.eta.slots == 2
 
 
 def test_the_last_slot_to_free_ends_the_sweep():

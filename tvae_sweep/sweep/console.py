@@ -210,6 +210,7 @@ class TrialConsole(Callback):
         self.draw(trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.eta.observe(sum(t.status == RUNNING for t in trials))
         records = records_of([trial])
         if not self.interactive:
             self.event([r for r in records if r.trial_id not in self.seen], "started")

@@ -4,18 +4,21 @@ An epoch's cost differs several-fold between configs (18 capsules of 18 against 
 of epochs per second over the whole sweep misleads whenever the expensive trials run first (the
 warm starts) or last. Instead each Ray trial's seconds per epoch are its own (Ray's time_total_s
 over the epochs it reported): a running trial's remaining epochs cost its own rate, a trial not
-started yet the mean rate of the trials seen so far (per point, for fused trials). That work is then
-laid on the sweep's slots (the most trials seen running at once), each waiting trial on the slot
-that frees first; the sweep ends when the last slot frees.
+started yet the median rate of the latest trials, two per slot (per point, for fused trials): a
+sampler's next configs resemble its latest ones more than its first (warm starts, startup trials).
+That work is then laid on the sweep's slots (the most trials seen running at once), each waiting
+trial on the slot that frees first; the sweep ends when the last slot frees.
 """
 from __future__ import annotations
 
 import heapq
 import math
 from collections import defaultdict
-from statistics import fmean
+from statistics import median
 
 from .records import RUNNING, TrialRecord
+
+RECENT_PER_SLOT = 2  # the trials whose rates price the ones not started yet, per slot
 
 
 def done_epochs(records: list[TrialRecord]) -> int:
@@ -36,19 +39,21 @@ class Eta:
         """Every epoch the sweep will have trained: the trials seen, and the ones not yet created."""
         return sum(map(self.planned_of, records)) + max(self.total - len(records), 0) * self.epochs
 
+    def observe(self, running: int) -> None:
+        """`running` Ray trials at once: at least as many slots (told as each trial starts)."""
+        self.slots = max(self.slots, running)
+
     def seconds_left(self, records: list[TrialRecord]) -> float | None:
         """None until a trial has reported an epoch."""
-        trials = defaultdict(list)  # the points of each Ray trial
-        for r in records:
-            trials[r.ray_id].append(r)
-        running = {ray_id for ray_id, points in trials.items()
-                   if points[0].ray_state == RUNNING or any(p.state == RUNNING for p in points)}
-        self.slots = max(self.slots, len(running))
+        trials = by_trial(records)
+        running = running_trials(trials)
+        self.observe(len(running))
         rates = {ray_id: points[0].time_s / points[0].epochs for ray_id, points in trials.items()
                  if points[0].epochs > 0 and math.isfinite(points[0].time_s)}
         if not rates:
             return None
-        point_rate = fmean(rates[ray_id] / len(trials[ray_id]) for ray_id in rates)
+        recent = list(rates)[-RECENT_PER_SLOT * self.slots:]  # Ray lists its trials as it creates them
+        point_rate = median(rates[ray_id] / len(trials[ray_id]) for ray_id in recent)
 
         def left(points: list[TrialRecord]) -> float:
             rate = rates.get(points[0].ray_id, point_rate * len(points))
@@ -59,6 +64,19 @@ class Eta:
                    if ray_id not in running and not all(p.finished for p in points)]
         waiting += [self.epochs * point_rate] * max(self.total - len(records), 0)
         return finish_time(busy, waiting, self.slots)
+
+
+def by_trial(records: list[TrialRecord]) -> dict[str, list[TrialRecord]]:
+    """The records (points) of each Ray trial, in Ray's order."""
+    trials = defaultdict(list)
+    for r in records:
+        trials[r.ray_id].append(r)
+    return trials
+
+
+def running_trials(trials: dict[str, list[TrialRecord]]) -> set[str]:
+    return {ray_id for ray_id, points in trials.items()
+            if points[0].ray_state == RUNNING or any(p.state == RUNNING for p in points)}
 
 
 def finish_time(busy: list[float], waiting: list[float], slots: int) -> float:
