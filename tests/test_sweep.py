@@ -6,6 +6,7 @@ import os
 import re
 import time
 import types
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -18,7 +19,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from sweeps import run_cli, sweep_spec, trials
 
-from benchmarks.eta_accuracy import rows, stages
+from benchmarks.eta_accuracy import replayed, rows, saved_reports, stages
 from tvae_sweep.sweep.console import TrialConsole, short_names
 from tvae_sweep.sweep.eta import Eta, finish_time
 from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
@@ -503,3 +504,19 @@ def test_the_eta_benchmark_reads_each_stages_estimates_against_its_end():
     assert list(by_stage) == ["search", "confirm"]
     assert rows(by_stage["search"]) == [("10:01:00", 0.5, 90.0, 120.0)]
     assert rows(by_stage["confirm"]) == [("10:04:00", 0.25, 3720.0, 60.0)]
+
+
+def test_the_eta_benchmark_replays_the_current_estimator_on_a_saved_sweep(tmp_path):
+    """Two trials of 4 epochs at once, 10 s an epoch: at 10:00:20 each has reported 2 epochs, so
+    20 s are left, and the third trial (not yet created) takes 40 s more on the first slot to free."""
+    start = datetime(2026, 12, 3, 10, 0, 0).timestamp()
+    for trial_id in ("a", "b"):
+        folder = tmp_path / f"train_trial_{trial_id}"
+        folder.mkdir()
+        reports = [{"trial_id": trial_id, "training_iteration": e, "time_total_s": 10.0 * e,
+                    "timestamp": int(start + 10 * e)} for e in range(1, 5)]
+        (folder / "result.json").write_text("\n".join(json.dumps(r) for r in reports))
+    log = ["sweep s: 3 trials, results in /r", "10:00:00  trial a started", "10:00:00  trial b started",
+           "10:00:20  0/3 trials done, 2 running, 1 pending; 4/12 epochs; 0m20s elapsed, about 9m00s to go",
+           "10:01:20  trial c finished after 4 epochs"]
+    assert replayed(log, saved_reports(tmp_path), epochs=4) == [("10:00:20", 4 / 12, 60.0, 60.0)]
