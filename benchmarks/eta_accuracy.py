@@ -23,7 +23,6 @@ from tvae_sweep.sweep.records import RUNNING, TERMINATED, TrialRecord
 
 STAMP = r"(\d\d:\d\d:\d\d)  "
 PROGRESS = re.compile(STAMP + r".*?; (\d+)/(\d+) epochs; .*?, about (?:(\d+)h)?(\d+)m(?:(\d+)s)? to go")
-TRIAL_END = re.compile(STAMP + r"trial \S+ (finished|failed|stopped)")
 TRIAL_EVENT = re.compile(STAMP + r"trial (\S+) (started|finished|failed|stopped)")
 TOTAL = re.compile(r"^sweep \S+(?:, \w+ stage)?: (\d+) trials")
 STAGE = re.compile(r"^sweep \S+, (\w+) stage:")
@@ -47,7 +46,7 @@ def stages(lines: list[str]) -> dict[str, list[str]]:
 
 def rows(lines: list[str]) -> list[tuple[str, float, float, float]]:
     """(time, share of epochs done, ETA s, true s) for each progress line of one stage."""
-    ends = [clock(m.group(1)) for line in lines if (m := TRIAL_END.match(line))]
+    ends = [clock(m.group(1)) for line in lines if (m := TRIAL_EVENT.match(line)) and m.group(3) != "started"]
     if not ends:
         return []
     end, out = ends[-1], []
