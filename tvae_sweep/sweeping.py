@@ -332,7 +332,7 @@ def report(name: str, tracking_uri: str | None, results_dir: Path | None) -> tup
     """A sweep's aggregated results: (the terminal's text, the report.md written)."""
     store, experiment, sweep = sweep_store(name, results_dir, tracking_uri)
     spec = load_saved_spec(sweep)
-    records = saved_trial_records(sweep)  # the experiment, read once: the trials and their histories
+    records = saved_trial_records(sweep, histories=True)  # the experiment, read once: trials and histories
     frame = frame_of(records)
     result = publish.compute(frame, spec, sweep, histories=histories_of(records))
     mlflow_line = None

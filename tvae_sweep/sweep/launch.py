@@ -223,7 +223,7 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
         grid = tuner.fit()
     raise_first(r.error for r in grid)  # trials that failed for a full disk: the sweep stops, resumable
     failed = sum(1 for r in grid if r.error is not None)
-    records = saved_records(path, asha_rungs(spec))  # the experiment, read once
+    records = saved_records(path, asha_rungs(spec), histories=True)  # the experiment, read once
     unfinished = sum(1 for r in records if not r.finished)
     exhausted = space_exhausted(sweep.name, sweep.optuna_db)  # the searcher ended it early
     ended = (len(grid) >= state.get("ray_trials", state["num_trials"]) or exhausted) and not unfinished
@@ -239,14 +239,14 @@ def fused_trial_folder(trial) -> str:
     return f"fused_{trial.trial_id}"
 
 
-def saved_trial_records(sweep: SweepDir) -> list[TrialRecord]:
-    """The records of the sweep's trials as Ray saved them, each with its history; a one-line error
-    when Ray saved none yet."""
+def saved_trial_records(sweep: SweepDir, histories: bool = False) -> list[TrialRecord]:
+    """The records of the sweep's trials as Ray saved them (each with its history where `histories`);
+    a one-line error when Ray saved none yet."""
     path = sweep.read_state()["experiment_path"]
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"sweep {sweep.name} has no trials saved in {path} yet (Ray saves them once its first "
                           f"trial starts); if its launch stopped, `tvae-sweep resume {sweep.name}` runs them")
-    return saved_records(path, asha_rungs(load_saved_spec(sweep)))
+    return saved_records(path, asha_rungs(load_saved_spec(sweep)), histories)
 
 
 def saved_trials(sweep: SweepDir):

@@ -171,10 +171,11 @@ def histories_of(records: Iterable[TrialRecord]) -> dict[str, tuple[dict[str, An
     return {record.trial_id: record.history for record in records}
 
 
-def saved_records(experiment_path: str, rungs: Rungs | None = None) -> list[TrialRecord]:
+def saved_records(experiment_path: str, rungs: Rungs | None = None, histories: bool = False) -> list[TrialRecord]:
     """The records of the trials of the Ray experiment saved at `experiment_path` (`rungs`: the
-    sweep's ASHA rungs, see records_of)."""
+    sweep's ASHA rungs, see records_of), each with its history where `histories` (for the learning
+    curves at a sweep's end: converting every report is left out of the readers that need states only)."""
     from ray.tune import ExperimentAnalysis  # noqa: PLC0415 records and their readers (MLflow) load no Ray
 
     analysis = ExperimentAnalysis(experiment_path)  # reads every trial's reports (result.json) too
-    return records_of(analysis.trials, rungs=rungs, histories=analysis.trial_dataframes)
+    return records_of(analysis.trials, rungs=rungs, histories=analysis.trial_dataframes if histories else None)
