@@ -2,7 +2,7 @@
 left to its stage's end (the search's last trial event; then the confirmation's).
 
     python -m benchmarks.eta_accuracy launch.log
-    python -m benchmarks.eta_accuracy launch.log --replay results/capsules/tune --epochs 16
+    python -m benchmarks.eta_accuracy launch.log --replay results/capsules/tune --epochs 16 --warm-starts 2
 
 prints, per stage, one row per progress line (time, share of the epochs done, ETA, true time left,
 error) and how many estimates past 10% of the epochs were within 25% of the truth. With --replay,
@@ -106,10 +106,11 @@ def most_running(lines: list[str], until: str) -> int:
     return most
 
 
-def replayed(lines: list[str], reports: dict[str, list[dict]], epochs: int) -> list[tuple[str, float, float, float]]:
+def replayed(lines: list[str], reports: dict[str, list[dict]], epochs: int,
+             given: int = 0) -> list[tuple[str, float, float, float]]:
     """rows() with each ETA replaced by the current Eta's at the same moment."""
     total = next(int(m.group(1)) for line in lines if (m := TOTAL.match(line)))
-    eta = Eta(total, epochs)
+    eta = Eta(total, epochs, given)
     out = []
     for t, done, _, true in rows(lines):
         eta.observe(most_running(lines, t))  # the console counts them as each trial starts
@@ -123,10 +124,11 @@ def main() -> None:
     parser.add_argument("log")
     parser.add_argument("--replay", type=Path, help="the search stage's Ray experiment folder (results/NAME/tune)")
     parser.add_argument("--epochs", type=int, help="train.epochs of the replayed sweep")
+    parser.add_argument("--warm-starts", type=int, default=0, help="search.warm_start's points of the replayed sweep")
     args = parser.parse_args()
     for name, lines in stages(Path(args.log).read_text().splitlines()).items():
         if args.replay and name == "search":
-            measured = replayed(lines, saved_reports(args.replay), args.epochs)
+            measured = replayed(lines, saved_reports(args.replay), args.epochs, args.warm_starts)
         else:
             measured = rows(lines)
         if measured:

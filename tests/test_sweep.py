@@ -367,6 +367,16 @@ def test_the_trials_not_started_cost_the_median_rate_of_the_latest_two_per_slot(
     assert eta.seconds_left([*ended, timed(4, "RUNNING", 5, 15.0)]) == pytest.approx(5 * 3.0 + 10 * 2.5)
 
 
+def test_the_warm_starts_price_the_trials_not_started_only_until_a_drawn_trial_reports():
+    """The spec's two warm starts at 10 s an epoch, then the sampler's first trial at 3 s: the trial
+    not yet created costs 3 s an epoch, not the median of 10 and 3."""
+    warm = [timed(i, "TERMINATED", 10, 100.0, ray_state="TERMINATED") for i in (0, 1)]
+    assert Eta(total=4, epochs=10, given=2).seconds_left(warm) == pytest.approx(2 * 10 * 10.0)
+    drawn = [*warm, timed(2, "RUNNING", 5, 15.0)]
+    assert Eta(total=4, epochs=10, given=2).seconds_left(drawn) == pytest.approx(5 * 3.0 + 10 * 3.0)
+    assert Eta(total=4, epochs=10).seconds_left(drawn) == pytest.approx(5 * 3.0 + 10 * 6.5)
+
+
 def test_the_console_counts_the_trials_running_as_each_starts():
     console = TrialConsole([], ["log_likelihood"], total=4, epochs=3, stream=io.StringIO())
     both = [ray_trial(0, "RUNNING", 0), ray_trial(1, "RUNNING", 0)]

@@ -102,7 +102,7 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
          tracking_uri: str | None, say: Say) -> Outcome:
     total, fused = num_trials(spec), ray_trials(spec)
     console = TrialConsole(list(spec.space), spec.search.metrics, total, epochs=spec.run.train.epochs,
-                           rungs=asha_rungs(spec))
+                           rungs=asha_rungs(spec), given=len(spec.search.warm_start))
     together = f" trained as {fused} fused trials" if spec.search.fuse else ""
     origin, stage = origin_of(sweep)
     say(f"{f'sweep {origin.name}, {stage} stage' if stage else f'sweep {sweep.name}'}: {total} trials{together}, "

@@ -5,7 +5,9 @@ of epochs per second over the whole sweep misleads whenever the expensive trials
 warm starts) or last. Instead each Ray trial's seconds per epoch are its own (Ray's time_total_s
 over the epochs it reported): a running trial's remaining epochs cost its own rate, a trial not
 started yet the median rate of the latest trials, two per slot (per point, for fused trials): a
-sampler's next configs resemble its latest ones more than its first (warm starts, startup trials).
+sampler's next configs resemble its latest ones more than its first (startup trials), and the warm
+starts, configs the spec gave rather than the sampler drew, price them only until another trial has
+reported.
 That work is then laid on the sweep's slots (the most trials seen running at once), each waiting
 trial on the slot that frees first; the sweep ends when the last slot frees.
 """
@@ -26,9 +28,10 @@ def done_epochs(records: list[TrialRecord]) -> int:
 
 
 class Eta:
-    def __init__(self, total: int, epochs: int):
-        """total: the sweep's trials (a fused trial's points one by one); epochs: train.epochs."""
-        self.total, self.epochs = total, epochs
+    def __init__(self, total: int, epochs: int, given: int = 0):
+        """total: the sweep's trials (a fused trial's points one by one); epochs: train.epochs;
+        given: the sweep's first trials whose configs the spec gave (search.warm_start)."""
+        self.total, self.epochs, self.given = total, epochs, given
         self.slots = 1  # the most Ray trials seen running at once
 
     def planned_of(self, record: TrialRecord) -> int:
@@ -52,7 +55,9 @@ class Eta:
                  if points[0].epochs > 0 and math.isfinite(points[0].time_s)}
         if not rates:
             return None
-        recent = list(rates)[-RECENT_PER_SLOT * self.slots:]  # Ray lists its trials as it creates them
+        given = set(list(trials)[:self.given])  # Ray lists its trials as it creates them
+        drawn = [ray_id for ray_id in rates if ray_id not in given] or list(rates)
+        recent = drawn[-RECENT_PER_SLOT * self.slots:]
         point_rate = median(rates[ray_id] / len(trials[ray_id]) for ray_id in recent)
 
         def left(points: list[TrialRecord]) -> float:
