@@ -242,8 +242,8 @@ def test_the_table1_grid_fuses_into_the_vaes_and_the_tvae_family(profile):
     groups = fused_groups(spec)
     assert ray_trials(spec) == 2 and num_trials(spec) == 18
     presets = [sorted({p.params["paper_model"] for p in group}) for group in groups]
-    assert presets == [["vae"], ["bubble", "tvae_L0", "tvae_L13_36", "tvae_L1_2", "tvae_L5_36"]]
-    assert [len(g) for g in groups] == [3, 15]
+    assert presets == [["bubble", "tvae_L0", "tvae_L13_36", "tvae_L1_2", "tvae_L5_36"], ["vae"]]  # costliest first
+    assert [len(g) for g in groups] == [15, 3]
     for group in groups:  # every group trains as one fused model
         check_members([trial_run_config(spec.base_dict(), p.config) for p in group])
 
@@ -327,11 +327,11 @@ def test_the_fused_grid_searcher_suggests_each_group_once_and_records_each_point
     again.restore(tmp_path / "searcher.json")
     second = again.suggest("b")
     assert again.suggest("c") == Searcher.FINISHED
-    assert [len(first[POINTS]), len(second[POINTS])] == [3, 15]
+    assert [len(first[POINTS]), len(second[POINTS])] == [15, 3]  # the costlier group first
     reports = [{"log_likelihood": -100.0 - i} for i in range(14)] + [{"error": "non-finite loss at epoch 1"}]
-    again.on_trial_complete("b", {MEMBERS: reports})
+    again.on_trial_complete("a", {MEMBERS: reports})  # the restored searcher ends the trial asked before
     trials = optuna.load_study(study_name="t1", storage=storage).trials
-    assert [t.user_attrs["ray_trial_id"] for t in trials] == [f"b_p{i}" for i in range(15)]
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == [f"a_p{i}" for i in range(15)]
     assert [t.values[0] for t in trials[:14]] == [-100.0 - i for i in range(14)]
     assert trials[14].state == TrialState.FAIL
 

@@ -154,3 +154,15 @@ def test_a_grid_runs_each_point_once_as_before():
     assert sorted(key(c) for c in configs) == sorted(key({"model.n_caps": n, "model.shift": s})
                                                      for n in (2, 3) for s in (0, 1, 2))
     assert [t.state for t in searcher._ot_study.get_trials()] == [TrialState.COMPLETE] * 6
+    assert [c["model.n_caps"] for c in configs] == [3, 3, 3, 2, 2, 2]  # the costliest points first
+
+
+def test_a_grid_of_presets_trains_its_largest_models_first_so_its_slots_end_together():
+    """A confirmation's bundles: the two of 18 capsules of 18 first, one on each slot, not one after
+    the other at the end as the seeded shuffle would have it."""
+    bundles = {"small_a": {"model.n_caps": 6, "model.cap_dim": 6}, "big_a": {"model.n_caps": 18, "model.cap_dim": 18},
+               "mid": {"model.n_caps": 12, "model.cap_dim": 9}, "big_b": {"model.n_caps": 18, "model.cap_dim": 18}}
+    spec = spec_from_dict(spec_raw(search={"algorithm": "grid", "metric": "log_likelihood", "mode": "max"},
+                                   space={"confirm": {"type": "preset", "values": bundles}}))
+    names = [c["confirm"] for c in run(optuna_search(spec, "bundles"), 4)]
+    assert set(names[:2]) == {"big_a", "big_b"} and names[2:] == ["mid", "small_a"]

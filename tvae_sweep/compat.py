@@ -7,6 +7,7 @@ rather than a sweep.
 from __future__ import annotations
 
 import atexit
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -54,3 +55,12 @@ def optuna_metrics(searcher) -> list[str]:
     metric = _private(searcher, "_metric", "to name the objectives of a failed trial")
     return metric if isinstance(metric, list) else [metric]
 
+
+
+def order_grid(sampler, key: Callable[[dict[str, Any]], Any]) -> None:
+    """Optuna's GridSampler._all_grids and _param_names: its trial n takes point n of a grid it
+    shuffled with its seed, and no public API orders the grid. A sweep sorts it by `key` (of each
+    point's {param: value}), stably, so points of one key keep the seed's order."""
+    grids = _private(sampler, "_all_grids", "to order a grid's points")
+    names = _private(sampler, "_param_names", "to order a grid's points")
+    grids.sort(key=lambda values: key(dict(zip(names, values, strict=True))))

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from ..training import shared_settings
-from .space import DefineByRun, grid_points, num_trials, trial_run_config
+from .space import DefineByRun, grid_points, num_trials, trial_cost, trial_run_config
 from .spec import SweepSpec
 
 POINTS = "fused_points"  # a fused trial's config: its points' configs (dotted keys), in order
@@ -48,14 +48,14 @@ def grid(spec: SweepSpec) -> list[Point]:
 
 
 def fused_groups(spec: SweepSpec) -> list[list[Point]]:
-    """The grid's points grouped by the settings fused members share, groups in the order of their
-    first point."""
+    """The grid's points grouped by the settings fused members share, the costliest group first
+    (space.trial_cost; ties in the order of their first point)."""
     base = spec.base_dict()
     groups: dict[str, list[Point]] = {}
     for point in grid(spec):
         shared = shared_settings(trial_run_config(base, point.config))
         groups.setdefault(json.dumps(shared, sort_keys=True), []).append(point)
-    return list(groups.values())
+    return sorted(groups.values(), key=lambda points: -sum(trial_cost(trial_run_config(base, p.config)) for p in points))
 
 
 def ray_trials(spec: SweepSpec) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from ..compat import order_grid
 from ..config import ConfigError, RunConfig, run_config_from_dict
 from .spec import RUN_SECTIONS, ParamSpec, SweepSpec
 
@@ -134,7 +135,18 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
     if s.algorithm == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
-    return optuna.samplers.GridSampler(grid_points(spec.space), seed=s.seed)
+    grid = optuna.samplers.GridSampler(grid_points(spec.space), seed=s.seed)
+    define, base = define_by_run(spec), spec.base_dict()
+    order_grid(grid, lambda params: -trial_cost(trial_run_config(base, define(optuna.trial.FixedTrial(params)))))
+    return grid
+
+
+def trial_cost(cfg: RunConfig) -> int:
+    """A trial's cost relative to another's: its epochs of its sequences, an epoch's cost growing with
+    the latent units (n_caps x cap_dim; on 2 cores 1.6 s at 36 units, 9.9 s at 324). A grid trains
+    its costliest points first (longest processing time first), so its slots end together rather
+    than one slot training the two largest points one after the other at the end."""
+    return cfg.model.n_caps * cfg.model.cap_dim * cfg.data.train_sequences * cfg.train.epochs
 
 
 def num_trials(spec: SweepSpec) -> int:
