@@ -55,8 +55,10 @@ def fused_groups(spec: SweepSpec) -> list[list[Point]]:
     for point in grid(spec):
         shared = shared_settings(trial_run_config(base, point.config))
         groups.setdefault(json.dumps(shared, sort_keys=True), []).append(point)
-    cost = {id(p): trial_cost(trial_run_config(base, p.config)) for group in groups.values() for p in group}
-    return sorted(groups.values(), key=lambda points: -sum(cost[id(p)] for p in points))
+
+    def cost(points: list[Point]) -> int:
+        return sum(trial_cost(trial_run_config(base, p.config)) for p in points)
+    return sorted(groups.values(), key=cost, reverse=True)  # stable: equal costs keep their order
 
 
 def ray_trials(spec: SweepSpec) -> int:
