@@ -379,7 +379,7 @@ def test_the_warm_starts_price_the_trials_not_started_only_until_a_drawn_trial_r
 
 def test_the_console_counts_the_trials_running_as_each_starts():
     console = TrialConsole([], ["log_likelihood"], total=4, epochs=3, stream=io.StringIO())
-    both = [ray_trial(0, "RUNNING", 0), ray_trial(1, "RUNNING", 0)]
+    both = [ray_trial(0, "RUNNING", 0), ray_trial(1, "PENDING", 0)]  # Ray marks trial 1 RUNNING after the callback
     console.on_trial_start(0, both, both[1])
     assert console.eta.slots == 2
 

@@ -212,7 +212,8 @@ class TrialConsole(Callback):
         self.draw(trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.eta.observe(sum(t.status == RUNNING for t in trials))
+        # Ray calls this before it marks `trial` RUNNING
+        self.eta.observe(sum(t.status == RUNNING or t is trial for t in trials))
         records = records_of([trial])
         if not self.interactive:
             self.event([r for r in records if r.trial_id not in self.seen], "started")
