@@ -61,7 +61,8 @@ REGISTRY: tuple[Metric, ...] = (
 )
 METRICS = {m.name: m for m in REGISTRY}
 PER_FACTOR = "capsule_correlation"  # the metric reported per varying factor too: <PER_FACTOR>_<factor>
-DERIVED = ("_init", "_learned")
+INIT, LEARNED = "_init", "_learned"  # <m>_init: at initialisation; <m>_learned: the final value minus it
+DERIVED = (INIT, LEARNED)
 
 
 STD = "_std"  # a replicated trial's standard deviation over its seeds: <m>_std
@@ -144,7 +145,7 @@ def reported_metrics(run) -> list[str]:
         for name in group:
             names.append(name)
             if m.at_init:
-                names += [f"{name}_init", f"{name}_learned"]
+                names += [name + INIT, name + LEARNED]
     return names
 
 
@@ -160,9 +161,9 @@ def learned(metrics: dict[str, float], init: dict[str, float]) -> dict[str, floa
     """`<m>_init` and `<m>_learned` (trained minus initialisation) for every init metric measured."""
     out = {}
     for name, value in init.items():
-        out[f"{name}_init"] = value
+        out[name + INIT] = value
         if name in metrics:
-            out[f"{name}_learned"] = metrics[name] - value
+            out[name + LEARNED] = metrics[name] - value
     return out
 
 

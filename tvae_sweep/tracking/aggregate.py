@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..metrics import best_of, is_metric, metric_order
+from ..metrics import SEED, STD, best_of, is_metric, metric_order
 from ..sweep.records import TERMINATED
 from ..sweep.results import pareto_trials
 from ..sweep.spec import ParamSpec, SweepSpec
@@ -41,6 +41,11 @@ def reported_metrics(frame: pd.DataFrame) -> list[str]:
     """The aggregated metrics that at least one trial of the frame reports, in the registry's order."""
     names = [c.removeprefix("final/") for c in frame if c.startswith("final/") and frame[c].notna().any()]
     return sorted((m for m in names if is_metric(m) and m not in TRAINING_ONLY), key=metric_order)
+
+
+def seed_metrics(frame: pd.DataFrame) -> list[str]:
+    """The reported metrics each once: not a replicated trial's `<m>_seed<s>` or `<m>_std`."""
+    return [m for m in reported_metrics(frame) if not SEED.search(m) and not m.endswith(STD)]
 
 
 def axis_values(frame: pd.DataFrame, key: str, param: ParamSpec) -> pd.Series:

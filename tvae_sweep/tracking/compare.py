@@ -13,9 +13,9 @@ import re
 
 import pandas as pd
 
-from ..metrics import SEED, STD, metric_mode
+from ..metrics import metric_mode
 from ..sweep.spec import SweepSpec
-from .aggregate import axis_values, finished, reported_metrics
+from .aggregate import axis_values, finished, seed_metrics
 from .stats import holm, paired, verdict
 
 COLUMNS = ["metric", "model", "baseline", "n", "diff", "ci_low", "ci_high", "p", "p_holm", "verdict"]
@@ -25,12 +25,6 @@ SEED_COLUMN = "config/train.seed"
 def compared_key(spec: SweepSpec) -> str | None:
     """The first preset key of the space: the named models a sweep compares."""
     return next((key for key, p in spec.space.items() if p.type == "preset"), None)
-
-
-def seed_metrics(frame: pd.DataFrame) -> list[str]:
-    """The reported metrics (aggregate.reported_metrics) compared seed by seed: each once, not its
-    replicates' `<m>_seed<s>` or `<m>_std`."""
-    return [m for m in reported_metrics(frame) if not SEED.search(m) and not m.endswith(STD)]
 
 
 def by_seed(frame: pd.DataFrame, models: pd.Series, metric: str, default_seed: int) -> pd.DataFrame:

@@ -27,8 +27,8 @@ from ..sweep.confirm import searched_config
 from ..sweep.results import row_config
 from ..sweep.space import trial_run_config
 from ..sweep.spec import SweepSpec
-from .aggregate import axis_values, finished
-from .compare import SEED_COLUMN, by_seed, compared_key, seed_metrics
+from .aggregate import axis_values, finished, seed_metrics
+from .compare import SEED_COLUMN, by_seed, compared_key
 from .stats import interval
 
 FILE = "curves"  # aggregates/curves.parquet and curves.png, and curves.json on the parent run

@@ -10,8 +10,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from ..metrics import INIT
 from ..sweep.spec import SweepSpec
-from .aggregate import axis_values, finished, pareto_front, reported_metrics
+from .aggregate import axis_values, finished, pareto_front, seed_metrics
 
 NOT_SAMPLED = "(not sampled)"
 
@@ -52,9 +53,12 @@ def pareto_figure(frame: pd.DataFrame) -> Figure | None:
 
 
 def axes_figure(frame: pd.DataFrame, spec: SweepSpec) -> Figure | None:
-    """Each metric (rows) against each searched key (columns): trials as dots, the mean as a line."""
+    """Each metric (rows: the objectives first, then each metric once, its value at initialisation
+    and a replicated trial's seeds left to the aggregates) against each searched key (columns):
+    trials as dots, the mean as a line."""
     done = finished(frame)
-    metrics = reported_metrics(done)
+    shown = [m for m in seed_metrics(done) if not m.endswith(INIT)]
+    metrics = [m for m in spec.search.metrics if m in shown] + [m for m in shown if m not in spec.search.metrics]
     keys = list(spec.space)
     if done.empty or not metrics or not keys:
         return None
