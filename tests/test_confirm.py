@@ -115,6 +115,10 @@ def test_the_derived_spec_is_a_grid_of_one_preset_key_trained_once_per_bundle(tm
     assert derived.run.train.seed == 1000 and derived.baseline == "vae" and derived.confirm is None
     assert derived.storage.path == str(tmp_path / "shared" / "capsules")
     assert (derived.data, derived.model) == (spec.data, spec.model)
+    # final values only: evaluated after the last epoch, trained as the search trained
+    assert derived.run.train.eval_every == derived.run.train.epochs == spec.run.train.epochs
+    assert derived.run.train.model_dump(exclude={"seed", "eval_every"}) == spec.run.train.model_dump(
+        exclude={"seed", "eval_every"})
 
 
 def test_a_spec_confirm_section_is_strict():

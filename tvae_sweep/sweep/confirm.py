@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import ConfigError, read_yaml
+from ..config import ConfigError, RunConfig, read_yaml
 from .layout import SweepDir
 from .results import pareto_trials, ranked, row_config
 from .space import trial_run_config
@@ -139,9 +139,13 @@ def new_seeds(frame: pd.DataFrame, spec: SweepSpec, n: int) -> list[int]:
 def confirm_raw(saved: dict, sweep_name: str, bundles: dict[str, dict[str, Any]], baseline: str | None,
                 seeds: list[int]) -> dict:
     """The confirmation's raw spec from the sweep's saved one: one preset key of the bundles, a grid
-    that trains each once under the seeds (train.seed, +1, ...), fifo, compared with `baseline`."""
+    that trains each once under the seeds (train.seed, +1, ...), fifo, evaluated at the end,
+    compared with `baseline`."""
     raw = {k: v for k, v in saved.items() if k not in ("space", "search", "baseline", CONFIRM)}
-    raw["train"] = {**(saved.get("train") or {}), "seed": seeds[0]}
+    train = saved.get("train") or {}
+    # evaluated after the last epoch only: the confirmation compares final values, and each
+    # evaluation along the way costs about half an epoch
+    raw["train"] = {**train, "seed": seeds[0], "eval_every": train.get("epochs", RunConfig().train.epochs)}
     raw["space"] = {CONFIRM: {"type": "preset", "values": bundles}}
     search = saved.get("search") or {}
     kept = {k: search[k] for k in ("metric", "mode", "max_concurrent", "seed", "hypervolume_reference") if k in search}
