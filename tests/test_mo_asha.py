@@ -3,6 +3,7 @@ decisions on constructed reports, and where a stopped trial's rung shows (record
 table, the console, the Optuna study)."""
 import io
 import math
+import pickle
 import random
 import types
 
@@ -15,6 +16,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from tvae_sweep.sweep.console import TrialConsole
 from tvae_sweep.sweep.launch import _scheduler
+from tvae_sweep.sweep.layout import SweepDir
 from tvae_sweep.sweep.mo_asha import MultiObjectiveAsha, crowding_distance, promoted, ranking
 from tvae_sweep.sweep.records import RUNNING, TERMINATED, records_of
 from tvae_sweep.sweep.results import frame_of
@@ -170,6 +172,30 @@ def test_a_report_without_the_objectives_waits_for_the_next_and_counts_at_its_hi
     assert asha.on_trial_result(None, first, result(6, -80.0, 1.0)) == TrialScheduler.CONTINUE
     assert [list(r) for r in asha.recorded] == [[], ["a", "b"], ["a"], []]
     assert rung_of(3, 1, 2, 10) == 1  # where the second trial shows as stopped
+
+
+def test_a_resumed_sweeps_scheduler_continues_from_the_rungs_saved_before_it_stopped(tmp_path):
+    """Ray resumes a sweep with the scheduler pickled at its launch, before any report: the rungs
+    come from the sweep's folder. A trial stopped before the interruption and resumed from an older
+    checkpoint is stopped again at that rung; a new trial meets the vectors recorded before."""
+    state = tmp_path / "rungs.json"
+    launched = pickle.dumps(MultiObjectiveAsha(["log_likelihood", "kl_z"], MAX_MIN, Rungs(1, 2, 8), state))
+    before = pickle.loads(launched)
+    assert before.on_trial_result(None, trial("good"), result(1, -100.0, 1.0)) == TrialScheduler.CONTINUE
+    assert before.on_trial_result(None, trial("bad"), result(1, -150.0, 2.0)) == TrialScheduler.STOP
+    resumed = pickle.loads(launched)  # a new driver: Tuner.restore
+    assert resumed.on_trial_result(None, trial("bad"), result(1, -150.0, 2.0)) == TrialScheduler.STOP
+    assert resumed.on_trial_result(None, trial("new"), result(1, -160.0, 2.5)) == TrialScheduler.STOP  # 3rd of 3
+    afresh = MultiObjectiveAsha(["log_likelihood", "kl_z"], MAX_MIN, Rungs(1, 2, 8))
+    assert afresh.on_trial_result(None, trial("new"), result(1, -160.0, 2.5)) == TrialScheduler.CONTINUE
+    assert [list(r) for r in resumed.recorded] == [["good", "bad", "new"], [], []]
+
+
+def test_a_sweep_keeps_multi_objective_ashas_rungs_in_its_folder(tmp_path):
+    raw = spec_raw(search={"algorithm": "random", "metric": ["log_likelihood", "kl_z"], "mode": ["max", "min"],
+                           "num_trials": 4, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2})
+    sweep = SweepDir(tmp_path / "name")
+    assert _scheduler(spec_from_dict(raw), sweep).state == sweep.rungs == tmp_path / "name" / "rungs.json"
 
 
 # ---------------------------------------------------------------- where a stopped trial shows

@@ -265,6 +265,9 @@ def test_multi_objective_asha_stops_trials_that_evaluate_every_other_epoch_and_n
     assert frame.loc[frame["epochs"] == 3, "stopped_at_rung"].isna().all()
     for trial_id in stopped["trial_id"]:
         assert re.search(rf"trial {trial_id} stopped by ASHA at rung 1 after 2 epochs", proc.stdout)
+    saved = json.loads((results / "moasha" / "rungs.json").read_text())  # what a resumed sweep continues from
+    assert saved["stopped"] == dict.fromkeys(stopped["trial_id"], 1)
+    assert set(saved["recorded"][1]) == set(frame["trial_id"])
 
     study = optuna.load_study(study_name="moasha", storage=f"sqlite:///{results / 'moasha' / 'optuna.db'}")
     pruned = study.get_trials(states=(TrialState.PRUNED,))

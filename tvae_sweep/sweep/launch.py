@@ -89,12 +89,13 @@ def _searcher(spec: SweepSpec, sweep: SweepDir):
     return optuna_search(spec, sweep.name, optuna.storages.RDBStorage(f"sqlite:///{sweep.optuna_db}"))
 
 
-def _scheduler(spec: SweepSpec):
+def _scheduler(spec: SweepSpec, sweep: SweepDir | None = None):
+    """Ray's scheduler of the spec; multi-objective ASHA keeps its rungs in the sweep's folder."""
     s = spec.search
     if s.scheduler == "pbt":
         return pbt_scheduler(spec)
     if s.scheduler == "asha" and s.multi_objective:
-        return MultiObjectiveAsha(s.metrics, s.modes, asha_rungs(spec))
+        return MultiObjectiveAsha(s.metrics, s.modes, asha_rungs(spec), sweep.rungs if sweep else None)
     if s.scheduler == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=spec.run.train.epochs,
                              grace_period=s.grace_period, reduction_factor=s.reduction_factor)
@@ -208,7 +209,7 @@ def fit(spec: SweepSpec, sweep: SweepDir, address: str | None, resume: bool, cal
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, sweep), scheduler=_scheduler(spec),
+                search_alg=_searcher(spec, sweep), scheduler=_scheduler(spec, sweep),
                 num_samples=ray_trials(spec), max_concurrent_trials=s.max_concurrent,
                 metric=s.metrics[0] if single and not s.fuse else None,
                 mode=s.modes[0] if single and not s.fuse else None,  # a fused trial reports per point

@@ -51,6 +51,11 @@ class SweepDir:
     def trials(self) -> Path:
         return self.root / "trials.parquet"
 
+    @property
+    def rungs(self) -> Path:
+        """Multi-objective ASHA's rungs (sweep/mo_asha.py), for a resumed sweep."""
+        return self.root / "rungs.json"
+
     def read_state(self) -> dict:
         if not self.state.is_file():
             raise FileNotFoundError(f"no sweep named {self.name!r} in {self.root.parent} "

@@ -7,11 +7,20 @@ vectors recorded at that rung so far, its own included, it ranks in the top ceil
 sorting), within a front the larger NSGA-II crowding distance first (the front's extreme points,
 then those in its emptier stretches), then the earlier arrival. A vector with a non-finite value (a
 diverging trial) ranks after every finite one. One objective: the ranking is a sort.
+
+Ray keeps no scheduler state with its experiment: a resumed sweep gets the scheduler as it was
+pickled at the launch, before any trial reported. So the rungs are written to the sweep's folder
+after each decision and read back by the resumed scheduler: later trials meet the vectors recorded
+before the interruption, and a trial stopped before it (which Ray's older saved state may still
+hold as running) is stopped again when it reaches that rung.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import moocore
 import numpy as np
@@ -69,12 +78,16 @@ class MultiObjectiveAsha(FIFOScheduler):
     """ASHA on several objectives, for Ray Tune (time_attr training_iteration, one bracket, trials
     stopped at max_t like Ray's ASHAScheduler)."""
 
-    def __init__(self, metrics: list[str], modes: list[str], rungs: Rungs):
+    def __init__(self, metrics: list[str], modes: list[str], rungs: Rungs, state: Path | None = None):
+        """state: the file the rungs are kept in (the sweep's folder), for a resumed sweep; None: in
+        memory only."""
         super().__init__()
-        self.metrics, self.modes, self.rungs = list(metrics), list(modes), rungs
+        self.metrics, self.modes, self.rungs, self.state = list(metrics), list(modes), rungs, state
         self.recorded: list[dict[str, tuple[float, ...]]] = [{} for _ in rungs.milestones]  # in arrival order
         self.last_rung: dict[str, int] = {}  # trial id -> the highest rung it was recorded at
+        self.stopped: dict[str, int] = {}  # trial id -> the rung it was stopped at
         self.num_stopped = 0
+        self.loaded = False
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # the objectives are the spec's, given above; Tune has none for several
@@ -93,14 +106,42 @@ class MultiObjectiveAsha(FIFOScheduler):
         """Records a report of `trial_id` after `epochs` epochs at the highest rung it reached and has
         not been recorded at, and says whether it goes on. A report without every objective (before
         the trial's first evaluation) is not recorded: the trial goes on to its next report."""
+        self.load()
         rung = self.rungs.reached(epochs)
-        if any(v is None for v in values) or rung is None or rung <= self.last_rung.get(trial_id, -1):
+        if any(v is None for v in values) or rung is None:
             return TrialScheduler.CONTINUE
+        if rung <= self.last_rung.get(trial_id, -1):  # recorded there before (a trial resumed from a checkpoint)
+            return TrialScheduler.STOP if rung >= self.stopped.get(trial_id, math.inf) else TrialScheduler.CONTINUE
         self.last_rung[trial_id] = rung
         recorded = self.recorded[rung]
         recorded[trial_id] = tuple(float(v) for v in values)
-        goes_on = promoted(list(recorded.values()), self.modes, self.rungs.reduction_factor)[-1]
+        goes_on = dict(zip(recorded, promoted(list(recorded.values()), self.modes, self.rungs.reduction_factor),
+                           strict=True))[trial_id]
+        if not goes_on:
+            self.stopped[trial_id] = rung
+        self.save()
         return TrialScheduler.CONTINUE if goes_on else TrialScheduler.STOP
+
+    def save(self) -> None:
+        """The rungs, written whole (beside the file, then renamed over it)."""
+        if self.state is None:
+            return
+        partial = self.state.with_name(self.state.name + ".partial")
+        partial.write_text(json.dumps({"recorded": self.recorded, "last_rung": self.last_rung,
+                                       "stopped": self.stopped}))
+        os.replace(partial, self.state)
+
+    def load(self) -> None:
+        """The rungs saved before this scheduler was unpickled for a resumed sweep, once."""
+        if self.loaded:
+            return
+        self.loaded = True
+        if self.state is None or not self.state.is_file():
+            return
+        saved = json.loads(self.state.read_text())
+        self.recorded = [{t: tuple(v) for t, v in rung.items()} for rung in saved["recorded"]]
+        self.last_rung.update(saved["last_rung"])
+        self.stopped.update(saved["stopped"])
 
     def on_trial_complete(self, tune_controller, trial, result) -> None:
         self.last_rung.pop(trial.trial_id, None)  # its vectors stay at their rungs, for later trials
