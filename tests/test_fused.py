@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 from tvae_sweep.cli import main
 from tvae_sweep.config import ConfigError, run_config_from_dict
 from tvae_sweep.model import FusedLinear, build_model
-from tvae_sweep.sweep.fusion import MEMBERS, POINTS, fused_groups, ray_trials
+from tvae_sweep.sweep.fusion import MEMBERS, POINTS, costliest_first, fused_groups, ray_trials
 from tvae_sweep.sweep.searcher import FusedGridSearch
 from tvae_sweep.sweep.space import num_trials, trial_run_config
 from tvae_sweep.sweep.trainable import Replicates
@@ -242,10 +242,12 @@ def test_the_table1_grid_fuses_into_the_vaes_and_the_tvae_family(profile):
     groups = fused_groups(spec)
     assert ray_trials(spec) == 2 and num_trials(spec) == 18
     presets = [sorted({p.params["paper_model"] for p in group}) for group in groups]
-    assert presets == [["bubble", "tvae_L0", "tvae_L13_36", "tvae_L1_2", "tvae_L5_36"], ["vae"]]  # costliest first
-    assert [len(g) for g in groups] == [15, 3]
+    assert presets == [["vae"], ["bubble", "tvae_L0", "tvae_L13_36", "tvae_L1_2", "tvae_L5_36"]]
+    assert [len(g) for g in groups] == [3, 15]
     for group in groups:  # every group trains as one fused model
         check_members([trial_run_config(spec.base_dict(), p.config) for p in group])
+    # trained the costliest first: the fifteen TVAE-family points of 18x18 before the three VAEs
+    assert [len(g) for g in costliest_first(groups, spec)] == [15, 3]
 
 
 def test_points_of_other_shapes_or_settings_are_not_fused():
@@ -327,11 +329,11 @@ def test_the_fused_grid_searcher_suggests_each_group_once_and_records_each_point
     again.restore(tmp_path / "searcher.json")
     second = again.suggest("b")
     assert again.suggest("c") == Searcher.FINISHED
-    assert [len(first[POINTS]), len(second[POINTS])] == [15, 3]  # the costlier group first
+    assert [len(first[POINTS]), len(second[POINTS])] == [3, 15]
     reports = [{"log_likelihood": -100.0 - i} for i in range(14)] + [{"error": "non-finite loss at epoch 1"}]
-    again.on_trial_complete("a", {MEMBERS: reports})  # the restored searcher ends the trial asked before
+    again.on_trial_complete("b", {MEMBERS: reports})
     trials = optuna.load_study(study_name="t1", storage=storage).trials
-    assert [t.user_attrs["ray_trial_id"] for t in trials] == [f"a_p{i}" for i in range(15)]
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == [f"b_p{i}" for i in range(15)]
     assert [t.values[0] for t in trials[:14]] == [-100.0 - i for i in range(14)]
     assert trials[14].state == TrialState.FAIL
 

@@ -48,17 +48,24 @@ def grid(spec: SweepSpec) -> list[Point]:
 
 
 def fused_groups(spec: SweepSpec) -> list[list[Point]]:
-    """The grid's points grouped by the settings fused members share, the costliest group first
-    (space.trial_cost; ties in the order of their first point)."""
+    """The grid's points grouped by the settings fused members share, groups in the order of their
+    first point (the order `collect` reads a session's group folders in)."""
     base = spec.base_dict()
     groups: dict[str, list[Point]] = {}
     for point in grid(spec):
         shared = shared_settings(trial_run_config(base, point.config))
         groups.setdefault(json.dumps(shared, sort_keys=True), []).append(point)
+    return list(groups.values())
+
+
+def costliest_first(groups: list[list[Point]], spec: SweepSpec) -> list[list[Point]]:
+    """The order a fused grid trains its groups in: the costliest first (space.trial_cost, summed
+    over a group's points; equal costs in their order), so the sweep's slots end together."""
+    base = spec.base_dict()
 
     def cost(points: list[Point]) -> int:
         return sum(trial_cost(trial_run_config(base, p.config)) for p in points)
-    return sorted(groups.values(), key=cost, reverse=True)  # stable: equal costs keep their order
+    return sorted(groups, key=cost, reverse=True)  # stable
 
 
 def ray_trials(spec: SweepSpec) -> int:

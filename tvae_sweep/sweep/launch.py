@@ -23,7 +23,7 @@ from .cluster import check_reachable, check_storage, join_error, ray_address
 from .console import RayLog, ray_output_to
 from .disk import raise_first
 from .full_stop import StopWhenFull
-from .fusion import fused_groups, ray_trials
+from .fusion import costliest_first, fused_groups, ray_trials
 from .heap import fix_mmap_threshold
 from .layout import SweepDir, storage_location
 from .mo_asha import MultiObjectiveAsha
@@ -85,7 +85,8 @@ def _searcher(spec: SweepSpec, sweep: SweepDir):
     if s.scheduler == "pbt":
         return pbt_searcher(spec)
     if s.fuse:
-        return FusedGridSearch(fused_groups(spec), s.metrics, s.modes, sweep.name, f"sqlite:///{sweep.optuna_db}")
+        groups = costliest_first(fused_groups(spec), spec)
+        return FusedGridSearch(groups, s.metrics, s.modes, sweep.name, f"sqlite:///{sweep.optuna_db}")
     return optuna_search(spec, sweep.name, optuna.storages.RDBStorage(f"sqlite:///{sweep.optuna_db}"))
 
 
