@@ -1,0 +1,57 @@
+"""The learning-curve tables of results/README.md, from a sweep's aggregates/curves.parquet.
+
+    python results/curve_table.py results/reference/paper_table1_curve [EPOCH ...]
+
+For each metric below, one row per group (a model, or a config over its seeds) and one column per
+epoch given (default 5, 10, 20, 40, 80): the mean over the group's n seeds with its 95% interval,
+as the aggregates computed them (tvae_sweep/tracking/curves.py).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+METRICS = {  # metric: digits
+    "log_likelihood": 1,
+    "kl_z": 2,
+    "equivariance_ratio_learned": 3,
+    "equivariance_error_learned": 1,
+    "roll_gain": 1,
+    "roll_gain_reversed": 1,
+}
+
+
+def cell(row: pd.Series, digits: int) -> str:
+    if pd.isna(row["ci_low"]):
+        return f"{row['mean']:.{digits}f}"
+    return f"{row['mean']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+
+
+def metric_table(curves: pd.DataFrame, metric: str, epochs: list[int], digits: int) -> pd.DataFrame:
+    rows = []
+    for group, curve in curves[curves["metric"] == metric].groupby("group", sort=False):
+        at = curve.set_index("epoch")
+        rows.append({"group": group.removeprefix("paper_model="), "n": int(at["n"].min()),
+                     **{str(e): cell(at.loc[e], digits) if e in at.index else "" for e in epochs}})
+    return pd.DataFrame(rows)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---:" if i else "---" for i in range(len(frame.columns))) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def main(sweep: Path, epochs: list[int]) -> None:
+    curves = pd.read_parquet(sweep / "aggregates" / "curves.parquet")
+    for metric, digits in METRICS.items():
+        table = metric_table(curves, metric, epochs, digits)
+        if not table.empty:
+            print(f"{metric}:\n\n{markdown(table)}\n")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), [int(e) for e in sys.argv[2:]] or [5, 10, 20, 40, 80])
