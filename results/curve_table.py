@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from controls_table import markdown  # the tables' one markdown writer (results/ is the script's path)
 
 METRICS = {  # metric: digits
     "log_likelihood": 1,
@@ -36,13 +37,6 @@ def metric_table(curves: pd.DataFrame, metric: str, epochs: list[int], digits: i
         rows.append({"group": group.removeprefix("paper_model="), "n": int(at["n"].min()),
                      **{str(e): cell(at.loc[e], digits) if e in at.index else "" for e in epochs}})
     return pd.DataFrame(rows)
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    head = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---:" if i else "---" for i in range(len(frame.columns))) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
 
 
 def main(sweep: Path, epochs: list[int]) -> None:

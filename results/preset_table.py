@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from controls_table import markdown  # the tables' one markdown writer (results/ is the script's path)
 
 from tvae_sweep.tracking.stats import interval
 
@@ -69,13 +70,6 @@ def comparisons_table(sweep: Path) -> pd.DataFrame:
                               zip(table["diff"], table["ci_low"], table["ci_high"], strict=True)]
     table["p (Holm)"] = table["p_holm"].map(lambda p: f"{p:.3g}")
     return table[["model", "baseline", "metric", "n", "diff [95% CI]", "p (Holm)", "verdict"]]
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    head = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---:" if i else "---" for i in range(len(frame.columns))) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
 
 
 def main(sweep: Path) -> None:
