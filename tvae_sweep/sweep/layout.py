@@ -65,9 +65,7 @@ class SweepDir:
     def write_state(self, **updates) -> dict:
         state = json.loads(self.state.read_text()) if self.state.is_file() else {}
         state.update(updates, updated=time.time())
-        tmp = self.state.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(self.state)
+        write_whole_json(self.state, state)
         return state
 
 
@@ -104,3 +102,11 @@ def origin_of(sweep: SweepDir) -> tuple[SweepDir, str | None]:
     run; a sweep is its own, with no stage."""
     stage = sweep.read_state().get("stage") if sweep.state.is_file() else None
     return (SweepDir(sweep.root.parent), stage) if stage else (sweep, None)
+
+
+def write_whole_json(path: Path, data) -> None:
+    """`data` as JSON at `path`, written beside it and renamed over it: a reader (or a crash) never
+    sees half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)

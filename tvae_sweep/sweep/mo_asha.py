@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ..metrics import as_losses
+from .layout import write_whole_json
 from .rungs import Rungs
 
 
@@ -126,10 +126,7 @@ class MultiObjectiveAsha(FIFOScheduler):
         """The rungs, written whole (beside the file, then renamed over it)."""
         if self.state is None:
             return
-        partial = self.state.with_name(self.state.name + ".partial")
-        partial.write_text(json.dumps({"recorded": self.recorded, "last_rung": self.last_rung,
-                                       "stopped": self.stopped}))
-        os.replace(partial, self.state)
+        write_whole_json(self.state, {"recorded": self.recorded, "last_rung": self.last_rung, "stopped": self.stopped})
 
     def load(self) -> None:
         """The rungs saved before this scheduler was unpickled for a resumed sweep, once."""
