@@ -2,29 +2,35 @@
 left to its stage's end (the search's last trial event; then the confirmation's).
 
     python -m benchmarks.eta_accuracy launch.log
-    python -m benchmarks.eta_accuracy launch.log --replay results/capsules/tune --epochs 16 --warm-starts 2
+    python -m benchmarks.eta_accuracy launch.log --replay results/capsules [--every 10]
+    python -m benchmarks.eta_accuracy launch.log --replay results/capsules/confirm
 
 prints, per stage, one row per progress line (time, share of the epochs done, ETA, true time left,
-error) and how many estimates past 10% of the epochs were within 25% of the truth. With --replay,
-the ETA is the one the current code (sweep/eta.py) gives at the same moments, from the reports the
-stage's trials saved (each trial's result.json) and the log's trial events: an estimator changed
-after a sweep is measured on that sweep.
+error) and how many estimates past 10% of the epochs were within 25% of the truth. With --replay
+(the stage's sweep folder: its spec and Ray experiment), the ETA is the one the current code
+(sweep/eta.py) gives at the same moments, from the reports the stage's trials saved (each trial's
+result.json) and the log's trial events: an estimator changed after a sweep is measured on that
+sweep; with --every, at a moment every that many seconds rather than at the log's progress lines.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
-from tvae_sweep.sweep.eta import Eta
-from tvae_sweep.sweep.records import RUNNING, TERMINATED, TrialRecord
+from tvae_sweep.sweep.confirm import CONFIRM
+from tvae_sweep.sweep.eta import Eta, done_epochs
+from tvae_sweep.sweep.launch import load_saved_spec, sweep_eta
+from tvae_sweep.sweep.layout import SweepDir
+from tvae_sweep.sweep.records import RUNNING, TERMINATED, TrialRecord, records_of
 
 STAMP = r"(\d\d:\d\d:\d\d)  "
 PROGRESS = re.compile(STAMP + r".*?; (\d+)/(\d+) epochs; .*?, about (?:(\d+)h)?(\d+)m(?:(\d+)s)? to go")
 TRIAL_EVENT = re.compile(STAMP + r"trial (\S+) (started|finished|failed|stopped)")
-TOTAL = re.compile(r"^sweep \S+(?:, \w+ stage)?: (\d+) trials")
 STAGE = re.compile(r"^sweep \S+, (\w+) stage:")
 WITHIN, PAST = 0.25, 0.10
 
@@ -79,56 +85,71 @@ def saved_reports(experiment: Path) -> dict[str, list[dict]]:
     return out
 
 
-def records_at(when: str, lines: list[str], reports: dict[str, list[dict]]) -> list[TrialRecord]:
-    """The stage's trials as the console saw them at `when`: started, ended, their last report."""
+def events(lines: list[str]) -> list[tuple[str, str, str]]:
+    """(time, Ray trial id, what) of each trial event (a fused trial's points give their trial's)."""
+    return [(m.group(1), re.sub(r"_p\d+$", "", m.group(2)), m.group(3))
+            for line in lines if (m := TRIAL_EVENT.match(line))]
+
+
+def records_at(when: str, happened: list[tuple[str, str, str]], reports: dict[str, list[dict]]) -> list[TrialRecord]:
+    """The stage's trials as the console saw them at `when`: started, ended, their last report, made
+    into records by the sweep's own reader (records_of) from Ray trials as the log and reports tell."""
     state = {}
-    for line in lines:
-        if (m := TRIAL_EVENT.match(line)) and m.group(1) <= when:
-            state[m.group(2)] = RUNNING if m.group(3) == "started" else TERMINATED
-    out = []
+    for at, trial_id, what in happened:
+        if at <= when:
+            state[trial_id] = RUNNING if what == "started" else TERMINATED
+    trials = []
     for trial_id, status in state.items():
-        seen = [r for r in reports.get(trial_id, [])
-                if datetime.fromtimestamp(r["timestamp"]).strftime("%H:%M:%S") <= when]
-        last = seen[-1] if seen else {}
-        out.append(TrialRecord(trial_id=trial_id, ray_id=trial_id, state=status, config={}, last=last,
-                               epochs=last.get("training_iteration", 0), time_s=last.get("time_total_s", float("nan")),
-                               ray_state=status))
-    return out
+        saved = reports.get(trial_id, [])
+        seen = [r for r in saved if datetime.fromtimestamp(r["timestamp"]).strftime("%H:%M:%S") <= when]
+        trials.append(SimpleNamespace(trial_id=trial_id, status=status, last_result=seen[-1] if seen else {},
+                                      checkpoint=None, config=saved[0]["config"] if saved else {}, path=""))
+    return records_of(trials)
 
 
-def most_running(lines: list[str], until: str) -> int:
-    """The most trials running at once by `until`, from the log's trial events."""
+def most_running(happened: list[tuple[str, str, str]], until: str) -> int:
+    """The most Ray trials running at once by `until`, from the log's trial events."""
     running, most = set(), 0
-    for line in lines:
-        if (m := TRIAL_EVENT.match(line)) and m.group(1) <= until:
-            (running.add if m.group(3) == "started" else running.discard)(m.group(2))
+    for at, trial_id, what in happened:
+        if at <= until:
+            (running.add if what == "started" else running.discard)(trial_id)
             most = max(most, len(running))
     return most
 
 
-def replayed(lines: list[str], reports: dict[str, list[dict]], epochs: int,
-             given: int = 0) -> list[tuple[str, float, float, float]]:
-    """rows() with each ETA replaced by the current Eta's at the same moment."""
-    total = next(int(m.group(1)) for line in lines if (m := TOTAL.match(line)))
-    eta = Eta(total, epochs, given)
+def replayed(lines: list[str], reports: dict[str, list[dict]], eta: Eta,
+             every: float | None = None) -> list[tuple[str, float, float, float]]:
+    """rows() with each ETA replaced by the current estimator's at the same moment; with `every`,
+    at a moment every that many seconds from the stage's first trial event to its last."""
+    happened = events(lines)
+    measured = rows(lines)
+    if every:
+        first, end = clock(happened[0][0]), clock(happened[-1][0])
+        moments = [first + timedelta(seconds=every * i) for i in range(int((end - first).total_seconds() / every))]
+        measured = [(m.strftime("%H:%M:%S"), math.nan, math.nan, (end - m).total_seconds()) for m in moments]
     out = []
-    for t, done, _, true in rows(lines):
-        eta.observe(most_running(lines, t))  # the console counts them as each trial starts
-        left = eta.seconds_left(records_at(t, lines, reports))
-        out.append((t, done, float("nan") if left is None else left, true))
+    for t, done, _, true in measured:
+        eta.observe(most_running(happened, t))  # the console counts them as each trial starts
+        records = records_at(t, happened, reports)
+        left = eta.seconds_left(records)
+        if every:
+            done = done_epochs(records) / eta.planned(records)
+        out.append((t, done, math.nan if left is None else left, true))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("log")
-    parser.add_argument("--replay", type=Path, help="the search stage's Ray experiment folder (results/NAME/tune)")
-    parser.add_argument("--epochs", type=int, help="train.epochs of the replayed sweep")
-    parser.add_argument("--warm-starts", type=int, default=0, help="search.warm_start's points of the replayed sweep")
+    parser.add_argument("--replay", type=Path, help="the stage's sweep folder (results/NAME, or results/NAME/confirm)")
+    parser.add_argument("--every", type=float, help="replay every that many seconds, not at the log's lines")
     args = parser.parse_args()
+    stage = "confirm" if args.replay and args.replay.name == CONFIRM else "search"
     for name, lines in stages(Path(args.log).read_text().splitlines()).items():
-        if args.replay and name == "search":
-            measured = replayed(lines, saved_reports(args.replay), args.epochs, args.warm_starts)
+        if args.replay and name == stage:
+            sweep = SweepDir(args.replay)
+            reports = saved_reports(sweep.root / "tune")
+            measured = replayed(lines, reports, sweep_eta(load_saved_spec(sweep)), args.every)
         else:
             measured = rows(lines)
         if measured:

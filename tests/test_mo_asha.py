@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from tvae_sweep.sweep.console import TrialConsole
+from tvae_sweep.sweep.eta import Eta
 from tvae_sweep.sweep.launch import _scheduler
 from tvae_sweep.sweep.layout import SweepDir
 from tvae_sweep.sweep.mo_asha import MultiObjectiveAsha, crowding_distance, promoted, ranking
@@ -223,7 +224,7 @@ def test_records_and_the_trials_table_say_at_which_rung_asha_stopped_a_trial():
 
 def test_the_console_shows_the_rung_of_a_stopped_trial():
     log = io.StringIO()
-    console = TrialConsole(["train.lr"], ["log_likelihood", "kl_z"], total=3, stream=log, epochs=8,
+    console = TrialConsole(["train.lr"], ["log_likelihood", "kl_z"], Eta(total=3, epochs=8), stream=log,
                            rungs=Rungs(1, 2, 8))
     records = records_of(TRIALS, rungs=Rungs(1, 2, 8))
     assert [row[1] for row in console.rows(records)] == ["TERMINATED", "STOPPED r1", "RUNNING"]

@@ -2,6 +2,7 @@
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import time
@@ -21,8 +22,9 @@ from sweeps import run_cli, sweep_spec, trials
 
 from benchmarks.eta_accuracy import replayed, rows, saved_reports, stages
 from tvae_sweep.sweep.console import TrialConsole, short_names
-from tvae_sweep.sweep.eta import Eta, finish_time
+from tvae_sweep.sweep.eta import MAX_EXPONENT, PRIOR_EPOCHS, PRIOR_EXPONENT, Eta, finish_time, fitted_exponent
 from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
+from tvae_sweep.sweep.launch import sweep_eta
 from tvae_sweep.sweep.pbt import full_points
 from tvae_sweep.sweep.records import TrialRecord, records_of
 from tvae_sweep.sweep.trainable import best_metrics
@@ -333,15 +335,17 @@ def timed(i: int, state: str, epochs: int, seconds: float, config: dict | None =
 
 
 def test_the_eta_costs_each_trials_epochs_at_its_own_rate_and_fills_the_free_slot_first():
-    """4 trials of 10 epochs, 2 at once: trial 0 takes 10 s an epoch, trial 1 2 s; the two not yet
-    created cost the median, 6 s an epoch, each on the slot that frees first."""
+    """4 trials of 10 epochs, 2 at once: trial 0 has taken 10 s an epoch, trial 1 2 s; with the
+    median (6 s) counted as PRIOR_EPOCHS more epochs of each, 8 s and 4 s. The two not yet created
+    cost the median of those, 6 s an epoch, each on the slot that frees first."""
+    assert PRIOR_EPOCHS == 2
     eta = Eta(total=4, epochs=10)
     assert eta.seconds_left([record(0, "RUNNING", 0)]) is None and eta.planned([]) == 40  # nothing reported
-    running = [timed(0, "RUNNING", 2, 20.0), timed(1, "RUNNING", 2, 4.0)]  # 80 s and 16 s left
-    # trial 1's slot frees at 16 s: trial 2 there until 76 s, then trial 3 there (before 80 s) until 136 s
-    assert eta.seconds_left(running) == pytest.approx(16 + 60 + 60)
-    console = TrialConsole([], ["log_likelihood"], total=4, epochs=10, clock=FakeClock())
-    assert console.progress_line(running).endswith("pending; 4/40 epochs; 0m00s elapsed, about 2m16s to go")
+    running = [timed(0, "RUNNING", 2, 20.0), timed(1, "RUNNING", 2, 4.0)]  # 64 s and 32 s left
+    # trial 1's slot frees at 32 s: trial 2 there until 92 s; trial 0's at 64 s: trial 3 there until 124 s
+    assert eta.seconds_left(running) == pytest.approx(124)
+    console = TrialConsole([], ["log_likelihood"], Eta(total=4, epochs=10), clock=FakeClock())
+    assert console.progress_line(running).endswith("pending; 4/40 epochs; 0m00s elapsed, about 2m04s to go")
 
 
 def test_the_eta_drops_a_stopped_trials_epochs_and_keeps_the_slots_it_has_seen():
@@ -362,12 +366,12 @@ def test_the_eta_of_a_fused_trial_is_its_own_and_its_points_share_it():
 
 
 def test_the_trials_not_started_cost_the_median_rate_of_the_latest_two_per_slot():
-    """Two costly warm starts first, then three cheap trials: with one slot, the two latest price the
-    trial not yet created, not the warm starts."""
+    """Two costly warm starts first (10 s an epoch), then cheaper trials (1 s, 2 s, 2 s): with one
+    slot, the two latest price the trial not yet created, not the warm starts nor the 1 s one."""
     eta = Eta(total=6, epochs=10)
     ended = [timed(i, "TERMINATED", 10, seconds, ray_state="TERMINATED")
              for i, seconds in enumerate((100.0, 100.0, 10.0, 20.0))]
-    assert eta.seconds_left([*ended, timed(4, "RUNNING", 5, 15.0)]) == pytest.approx(5 * 3.0 + 10 * 2.5)
+    assert eta.seconds_left([*ended, timed(4, "RUNNING", 5, 10.0)]) == pytest.approx(5 * 2.0 + 10 * 2.0)
 
 
 def test_the_warm_starts_price_the_trials_not_started_only_until_a_drawn_trial_reports():
@@ -377,11 +381,54 @@ def test_the_warm_starts_price_the_trials_not_started_only_until_a_drawn_trial_r
     assert Eta(total=4, epochs=10, given=2).seconds_left(warm) == pytest.approx(2 * 10 * 10.0)
     drawn = [*warm, timed(2, "RUNNING", 5, 15.0)]
     assert Eta(total=4, epochs=10, given=2).seconds_left(drawn) == pytest.approx(5 * 3.0 + 10 * 3.0)
-    assert Eta(total=4, epochs=10).seconds_left(drawn) == pytest.approx(5 * 3.0 + 10 * 6.5)
+    assert Eta(total=4, epochs=10).seconds_left(drawn) > 1.5 * (5 * 3.0 + 10 * 3.0)  # the warm starts count
+
+
+def test_a_trial_not_yet_reported_costs_what_its_config_predicts():
+    """Two trials reported: an epoch of cost 4 took 8 s, one of cost 1 took 2 s (seconds grow as the
+    cost to the power 1); a third of cost 2, just started, is priced at 4 s an epoch, not its own
+    (none yet) nor the median."""
+    eta = Eta(total=3, epochs=10, cost=lambda config: config["model.n_caps"])
+    seen = [timed(0, "RUNNING", 5, 40.0, {"model.n_caps": 4}), timed(1, "RUNNING", 5, 10.0, {"model.n_caps": 1}),
+            timed(2, "RUNNING", 0, float("nan"), {"model.n_caps": 2})]
+    assert eta.seconds_left(seen) == pytest.approx(max(5 * 8.0, 5 * 2.0, 10 * 4.0))
+
+
+def test_the_cost_exponent_is_fitted_once_the_costs_differ_and_kept_within_bounds():
+    assert fitted_exponent([]) == PRIOR_EXPONENT
+    assert fitted_exponent([(0.0, 1.0), (0.1, 5.0)]) == PRIOR_EXPONENT  # costs 1 and 1.1: too close to tell
+    power = [(math.log(c), math.log(3.0 * c ** 0.6)) for c in (1.0, 4.0, 9.0)]
+    assert fitted_exponent(power) == pytest.approx(0.6)
+    assert fitted_exponent([(0.0, 1.0), (1.0, 0.5)]) == 0.0  # a costlier epoch taking less time: noise
+    assert fitted_exponent([(0.0, 0.0), (1.0, 3.0)]) == MAX_EXPONENT
+
+
+def test_a_grids_trials_not_yet_created_are_priced_by_their_configs():
+    """The confirmation's case: its two 18x18 bundles (cost 9) ran first at 10 s an epoch; its two
+    small bundles (cost 1), not yet created, cost 10 / 9^0.8 s an epoch, not 10: they take one slot each."""
+    big, small = {"model.n_caps": 9}, {"model.n_caps": 1}
+    eta = Eta(total=4, epochs=10, cost=lambda config: config["model.n_caps"], queue=[[big], [big], [small], [small]])
+    eta.observe(2)
+    ended = [timed(i, "TERMINATED", 10, 100.0, big, ray_state="TERMINATED") for i in (0, 1)]
+    assert eta.planned(ended) == 40
+    assert eta.seconds_left(ended) == pytest.approx(10 * 10.0 / 9 ** PRIOR_EXPONENT)
+    sampler = Eta(total=4, epochs=10)
+    sampler.observe(2)
+    assert sampler.seconds_left(ended) == pytest.approx(10 * 10.0)  # a sampler's: at the latest trials' rate
+
+
+def test_the_sweeps_eta_knows_a_grids_trials_costliest_first_and_a_samplers_not(tmp_path):
+    grid = load_spec(sweep_spec(tmp_path, search={"algorithm": "grid", "scheduler": "fifo"},
+                                space={"model.n_caps": {"type": "categorical", "values": [2, 4, 3]}}))
+    eta = sweep_eta(grid)
+    assert [points[0]["model.n_caps"] for points in eta.queue] == [4, 3, 2]
+    assert eta.cost({"model.n_caps": 4}) == 2 * eta.cost({"model.n_caps": 2})
+    tpe = load_spec(sweep_spec(tmp_path, search={"algorithm": "tpe"}))
+    assert sweep_eta(tpe).queue is None and sweep_eta(tpe).total == tpe.search.num_trials
 
 
 def test_the_console_counts_the_trials_running_as_each_starts():
-    console = TrialConsole([], ["log_likelihood"], total=4, epochs=3, stream=io.StringIO())
+    console = TrialConsole([], ["log_likelihood"], Eta(total=4, epochs=3), stream=io.StringIO())
     both = [ray_trial(0, "RUNNING", 0), ray_trial(1, "PENDING", 0)]  # Ray marks trial 1 RUNNING after the callback
     console.on_trial_start(0, both, both[1])
     assert console.eta.slots == 2
@@ -413,7 +460,7 @@ def rendered(console: TrialConsole, records: list[TrialRecord], width: int) -> l
 
 
 def test_the_live_table_fits_120_columns_without_cutting_a_word():
-    console = TrialConsole(CAPSULES, OBJECTIVES, total=24, epochs=20)
+    console = TrialConsole(CAPSULES, OBJECTIVES, Eta(total=24, epochs=20))
     records = capsules_records()
     records[4] = dataclasses.replace(records[4], epochs=2, stopped_at_rung=11)  # ASHA stopped it at rung 11
     lines = rendered(console, records, 120)
@@ -427,7 +474,7 @@ def test_the_live_table_fits_120_columns_without_cutting_a_word():
 
 
 def test_a_narrow_table_leaves_out_searched_keys_last_first_and_keeps_the_objectives():
-    console = TrialConsole(CAPSULES, OBJECTIVES, total=24, epochs=20)
+    console = TrialConsole(CAPSULES, OBJECTIVES, Eta(total=24, epochs=20))
     lines = rendered(console, capsules_records(), 100)
     assert max(map(len, lines)) <= 100 and not any("…" in line for line in lines)
     assert lines[1].split() == ["trial", "state", "n_caps", "cap_dim", "K", "epoch", *OBJECTIVES]
@@ -454,7 +501,7 @@ def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
 
     screen = Terminal()
     clock = FakeClock()
-    console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=screen, epochs=3, clock=clock)
+    console = TrialConsole(["model.n_caps"], ["log_likelihood"], Eta(total=3, epochs=3), stream=screen, clock=clock)
     console.on_trial_start(0, [ray_trial(0, "RUNNING", 0)], ray_trial(0, "RUNNING", 0))
     clock.now += 40
     population = [ray_trial(0, "TERMINATED", 3), ray_trial(1, "RUNNING", 1)]
@@ -471,7 +518,7 @@ def test_on_a_terminal_the_console_redraws_one_table_under_a_progress_line():
 def test_in_a_log_a_trials_end_is_followed_by_the_progress_line_at_most_every_30_s():
     log = io.StringIO()
     clock = FakeClock()
-    console = TrialConsole(["model.n_caps"], ["log_likelihood"], total=3, stream=log, epochs=3, clock=clock)
+    console = TrialConsole(["model.n_caps"], ["log_likelihood"], Eta(total=3, epochs=3), stream=log, clock=clock)
     clock.now += 10
     # Ray calls the callbacks of a trial's end while the trial is RUNNING still
     population = [ray_trial(0, "RUNNING", 3), ray_trial(1, "RUNNING", 1), ray_trial(2, "RUNNING", 1)]
@@ -487,7 +534,7 @@ def test_in_a_log_a_trials_end_is_followed_by_the_progress_line_at_most_every_30
 
 def test_the_console_shows_each_point_of_a_fused_trial():
     log = io.StringIO()
-    console = TrialConsole(["model", "train.seed"], ["log_likelihood"], total=3, stream=log)
+    console = TrialConsole(["model", "train.seed"], ["log_likelihood"], Eta(total=3, epochs=1), stream=log)
     fused = types.SimpleNamespace(
         trial_id="f", status="TERMINATED", path="/nowhere", checkpoint=None,
         config={POINTS: [{"model.shift": 1, "train.seed": s} for s in (0, 1, 2)],
@@ -521,15 +568,19 @@ def test_the_eta_benchmark_reads_each_stages_estimates_against_its_end():
 
 def test_the_eta_benchmark_replays_the_current_estimator_on_a_saved_sweep(tmp_path):
     """Two trials of 4 epochs at once, 10 s an epoch: at 10:00:20 each has reported 2 epochs, so
-    20 s are left, and the third trial (not yet created) takes 40 s more on the first slot to free."""
+    20 s are left, and the third trial (not yet created) takes 40 s more on the first slot to free;
+    replayed every 20 s, at 10:00:40 only the third is left."""
     start = datetime(2026, 12, 3, 10, 0, 0).timestamp()
     for trial_id in ("a", "b"):
         folder = tmp_path / f"train_trial_{trial_id}"
         folder.mkdir()
         reports = [{"trial_id": trial_id, "training_iteration": e, "time_total_s": 10.0 * e,
-                    "timestamp": int(start + 10 * e)} for e in range(1, 5)]
+                    "timestamp": int(start + 10 * e), "config": {"model.n_caps": 2}} for e in range(1, 5)]
         (folder / "result.json").write_text("\n".join(json.dumps(r) for r in reports))
     log = ["sweep s: 3 trials, results in /r", "10:00:00  trial a started", "10:00:00  trial b started",
            "10:00:20  0/3 trials done, 2 running, 1 pending; 4/12 epochs; 0m20s elapsed, about 9m00s to go",
            "10:01:20  trial c finished after 4 epochs"]
-    assert replayed(log, saved_reports(tmp_path), epochs=4) == [("10:00:20", 4 / 12, 60.0, 60.0)]
+    assert replayed(log, saved_reports(tmp_path), Eta(total=3, epochs=4)) == [("10:00:20", 4 / 12, 60.0, 60.0)]
+    dense = replayed(log, saved_reports(tmp_path), Eta(total=3, epochs=4), every=20)
+    assert [t for t, *_ in dense] == ["10:00:00", "10:00:20", "10:00:40", "10:01:00"]
+    assert dense[2] == ("10:00:40", 8 / 12, 40.0, 40.0)

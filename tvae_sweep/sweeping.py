@@ -30,6 +30,7 @@ from .sweep.launch import (
     preflight,
     saved_trial_records,
     saved_trials,
+    sweep_eta,
 )
 from .sweep.layout import SweepDir, all_sweeps, disk_usage, origin_of, results_root, sweep_dir
 from .sweep.pruning import apply_prune, plan_prune
@@ -101,8 +102,7 @@ def resume(name: str, results_dir: Path | None, address: str | None, tracking_ur
 def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, resumed: bool,
          tracking_uri: str | None, say: Say) -> Outcome:
     total, fused = num_trials(spec), ray_trials(spec)
-    console = TrialConsole(list(spec.space), spec.search.metrics, total, epochs=spec.run.train.epochs,
-                           rungs=asha_rungs(spec), given=len(spec.search.warm_start))
+    console = TrialConsole(list(spec.space), spec.search.metrics, sweep_eta(spec), rungs=asha_rungs(spec))
     together = f" trained as {fused} fused trials" if spec.search.fuse else ""
     origin, stage = origin_of(sweep)
     say(f"{f'sweep {origin.name}, {stage} stage' if stage else f'sweep {sweep.name}'}: {total} trials{together}, "

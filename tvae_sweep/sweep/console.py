@@ -125,17 +125,15 @@ def ray_output_to(log: RayLog):
 class TrialConsole(Callback):
     """The sweep's console: a live table on a terminal, one line per trial event elsewhere."""
 
-    def __init__(self, params: list[str], metrics: list[str], total: int, stream: TextIO | None = None,
-                 epochs: int = 1, clock: Callable[[], float] = time.monotonic, rungs: Rungs | None = None,
-                 given: int = 0):
-        """total: the sweep's trials, a fused trial's points counted one by one; epochs: train.epochs;
-        given: its first trials, whose configs the spec gave (search.warm_start); rungs: the sweep's
+    def __init__(self, params: list[str], metrics: list[str], eta: Eta, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic, rungs: Rungs | None = None):
+        """eta: the sweep's time left (launch.sweep_eta), which knows its trials; rungs: the sweep's
         ASHA rungs (asha_rungs), to show where it stopped a trial."""
-        self.params, self.metrics, self.total, self.rungs = params, metrics, total, rungs
+        self.params, self.metrics, self.eta, self.rungs = params, metrics, eta, rungs
+        self.total = eta.total
         self.stream = stream or sys.stdout  # the console as it is now, before Ray's output is redirected
         self.clock = clock
         self.started = clock()
-        self.eta = Eta(total, epochs, given)
         self.live = None
         self.drawn = 0.0
         self.progressed = -math.inf  # when a log last got the progress line

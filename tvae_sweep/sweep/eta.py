@@ -2,12 +2,16 @@
 
 An epoch's cost differs several-fold between configs (18 capsules of 18 against 6 of 6), so a rate
 of epochs per second over the whole sweep misleads whenever the expensive trials run first (the
-warm starts) or last. Instead each Ray trial's seconds per epoch are its own (Ray's time_total_s
-over the epochs it reported): a running trial's remaining epochs cost its own rate, a trial not
-started yet the median rate of the latest trials, two per slot (per point, for fused trials): a
-sampler's next configs resemble its latest ones more than its first (startup trials), and the warm
-starts, configs the spec gave rather than the sampler drew, price them only until another trial has
-reported.
+warm starts, a grid's costliest points) or last. Instead:
+
+- a Ray trial that has reported costs its own seconds per epoch (Ray's time_total_s over its epochs);
+- a trial whose config is known but which has not reported yet (a trial just started, a grid's point
+  not yet created) costs what its epoch's cost (space.epoch_cost: latent units x sequences) predicts:
+  seconds per epoch = k * cost^p, p fitted (log-log least squares) over the trials that reported, or
+  PRIOR_EXPONENT while their costs are all one, and k the median of the latest trials' rate / cost^p;
+- a trial a sampler has yet to draw costs the median rate per point of the latest trials, two per
+  slot (a sampler's next configs resemble its latest ones more than its first), not counting the
+  warm starts (configs the spec gave) once a drawn trial has reported.
 That work is then laid on the sweep's slots (the most trials seen running at once), each waiting
 trial on the slot that frees first; the sweep ends when the last slot frees.
 """
@@ -16,11 +20,24 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from statistics import median
+from typing import Any
 
 from .records import RUNNING, TrialRecord
 
 RECENT_PER_SLOT = 2  # the trials whose rates price the ones not started yet, per slot
+# a trial's first epochs say little of its rate (the first starts its data, model and threads, and an
+# evaluation epoch costs about two): until it has trained more, the cost model's rate counts as this
+# many of its epochs
+PRIOR_EPOCHS = 2
+# seconds per epoch grow as the epoch's cost to this power until the sweep's trials tell: on 2 cores,
+# 9 times the latent units took 6 to 6.2 times as long an epoch (benchmarks/RESULTS.md)
+PRIOR_EXPONENT = 0.8
+SPAN = 1.2  # the fit needs costs at least this far apart
+MAX_EXPONENT = 1.5  # and keeps within [0, this]: a costlier epoch takes no less time, nor far more
+
+Config = dict[str, Any]
 
 
 def done_epochs(records: list[TrialRecord]) -> int:
@@ -28,19 +45,34 @@ def done_epochs(records: list[TrialRecord]) -> int:
 
 
 class Eta:
-    def __init__(self, total: int, epochs: int, given: int = 0):
+    def __init__(self, total: int, epochs: int, given: int = 0, cost: Callable[[Config], float] | None = None,
+                 queue: list[list[Config]] | None = None):
         """total: the sweep's trials (a fused trial's points one by one); epochs: train.epochs;
-        given: the sweep's first trials whose configs the spec gave (search.warm_start)."""
-        self.total, self.epochs, self.given = total, epochs, given
+        given: the sweep's first trials whose configs the spec gave (search.warm_start);
+        cost: a trial's config -> its epoch's relative cost (None: all alike);
+        queue: where the sweep knows them (a grid), its Ray trials' configs (a point's each) in the
+        order it creates them."""
+        self.total, self.epochs, self.given, self.queue = total, epochs, given, queue
+        self.cost = cost or (lambda config: 1.0)
         self.slots = 1  # the most Ray trials seen running at once
 
     def planned_of(self, record: TrialRecord) -> int:
         """A trial's epochs: those it trained if it has ended, else its own train.epochs."""
-        return record.epochs if record.finished else max(record.epochs, record.config.get("train.epochs", self.epochs))
+        return record.epochs if record.finished else max(record.epochs, self.epochs_of(record.config))
+
+    def epochs_of(self, config: Config) -> int:
+        return config.get("train.epochs", self.epochs)
 
     def planned(self, records: list[TrialRecord]) -> int:
         """Every epoch the sweep will have trained: the trials seen, and the ones not yet created."""
-        return sum(map(self.planned_of, records)) + max(self.total - len(records), 0) * self.epochs
+        seen = sum(map(self.planned_of, records))
+        if self.queue is not None:
+            return seen + sum(self.epochs_of(c) for points in self.unseen(records) for c in points)
+        return seen + max(self.total - len(records), 0) * self.epochs
+
+    def unseen(self, records: list[TrialRecord]) -> list[list[Config]]:
+        """The queue's Ray trials not yet created."""
+        return self.queue[len(by_trial(records)):]
 
     def observe(self, running: int) -> None:
         """`running` Ray trials at once: at least as many slots (told as each trial starts)."""
@@ -51,24 +83,57 @@ class Eta:
         trials = by_trial(records)
         running = running_trials(trials)
         self.observe(len(running))
-        rates = {ray_id: points[0].time_s / points[0].epochs for ray_id, points in trials.items()
-                 if points[0].epochs > 0 and math.isfinite(points[0].time_s)}
-        if not rates:
+        own = {ray_id: (points[0].time_s, points[0].epochs) for ray_id, points in trials.items()
+               if points[0].epochs > 0 and math.isfinite(points[0].time_s)}
+        if not own:
             return None
+        costs = {ray_id: sum(self.cost(p.config) for p in points) for ray_id, points in trials.items()}
         given = set(list(trials)[:self.given])  # Ray lists its trials as it creates them
-        drawn = [ray_id for ray_id in rates if ray_id not in given] or list(rates)
+        drawn = [ray_id for ray_id in own if ray_id not in given] or list(own)
         recent = drawn[-RECENT_PER_SLOT * self.slots:]
+        rate_of = CostModel({ray_id: (costs[ray_id], s / e) for ray_id, (s, e) in own.items()}, recent)
+        # a trial's own seconds per epoch, with the model's as PRIOR_EPOCHS more epochs
+        rates = {ray_id: (s + PRIOR_EPOCHS * rate_of(costs[ray_id])) / (e + PRIOR_EPOCHS)
+                 for ray_id, (s, e) in own.items()}
         point_rate = median(rates[ray_id] / len(trials[ray_id]) for ray_id in recent)
 
         def left(points: list[TrialRecord]) -> float:
-            rate = rates.get(points[0].ray_id, point_rate * len(points))
+            rate = rates.get(points[0].ray_id) or rate_of(costs[points[0].ray_id])
             return max(max(map(self.planned_of, points)) - points[0].epochs, 0) * rate
 
         busy = [left(trials[ray_id]) for ray_id in running]
         waiting = [left(points) for ray_id, points in trials.items()
                    if ray_id not in running and not all(p.finished for p in points)]
-        waiting += [self.epochs * point_rate] * max(self.total - len(records), 0)
+        if self.queue is not None:
+            waiting += [max(map(self.epochs_of, points)) * rate_of(sum(map(self.cost, points)))
+                        for points in self.unseen(records)]
+        else:
+            waiting += [self.epochs * point_rate] * max(self.total - len(records), 0)
         return finish_time(busy, waiting, self.slots)
+
+
+class CostModel:
+    """Seconds per epoch of a Ray trial from its epoch's cost: k * cost^p (see the module's text)."""
+
+    def __init__(self, seen: dict[str, tuple[float, float]], recent: list[str]):
+        """seen: (cost, seconds per epoch) of each Ray trial that reported; recent: the latest of them."""
+        logs = [(math.log(c), math.log(r)) for c, r in seen.values() if c > 0 and r > 0]
+        self.exponent = fitted_exponent(logs)
+        self.scale = median(seen[i][1] / seen[i][0] ** self.exponent for i in recent)
+
+    def __call__(self, cost: float) -> float:
+        return self.scale * cost ** self.exponent
+
+
+def fitted_exponent(logs: list[tuple[float, float]]) -> float:
+    """The least-squares slope of log rate on log cost; PRIOR_EXPONENT while the costs are about one."""
+    if not logs or max(x for x, _ in logs) - min(x for x, _ in logs) < math.log(SPAN):
+        return PRIOR_EXPONENT
+    mean_x = sum(x for x, _ in logs) / len(logs)
+    spread = sum((x - mean_x) ** 2 for x, _ in logs)
+    mean_y = sum(y for _, y in logs) / len(logs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in logs) / spread
+    return min(max(slope, 0.0), MAX_EXPONENT)
 
 
 def by_trial(records: list[TrialRecord]) -> dict[str, list[TrialRecord]]:

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from ..training import shared_settings
-from .space import DefineByRun, grid_points, num_trials, trial_cost, trial_run_config
+from .space import DefineByRun, config_cost, grid_points, num_trials, trial_run_config
 from .spec import SweepSpec
 
 POINTS = "fused_points"  # a fused trial's config: its points' configs (dotted keys), in order
@@ -62,10 +62,7 @@ def costliest_first(groups: list[list[Point]], spec: SweepSpec) -> list[list[Poi
     """The order a fused grid trains its groups in: the costliest first (space.trial_cost, summed
     over a group's points; equal costs in their order), so the sweep's slots end together."""
     base = spec.base_dict()
-
-    def cost(points: list[Point]) -> int:
-        return sum(trial_cost(trial_run_config(base, p.config)) for p in points)
-    return sorted(groups, key=cost, reverse=True)  # stable
+    return sorted(groups, key=lambda points: sum(config_cost(base, p.config) for p in points), reverse=True)  # stable
 
 
 def ray_trials(spec: SweepSpec) -> int:

@@ -22,18 +22,19 @@ from ..errors import redact
 from .cluster import check_reachable, check_storage, join_error, ray_address
 from .console import RayLog, ray_output_to
 from .disk import raise_first
+from .eta import Eta
 from .full_stop import StopWhenFull
-from .fusion import costliest_first, fused_groups, ray_trials
+from .fusion import costliest_first, fused_groups, grid, ray_trials
 from .heap import fix_mmap_threshold
 from .layout import SweepDir, storage_location
 from .mo_asha import MultiObjectiveAsha
-from .pbt import pbt_param_space, pbt_scheduler, pbt_searcher
+from .pbt import full_points, pbt_param_space, pbt_scheduler, pbt_searcher
 from .pruning import CheckpointPruner, prune_finished
 from .records import TrialRecord, saved_records
 from .results import frame_of
 from .rungs import asha_rungs
 from .searcher import FusedGridSearch, optuna_search, space_exhausted
-from .space import num_trials
+from .space import config_cost, epoch_cost, num_trials, trial_run_config
 from .spec import SweepSpec
 from .trainable import train_trial
 from .validation import spec_from_dict
@@ -88,6 +89,28 @@ def _searcher(spec: SweepSpec, sweep: SweepDir):
         groups = costliest_first(fused_groups(spec), spec)
         return FusedGridSearch(groups, s.metrics, s.modes, sweep.name, f"sqlite:///{sweep.optuna_db}")
     return optuna_search(spec, sweep.name, optuna.storages.RDBStorage(f"sqlite:///{sweep.optuna_db}"))
+
+
+def sweep_eta(spec: SweepSpec) -> Eta:
+    """The sweep's time left: each trial's epoch priced by its config, its trials' configs where
+    known in the order Ray creates them."""
+    base = spec.base_dict()
+    return Eta(num_trials(spec), spec.run.train.epochs, len(spec.search.warm_start),
+               cost=lambda config: epoch_cost(trial_run_config(base, config)), queue=trial_queue(spec))
+
+
+def trial_queue(spec: SweepSpec) -> list[list[dict[str, Any]]] | None:
+    """The configs of the sweep's Ray trials (a point's each) in the order the searcher creates them,
+    where they are known before the sweep: PBT's first population, a grid's (None: a sampler's)."""
+    s = spec.search
+    if s.scheduler == "pbt":
+        return [[point] for point in full_points(spec)]
+    if s.fuse:
+        return [[p.trial_config for p in points] for points in costliest_first(fused_groups(spec), spec)]
+    if s.algorithm == "grid":  # make_sampler's order
+        base = spec.base_dict()
+        return [[p.trial_config] for p in sorted(grid(spec), key=lambda p: -config_cost(base, p.config))]
+    return None
 
 
 def _scheduler(spec: SweepSpec, sweep: SweepDir | None = None):
