@@ -70,6 +70,17 @@ def test_a_means_interval_is_student_t_over_its_seeds_and_absent_for_one():
     assert report.ci(math.nan, math.nan) == "none (n = 1)" and report.ci(0.5, 4.5) == "[0.5, 4.5]"
 
 
+def test_a_model_without_a_metric_has_an_empty_cell_not_one_seeds_interval():
+    """The VAE has no u: its kl_u cell is empty, while a model with one seed says it has no interval."""
+    frame = trials([{"config/remedy": "paper", "final/log_likelihood": v, "final/kl_u": 2.0 * v} for v in (1.0, 3.0)]
+                   + [{"config/remedy": "mu_lr", "final/log_likelihood": 5.0}])
+    table = axis_table(frame, "remedy", remedy_spec().space["remedy"])
+    lines = report.wide_markdown(wide_table(table, "remedy", ["paper", "mu_lr"]), "remedy").splitlines()
+    mu_lr = [cell.strip() for cell in lines[-1].split("|")[1:-1]]
+    assert mu_lr == ["mu_lr", "5 ± - none (n = 1)", "-", "1"]
+    assert "4 ± 2.828" in lines[-2]  # paper's kl_u: 2 and 6
+
+
 def test_a_learned_value_is_called_learned_only_where_its_interval_excludes_zero():
     row = pd.Series({"m_learned_mean": -0.1, "m_learned_std": 0.2, "m_learned_ci_low": -0.6, "m_learned_ci_high": 0.4})
     assert report.learned(row, "m_learned").endswith("not resolved from 0")

@@ -100,6 +100,8 @@ def wide_markdown(wide: pd.DataFrame, key: str) -> str:
     with_init = [m for m in plain if f"{m}_init" in metrics]
 
     def cell(row: pd.Series, m: str) -> str:
+        if missing(row[f"{m}_mean"]):  # a model without the metric (the VAE's kl_u)
+            return "-"
         return f"{fmt(row[f'{m}_mean'])} ± {fmt(row[f'{m}_std'])} {ci(row[f'{m}_ci_low'], row[f'{m}_ci_high'])}"
 
     def twin(row: pd.Series, m: str) -> str:
