@@ -10,7 +10,7 @@ from helpers import spec_raw
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from tvae_sweep.sweep.searcher import DUPLICATE_OF, EXHAUSTED, RANDOM_ASKS, SAMPLER_ASKS, optuna_search
+from tvae_sweep.sweep.searcher import DUPLICATE_OF, EXHAUSTED, LOST, RANDOM_ASKS, SAMPLER_ASKS, optuna_search
 from tvae_sweep.sweep.validation import load_spec, spec_from_dict
 
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
@@ -18,6 +18,8 @@ SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 SIX = {"model.n_caps": {"type": "categorical", "values": [2, 3]},
        "model.variant": {"type": "categorical", "values": ["vae", "tvae"]},
        "model.shift": {"type": "int", "low": 0, "high": 1, "when": {"model.variant": ["tvae"]}}}
+
+GRID = {"model.n_caps": {"type": "categorical", "values": [2, 3]}, "model.shift": {"type": "int", "low": 0, "high": 2}}
 
 
 def six_configs(algorithm: str, seed: int = 0, **search):
@@ -134,6 +136,40 @@ def test_a_restored_searcher_does_not_repeat_a_config_trained_before(tmp_path):
     assert set(reopened.asked_configs()) == {key(c) for c in before + after}
 
 
+def saved_then_killed(spec, tmp_path) -> tuple[str, dict]:
+    """Two trials run, the sweep's state saved, a third asked for (the driver then killed before
+    Ray saved its trial): the study's storage and the config of the lost trial."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = optuna_search(spec, spec.name, optuna.storages.RDBStorage(storage))
+    run(searcher, 2)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    return storage, searcher.suggest("t2")
+
+
+def test_a_trial_lost_with_the_driver_fails_on_restore_and_its_config_is_asked_for_again(tmp_path):
+    spec = six_configs("tpe")
+    storage, lost = saved_then_killed(spec, tmp_path)
+    restored = optuna_search(spec, spec.name, optuna.storages.RDBStorage(storage))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    states = [(t.state, t.user_attrs.get(LOST)) for t in restored._ot_study.get_trials()
+              if DUPLICATE_OF not in t.user_attrs]
+    assert states == [(TrialState.COMPLETE, None)] * 2 + [(TrialState.FAIL, True)]
+    assert key(lost) not in restored.asked_configs()
+    after = run(restored, 4, first=3)  # the four configs left, the lost one among them
+    assert key(lost) in {key(c) for c in after} and restored.suggest("t7") == Searcher.FINISHED
+
+
+def test_a_grid_keeps_a_point_lost_with_the_driver_running_and_trains_it_last(tmp_path):
+    spec = spec_from_dict(spec_raw(search={"algorithm": "grid", "metric": "log_likelihood", "mode": "max"},
+                                   space=GRID))
+    storage, lost = saved_then_killed(spec, tmp_path)
+    restored = optuna_search(spec, spec.name, optuna.storages.RDBStorage(storage))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored._ot_study.get_trials()[2].state == TrialState.RUNNING
+    after = run(restored, 4, first=3)
+    assert key(after[-1]) == key(lost) and len({key(c) for c in after}) == 4
+
+
 def test_a_warm_start_is_taken_as_given_and_a_later_sample_equal_to_it_is_a_duplicate():
     point = {"model.n_caps": 2, "model.variant": "vae"}
     spec = six_configs("random", warm_start=[point, point])
@@ -145,10 +181,8 @@ def test_a_warm_start_is_taken_as_given_and_a_later_sample_equal_to_it_is_a_dupl
 
 
 def test_a_grid_runs_each_point_once_as_before():
-    grid = {"model.n_caps": {"type": "categorical", "values": [2, 3]},
-            "model.shift": {"type": "int", "low": 0, "high": 2}}
     spec = spec_from_dict(spec_raw(search={"algorithm": "grid", "metric": "log_likelihood", "mode": "max"},
-                                   space=grid))
+                                   space=GRID))
     searcher = optuna_search(spec, "grid")
     configs = run(searcher, 6)
     assert sorted(key(c) for c in configs) == sorted(key({"model.n_caps": n, "model.shift": s})

@@ -23,6 +23,7 @@ from .spec import SweepSpec
 SAMPLER_ASKS = 10  # repeated samples in a row from the sweep's sampler before random ones
 RANDOM_ASKS = 100  # random samples that all repeat a config: the space holds no new one
 DUPLICATE_OF = "duplicate_of"  # user attr of a FAIL trial that repeated a config: the trial it repeats
+LOST = "lost_in_interruption"  # user attr of a FAIL trial asked for after the sweep's state was last saved
 EXHAUSTED = "space_exhausted"  # user attr of a study whose space ran out: the distinct configs asked for
 # the trials whose configs count as asked for: run, running, or failed for real (not as duplicates)
 ASKED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
@@ -110,7 +111,7 @@ class OptunaSearch(RayOptunaSearch):
         if self.asked is None:
             self.asked = {}
             for trial in optuna_study(self).get_trials(deepcopy=False, states=ASKED):
-                if DUPLICATE_OF not in trial.user_attrs:
+                if DUPLICATE_OF not in trial.user_attrs and LOST not in trial.user_attrs:
                     self.asked.setdefault(config_key(trial.params), trial.number)
         return self.asked
 
@@ -129,6 +130,23 @@ class OptunaSearch(RayOptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         self.asked = None  # read again from the study, which may hold trials the saved state lacks
+        self.fail_lost_trials()
+
+    def fail_lost_trials(self) -> None:
+        """The study's RUNNING trials that the restored state does not know were asked for after Ray
+        last saved the sweep: their Ray trials died with the driver and never come back. A grid runs
+        a point left running again once the others are done (Optuna's GridSampler), so a grid keeps
+        them; any other sampler would count them running for ever (constant_liar) and their configs
+        as asked for: they are told FAIL, marked LOST, and their configs are free again."""
+        study = optuna_study(self)
+        if isinstance(study.sampler, optuna.samplers.GridSampler):
+            return
+        known = {trial.number for trial in optuna_trials(self).values()}
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in known:
+                trial = optuna.trial.Trial(study, frozen._trial_id)
+                trial.set_user_attr(LOST, True)
+                study.tell(trial, state=TrialState.FAIL)
 
     def _setup_study(self, mode) -> None:
         """Ray's OptunaSearch._setup_study creates (or loads) the study; its objectives are then named
