@@ -10,7 +10,8 @@ error) and how many estimates past 10% of the epochs were within 25% of the trut
 (the stage's sweep folder: its spec and Ray experiment), the ETA is the one the current code
 (sweep/eta.py) gives at the same moments, from the reports the stage's trials saved (each trial's
 result.json) and the log's trial events: an estimator changed after a sweep is measured on that
-sweep; with --every, at a moment every that many seconds rather than at the log's progress lines.
+sweep; with --every, at a moment every that many seconds rather than at the log's progress lines;
+with --known-configs, a sampler's trials priced as if their configs were known from the start.
 """
 from __future__ import annotations
 
@@ -85,6 +86,12 @@ def saved_reports(experiment: Path) -> dict[str, list[dict]]:
     return out
 
 
+def configs_in_order(reports: dict[str, list[dict]]) -> list[list[dict]]:
+    """Each saved trial's config (a point's), in the order the trials started."""
+    started = sorted(reports.values(), key=lambda saved: saved[-1]["timestamp"] - saved[-1]["time_total_s"])
+    return [[saved[0]["config"]] for saved in started]
+
+
 def events(lines: list[str]) -> list[tuple[str, str, str]]:
     """(time, Ray trial id, what) of each trial event (a fused trial's points give their trial's)."""
     return [(m.group(1), re.sub(r"_p\d+$", "", m.group(2)), m.group(3))
@@ -143,13 +150,19 @@ def main() -> None:
     parser.add_argument("log")
     parser.add_argument("--replay", type=Path, help="the stage's sweep folder (results/NAME, or results/NAME/confirm)")
     parser.add_argument("--every", type=float, help="replay every that many seconds, not at the log's lines")
+    parser.add_argument("--known-configs", action="store_true",
+                        help="price a sampler's trials as if their configs were known from the start (as a grid's "
+                             "are): the error left is the rates'")
     args = parser.parse_args()
     stage = "confirm" if args.replay and args.replay.name == CONFIRM else "search"
     for name, lines in stages(Path(args.log).read_text().splitlines()).items():
         if args.replay and name == stage:
             sweep = SweepDir(args.replay)
             reports = saved_reports(sweep.root / "tune")
-            measured = replayed(lines, reports, sweep_eta(load_saved_spec(sweep)), args.every)
+            eta = sweep_eta(load_saved_spec(sweep))
+            if args.known_configs:
+                eta.queue = configs_in_order(reports)
+            measured = replayed(lines, reports, eta, args.every)
         else:
             measured = rows(lines)
         if measured:

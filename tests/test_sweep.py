@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from sweeps import run_cli, sweep_spec, trials
 
-from benchmarks.eta_accuracy import replayed, rows, saved_reports, stages
+from benchmarks.eta_accuracy import configs_in_order, replayed, rows, saved_reports, stages
 from tvae_sweep.sweep.console import TrialConsole, short_names
 from tvae_sweep.sweep.eta import MAX_EXPONENT, PRIOR_EPOCHS, PRIOR_EXPONENT, Eta, finish_time, fitted_exponent
 from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
@@ -564,6 +564,13 @@ def test_the_eta_benchmark_reads_each_stages_estimates_against_its_end():
     assert list(by_stage) == ["search", "confirm"]
     assert rows(by_stage["search"]) == [("10:01:00", 0.5, 90.0, 120.0)]
     assert rows(by_stage["confirm"]) == [("10:04:00", 0.25, 3720.0, 60.0)]
+
+
+def test_the_eta_benchmark_can_price_a_samplers_trials_by_the_configs_it_drew():
+    """--known-configs: the configs in the order their trials started (a report's timestamp less its time)."""
+    reports = {"late": [{"config": {"model.n_caps": 6}, "timestamp": 100, "time_total_s": 10.0}],
+               "early": [{"config": {"model.n_caps": 18}, "timestamp": 100, "time_total_s": 50.0}]}
+    assert configs_in_order(reports) == [[{"model.n_caps": 18}], [{"model.n_caps": 6}]]
 
 
 def test_the_eta_benchmark_replays_the_current_estimator_on_a_saved_sweep(tmp_path):
