@@ -394,6 +394,14 @@ def test_a_trial_not_yet_reported_costs_what_its_config_predicts():
     assert eta.seconds_left(seen) == pytest.approx(max(5 * 8.0, 5 * 2.0, 10 * 4.0))
 
 
+def test_a_trials_first_epoch_alone_does_not_price_it():
+    """Its first epoch started its data, model and threads (6 s, three times the others' 2 s an
+    epoch): until its second, a trial costs what the trials past theirs cost."""
+    eta = Eta(total=2, epochs=10)
+    eta.observe(2)
+    assert eta.seconds_left([timed(0, "RUNNING", 5, 10.0), timed(1, "RUNNING", 1, 6.0)]) == pytest.approx(9 * 2.0)
+
+
 def test_the_cost_exponent_is_fitted_once_the_costs_differ_and_kept_within_bounds():
     assert fitted_exponent([]) == PRIOR_EXPONENT
     assert fitted_exponent([(0.0, 1.0), (0.1, 5.0)]) == PRIOR_EXPONENT  # costs 1 and 1.1: too close to tell

@@ -4,11 +4,13 @@ An epoch's cost differs several-fold between configs (18 capsules of 18 against 
 of epochs per second over the whole sweep misleads whenever the expensive trials run first (the
 warm starts, a grid's costliest points) or last. Instead:
 
-- a Ray trial that has reported costs its own seconds per epoch (Ray's time_total_s over its epochs);
-- a trial whose config is known but which has not reported yet (a trial just started, a grid's point
-  not yet created) costs what its epoch's cost (space.epoch_cost: latent units x sequences) predicts:
-  seconds per epoch = k * cost^p, p fitted (log-log least squares) over the trials that reported, or
-  PRIOR_EXPONENT while their costs are all one, and k the median of the latest trials' rate / cost^p;
+- a Ray trial that has reported two epochs costs its own seconds per epoch (Ray's time_total_s over
+  its epochs), the cost model's rate beside them as PRIOR_EPOCHS more epochs;
+- a trial whose config is known but which has not reported that much (a trial just started, a
+  grid's point not yet created) costs what its epoch's cost (space.epoch_cost: latent units x
+  sequences) predicts: seconds per epoch = k * cost^p, p fitted (log-log least squares) over the
+  trials past their first epoch, or PRIOR_EXPONENT while their costs are all one, and k the median
+  of the latest trials' rate / cost^p;
 - a trial a sampler has yet to draw costs the median rate per point of the latest trials, two per
   slot (a sampler's next configs resemble its latest ones more than its first), not counting the
   warm starts (configs the spec gave) once a drawn trial has reported.
@@ -27,9 +29,10 @@ from typing import Any
 from .records import RUNNING, TrialRecord
 
 RECENT_PER_SLOT = 2  # the trials whose rates price the ones not started yet, per slot
-# a trial's first epochs say little of its rate (the first starts its data, model and threads, and an
-# evaluation epoch costs about two): until it has trained more, the cost model's rate counts as this
-# many of its epochs
+# a trial's first epochs say little of its rate: the first starts its data, model and threads (up to
+# three times a later epoch) and an evaluation epoch costs about two. Its own rate counts from its
+# SETTLED-th epoch on, and the cost model's beside it as PRIOR_EPOCHS more epochs
+SETTLED = 2
 PRIOR_EPOCHS = 2
 # seconds per epoch grow as the epoch's cost to this power until the sweep's trials tell: on 2 cores,
 # an epoch of 18x18 capsules took 5.6 to 6.2 times one of 6x6, 9 times the latent units (9^0.8 = 5.8)
@@ -88,13 +91,15 @@ class Eta:
         if not own:
             return None
         costs = {ray_id: sum(self.cost(p.config) for p in points) for ray_id, points in trials.items()}
+        settled = {ray_id: (s, e) for ray_id, (s, e) in own.items() if e >= SETTLED} or own
         given = set(list(trials)[:self.given])  # Ray lists its trials as it creates them
-        drawn = [ray_id for ray_id in own if ray_id not in given] or list(own)
+        drawn = [ray_id for ray_id in settled if ray_id not in given] or list(settled)
         recent = drawn[-RECENT_PER_SLOT * self.slots:]
-        rate_of = CostModel({ray_id: (costs[ray_id], s / e) for ray_id, (s, e) in own.items()}, recent)
-        # a trial's own seconds per epoch, with the model's as PRIOR_EPOCHS more epochs
+        rate_of = CostModel({ray_id: (costs[ray_id], s / e) for ray_id, (s, e) in settled.items()}, recent)
+        # a trial's own seconds per epoch, with the model's as PRIOR_EPOCHS more epochs; the model's
+        # alone until it has settled
         rates = {ray_id: (s + PRIOR_EPOCHS * rate_of(costs[ray_id])) / (e + PRIOR_EPOCHS)
-                 for ray_id, (s, e) in own.items()}
+                 if ray_id in settled else rate_of(costs[ray_id]) for ray_id, (s, e) in own.items()}
         point_rate = median(rates[ray_id] / len(trials[ray_id]) for ray_id in recent)
 
         def left(points: list[TrialRecord]) -> float:
