@@ -86,21 +86,14 @@ class Eta:
         trials = by_trial(records)
         running = running_trials(trials)
         self.observe(len(running))
+        costs = {ray_id: sum(self.cost(p.config) for p in points) for ray_id, points in trials.items()}
         own = {ray_id: (points[0].time_s, points[0].epochs) for ray_id, points in trials.items()
                if points[0].epochs > 0 and math.isfinite(points[0].time_s)}
         if not own:
             return None
-        costs = {ray_id: sum(self.cost(p.config) for p in points) for ray_id, points in trials.items()}
-        settled = {ray_id: (s, e) for ray_id, (s, e) in own.items() if e >= SETTLED} or own
-        given = set(list(trials)[:self.given])  # Ray lists its trials as it creates them
-        drawn = [ray_id for ray_id in settled if ray_id not in given] or list(settled)
-        recent = drawn[-RECENT_PER_SLOT * self.slots:]
-        rate_of = CostModel({ray_id: (costs[ray_id], s / e) for ray_id, (s, e) in settled.items()}, recent)
-        # a trial's own seconds per epoch, with the model's as PRIOR_EPOCHS more epochs; the model's
-        # alone until it has settled
-        rates = {ray_id: (s + PRIOR_EPOCHS * rate_of(costs[ray_id])) / (e + PRIOR_EPOCHS)
-                 if ray_id in settled else rate_of(costs[ray_id]) for ray_id, (s, e) in own.items()}
-        point_rate = median(rates[ray_id] / len(trials[ray_id]) for ray_id in recent)
+        given = list(trials)[:self.given]  # Ray lists its trials as it creates them
+        rates, rate_of, recent = prices(own, costs, given, RECENT_PER_SLOT * self.slots)
+        point_rate = median(rates[ray_id] / len(trials[ray_id]) for ray_id in recent)  # a fused trial's points share it
 
         def left(points: list[TrialRecord]) -> float:
             rate = rates.get(points[0].ray_id) or rate_of(costs[points[0].ray_id])
@@ -115,6 +108,22 @@ class Eta:
         else:
             waiting += [self.epochs * point_rate] * max(self.total - len(records), 0)
         return finish_time(busy, waiting, self.slots)
+
+
+def prices(own: dict[str, tuple[float, int]], costs: dict[str, float], given: list[str],
+           recent_n: int) -> tuple[dict[str, float], CostModel, list[str]]:
+    """(seconds per epoch of each Ray trial that reported, the cost model, the latest trials, which
+    price those not yet drawn) from each one's (seconds, epochs) so far and its epoch's cost;
+    `given`: the warm starts; `recent_n`: how many latest trials."""
+    settled = {ray_id: (s, e) for ray_id, (s, e) in own.items() if e >= SETTLED} or own
+    drawn = [ray_id for ray_id in settled if ray_id not in given] or list(settled)
+    recent = drawn[-recent_n:]
+    rate_of = CostModel({ray_id: (costs[ray_id], s / e) for ray_id, (s, e) in settled.items()}, recent)
+    # a trial's own seconds per epoch, with the model's as PRIOR_EPOCHS more epochs; the model's
+    # alone until it has settled
+    rates = {ray_id: (s + PRIOR_EPOCHS * rate_of(costs[ray_id])) / (e + PRIOR_EPOCHS)
+             if ray_id in settled else rate_of(costs[ray_id]) for ray_id, (s, e) in own.items()}
+    return rates, rate_of, recent
 
 
 class CostModel:
