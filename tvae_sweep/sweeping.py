@@ -16,6 +16,7 @@ import ray
 
 from .config import read_yaml
 from .errors import ConfigError
+from .metrics import INIT
 from .sweep.confirm import CONFIRM, baseline_bundles, chosen_configs, confirm_dir, confirm_raw, new_seeds
 from .sweep.console import RayLog, TrialConsole
 from .sweep.disk import one_line_when_full
@@ -50,7 +51,7 @@ from .tracking.ui import experiment_page, page_url, serve
 Say = Callable[..., None]
 # shown beside the objectives: what training added to the equivariance, each beside its control
 # (the ratio with an input-free u, the roll gain of the reversed roll: TVAE-SPEC 3.2), and whether z is in use
-BESIDE = ("equivariance_ratio", "equivariance_ratio_init", "equivariance_ratio_input_free", "roll_gain",
+BESIDE = ("equivariance_ratio", "equivariance_ratio" + INIT, "equivariance_ratio_input_free", "roll_gain",
           "roll_gain_reversed", "kl_z")
 
 

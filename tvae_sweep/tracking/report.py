@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..metrics import DERIVED
+from ..metrics import DERIVED, INIT, LEARNED
 from ..sweep.layout import SweepDir
 from ..sweep.results import hypervolume_line, pareto_trials
 from ..sweep.spec import SweepSpec
@@ -97,7 +97,7 @@ def wide_markdown(wide: pd.DataFrame, key: str) -> str:
     learned only where its interval excludes 0."""
     metrics = [c.removesuffix("_mean") for c in wide.columns if c.endswith("_mean")]
     plain = [m for m in metrics if not m.endswith(DERIVED)]
-    with_init = [m for m in plain if f"{m}_init" in metrics]
+    with_init = [m for m in plain if f"{m}{INIT}" in metrics]
 
     def cell(row: pd.Series, m: str) -> str:
         if missing(row[f"{m}_mean"]):  # a model without the metric (the VAE's kl_u)
@@ -105,7 +105,7 @@ def wide_markdown(wide: pd.DataFrame, key: str) -> str:
         return f"{fmt(row[f'{m}_mean'])} ± {fmt(row[f'{m}_std'])} {ci(row[f'{m}_ci_low'], row[f'{m}_ci_high'])}"
 
     def twin(row: pd.Series, m: str) -> str:
-        return f"{cell(row, m)} (init {cell(row, f'{m}_init')}; {learned(row, f'{m}_learned')})"
+        return f"{cell(row, m)} (init {cell(row, m + INIT)}; {learned(row, m + LEARNED)})"
 
     out = []
     for names, show in (([m for m in plain if m not in with_init], cell), (with_init, twin)):
