@@ -413,7 +413,7 @@ def test_the_cost_exponent_is_fitted_once_the_costs_differ_and_kept_within_bound
 
 def test_a_grids_trials_not_yet_created_are_priced_by_their_configs():
     """The confirmation's case: its two 18x18 bundles (cost 9) ran first at 10 s an epoch; its two
-    small bundles (cost 1), not yet created, cost 10 / 9^0.8 s an epoch, not 10: they take one slot each."""
+    small bundles (cost 1), not yet created, cost 10 / 9^PRIOR_EXPONENT s an epoch, not 10: one slot each."""
     big, small = {"model.n_caps": 9}, {"model.n_caps": 1}
     eta = Eta(total=4, epochs=10, cost=lambda config: config["model.n_caps"], queue=[[big], [big], [small], [small]])
     eta.observe(2)
