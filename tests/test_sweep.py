@@ -24,7 +24,7 @@ from benchmarks.eta_accuracy import configs_in_order, replayed, rows, saved_repo
 from tvae_sweep.sweep.console import TrialConsole, short_names
 from tvae_sweep.sweep.eta import MAX_EXPONENT, PRIOR_EPOCHS, PRIOR_EXPONENT, Eta, finish_time, fitted_exponent
 from tvae_sweep.sweep.fusion import MEMBERS, PARAMS, POINTS
-from tvae_sweep.sweep.launch import sweep_eta
+from tvae_sweep.sweep.launch import sweep_eta, trial_queue
 from tvae_sweep.sweep.pbt import full_points
 from tvae_sweep.sweep.records import TrialRecord, records_of
 from tvae_sweep.sweep.trainable import best_metrics
@@ -429,7 +429,7 @@ def test_the_sweeps_eta_knows_a_grids_trials_costliest_first_and_a_samplers_not(
     grid = load_spec(sweep_spec(tmp_path, search={"algorithm": "grid", "scheduler": "fifo"},
                                 space={"model.n_caps": {"type": "categorical", "values": [2, 4, 3]}}))
     eta = sweep_eta(grid)
-    assert [points[0]["model.n_caps"] for points in eta.queue] == [4, 3, 2]
+    assert [points[0]["model.n_caps"] for points in trial_queue(grid)] == [4, 3, 2]
     assert eta.cost({"model.n_caps": 4}) == 2 * eta.cost({"model.n_caps": 2})
     tpe = load_spec(sweep_spec(tmp_path, search={"algorithm": "tpe"}))
     assert sweep_eta(tpe).queue is None and sweep_eta(tpe).total == tpe.search.num_trials

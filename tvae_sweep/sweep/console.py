@@ -130,7 +130,6 @@ class TrialConsole(Callback):
         """eta: the sweep's time left (launch.sweep_eta), which knows its trials; rungs: the sweep's
         ASHA rungs (asha_rungs), to show where it stopped a trial."""
         self.params, self.metrics, self.eta, self.rungs = params, metrics, eta, rungs
-        self.total = eta.total
         self.stream = stream or sys.stdout  # the console as it is now, before Ray's output is redirected
         self.clock = clock
         self.started = clock()
@@ -149,10 +148,11 @@ class TrialConsole(Callback):
         done = sum(r.finished for r in records)
         running = sum(r.state == RUNNING for r in records)
         left = self.eta.seconds_left(records)
-        line = (f"{done}/{self.total} trials done, {running} running, {self.total - done - running} pending; "
+        total = self.eta.total
+        line = (f"{done}/{total} trials done, {running} running, {total - done - running} pending; "
                 f"{done_epochs(records)}/{self.eta.planned(records)} epochs; "
                 f"{_duration(self.clock() - self.started)} elapsed")
-        if left is not None and done < self.total:
+        if left is not None and done < total:
             line += f", about {_duration(left)} to go"
         return line
 

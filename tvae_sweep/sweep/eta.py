@@ -24,7 +24,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from statistics import median
-from typing import Any
+from typing import Any, NamedTuple
 
 from .records import RUNNING, TrialRecord
 
@@ -45,6 +45,15 @@ MAX_EXPONENT = 1.5  # and keeps within [0, this]: a costlier epoch takes no less
 Config = dict[str, Any]
 
 
+class Queued(NamedTuple):
+    """A Ray trial the sweep will create, priced once: its points' epoch costs summed, its longest
+    point's epochs (how long it runs) and its points' epochs summed (what it adds to the plan)."""
+
+    cost: float
+    epochs: int
+    point_epochs: int
+
+
 def done_epochs(records: list[TrialRecord]) -> int:
     return sum(r.epochs for r in records)
 
@@ -57,8 +66,10 @@ class Eta:
         cost: a trial's config -> its epoch's relative cost (None: all alike);
         queue: where the sweep knows them (a grid), its Ray trials' configs (a point's each) in the
         order it creates them."""
-        self.total, self.epochs, self.given, self.queue = total, epochs, given, queue
+        self.total, self.epochs, self.given = total, epochs, given
         self.cost = cost or (lambda config: 1.0)
+        self.queue = None if queue is None else [Queued(sum(map(self.cost, points)), max(map(self.epochs_of, points)),
+                                                        sum(map(self.epochs_of, points))) for points in queue]
         self.slots = 1  # the most Ray trials seen running at once
 
     def planned_of(self, record: TrialRecord) -> int:
@@ -72,10 +83,10 @@ class Eta:
         """Every epoch the sweep will have trained: the trials seen, and the ones not yet created."""
         seen = sum(map(self.planned_of, records))
         if self.queue is not None:
-            return seen + sum(self.epochs_of(c) for points in self.unseen(records) for c in points)
+            return seen + sum(q.point_epochs for q in self.unseen(records))
         return seen + max(self.total - len(records), 0) * self.epochs
 
-    def unseen(self, records: list[TrialRecord]) -> list[list[Config]]:
+    def unseen(self, records: list[TrialRecord]) -> list[Queued]:
         """The queue's Ray trials not yet created."""
         return self.queue[len(by_trial(records)):]
 
@@ -105,8 +116,7 @@ class Eta:
         waiting = [left(points) for ray_id, points in trials.items()
                    if ray_id not in running and not all(p.finished for p in points)]
         if self.queue is not None:
-            waiting += [max(map(self.epochs_of, points)) * rate_of(sum(map(self.cost, points)))
-                        for points in self.unseen(records)]
+            waiting += [q.epochs * rate_of(q.cost) for q in self.unseen(records)]
         else:
             waiting += [self.epochs * point_rate] * max(self.total - len(records), 0)
         return finish_time(busy, waiting, self.slots)

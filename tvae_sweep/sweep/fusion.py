@@ -59,8 +59,9 @@ def fused_groups(spec: SweepSpec) -> list[list[Point]]:
 
 
 def costliest_first(groups: list[list[Point]], spec: SweepSpec) -> list[list[Point]]:
-    """The order a fused grid trains its groups in: the costliest first (space.trial_cost, summed
-    over a group's points; equal costs in their order), so the sweep's slots end together."""
+    """The order a grid trains its groups in (a fused grid's, or one point each: the order
+    space.make_sampler gives Optuna's grid): the costliest first (space.trial_cost, summed over a
+    group's points; equal costs in their order), so the sweep's slots end together."""
     base = spec.base_dict()
     return sorted(groups, key=lambda points: sum(config_cost(base, p.config) for p in points), reverse=True)  # stable
 

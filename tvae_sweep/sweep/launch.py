@@ -34,7 +34,7 @@ from .records import TrialRecord, saved_records
 from .results import frame_of
 from .rungs import asha_rungs
 from .searcher import FusedGridSearch, optuna_search, space_exhausted
-from .space import config_cost, epoch_cost, num_trials, trial_run_config
+from .space import epoch_cost, num_trials, trial_run_config
 from .spec import SweepSpec
 from .trainable import train_trial
 from .validation import spec_from_dict
@@ -105,12 +105,10 @@ def trial_queue(spec: SweepSpec) -> list[list[dict[str, Any]]] | None:
     s = spec.search
     if s.scheduler == "pbt":
         return [[point] for point in full_points(spec)]
-    if s.fuse:
-        return [[p.trial_config for p in points] for points in costliest_first(fused_groups(spec), spec)]
-    if s.algorithm == "grid":  # make_sampler's order
-        base = spec.base_dict()
-        return [[p.trial_config] for p in sorted(grid(spec), key=lambda p: -config_cost(base, p.config))]
-    return None
+    if s.algorithm != "grid":
+        return None
+    groups = fused_groups(spec) if s.fuse else [[point] for point in grid(spec)]  # a grid's costliest first
+    return [[p.trial_config for p in points] for points in costliest_first(groups, spec)]
 
 
 def _scheduler(spec: SweepSpec, sweep: SweepDir | None = None):
