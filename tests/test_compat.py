@@ -64,3 +64,12 @@ def test_a_missing_private_function_of_a_module_is_named(monkeypatch):
     monkeypatch.delattr(atexit, "_run_exitfuncs")
     with pytest.raises(compat.PrivateApiGone, match="atexit has no _run_exitfuncs any more"):
         compat.run_exit_handlers()
+
+
+def test_a_frozen_trial_becomes_one_that_can_be_marked_and_told():
+    study = optuna.create_study()
+    study.ask()
+    trial = compat.live_trial(study, study.get_trials()[0])
+    trial.set_user_attr("lost", True)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert (study.trials[0].state, study.trials[0].user_attrs) == (optuna.trial.TrialState.FAIL, {"lost": True})

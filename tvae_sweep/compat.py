@@ -57,6 +57,14 @@ def optuna_metrics(searcher) -> list[str]:
 
 
 
+def live_trial(study, frozen) -> Any:
+    """A FrozenTrial of `study` as a Trial whose attributes can be set and which can be told its
+    state: Optuna builds one from the storage's trial id, FrozenTrial._trial_id."""
+    import optuna  # noqa: PLC0415 compat loads no Optuna for its other readers
+
+    return optuna.trial.Trial(study, _private(frozen, "_trial_id", "to mark a trial lost in an interruption"))
+
+
 def order_grid(sampler, key: Callable[[dict[str, Any]], Any]) -> None:
     """Optuna's GridSampler._all_grids and _param_names: its trial n takes point n of a grid it
     shuffled with its seed, and no public API orders the grid. A sweep sorts it by `key` (of each

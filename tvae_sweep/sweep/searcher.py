@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch as RayOptunaSearch
 
-from ..compat import optuna_metrics, optuna_study, optuna_trials
+from ..compat import live_trial, optuna_metrics, optuna_study, optuna_trials
 from .fusion import MEMBERS, Point, group_config
 from .rungs import Rungs, asha_rungs
 from .space import define_by_run, make_sampler
@@ -144,7 +144,7 @@ class OptunaSearch(RayOptunaSearch):
         known = {trial.number for trial in optuna_trials(self).values()}
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
-                trial = optuna.trial.Trial(study, frozen._trial_id)
+                trial = live_trial(study, frozen)
                 trial.set_user_attr(LOST, True)
                 study.tell(trial, state=TrialState.FAIL)
 
