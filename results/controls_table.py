@@ -10,30 +10,18 @@ reversed roll, the likelihood and kl_z. Differences are taken seed by seed.
 """
 from __future__ import annotations
 
-import re
 import sys
 
 import numpy as np
 import pandas as pd
+from readme_tables import cell, markdown, seeds_of  # results/ is the script's path
 
-from tvae_sweep.tracking.stats import interval
-
-SEED = re.compile(r"^final/log_likelihood_seed(\d+)$")
 SHORT = {"model.coherence_window": "window", "model.n_off_diag": "n_off_diag", "model.mu_init": "mu",
          "model.n_caps": "n_caps", "model.cap_dim": "cap_dim", "model.shift": "shift"}
 
 
-def seeds_of(frame: pd.DataFrame) -> list[int]:
-    return sorted(int(m.group(1)) for c in frame.columns if (m := SEED.match(c)))
-
-
 def per_seed(row: pd.Series, metric: str, seeds: list[int]) -> np.ndarray:
     return np.array([row[f"final/{metric}_seed{s}"] for s in seeds], dtype=float)
-
-
-def cell(values: np.ndarray, digits: int) -> str:
-    low, high = interval(values)
-    return f"{np.nanmean(values):.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def row_cells(row: pd.Series, seeds: list[int]) -> dict[str, str]:
@@ -65,13 +53,6 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     keys = [k for k in ("mu", "window", "K") if k in out] or list(out.columns[:1])
     return out[keys + [c for c in out.columns if c not in keys]].sort_values(keys)
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    head = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---:" if i else "---" for i in range(len(frame.columns))) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
 
 
 if __name__ == "__main__":

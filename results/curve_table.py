@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from controls_table import markdown  # the tables' one markdown writer (results/ is the script's path)
+from readme_tables import markdown, written  # results/ is the script's path
 
 METRICS = {  # metric: digits
     "log_likelihood": 1,
@@ -25,9 +25,7 @@ METRICS = {  # metric: digits
 
 
 def cell(row: pd.Series, digits: int) -> str:
-    if pd.isna(row["ci_low"]):
-        return f"{row['mean']:.{digits}f}"
-    return f"{row['mean']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+    return written(row["mean"], row["ci_low"], row["ci_high"], digits)
 
 
 def metric_table(curves: pd.DataFrame, metric: str, epochs: list[int], digits: int) -> pd.DataFrame:

@@ -15,11 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from controls_table import markdown  # the tables' one markdown writer (results/ is the script's path)
-
-from tvae_sweep.tracking.stats import interval
+from readme_tables import cell, markdown, written  # results/ is the script's path
 
 QUANTITIES = {  # column: (metric, minus metric or None, digits)
     "log p(x)": ("log_likelihood", None, 1),
@@ -29,18 +26,12 @@ QUANTITIES = {  # column: (metric, minus metric or None, digits)
     "ratio learned": ("equivariance_ratio_learned", None, 3),
     "at mean - input-free": ("equivariance_ratio_at_mean", "equivariance_ratio_input_free", 3),
     "roll gain - reversed": ("roll_gain", "roll_gain_reversed", 1),
+    # the 2-D model's map: neighbouring units' agreement above the same units shuffled over the grid
+    "agreement - chance": ("topographic_agreement", "topographic_agreement_chance", 3),
+    "agreement - chance, init": ("topographic_agreement_init", "topographic_agreement_chance_init", 3),
+    "agreement learned": ("topographic_agreement_learned", None, 3),
 }
-COMPARED = ("log_likelihood", "equivariance_ratio_learned", "roll_gain", "kl_z")
-
-
-def cell(values: np.ndarray, digits: int) -> str:
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return ""
-    low, high = interval(values)
-    if np.isnan(low):
-        return f"{values.mean():.{digits}f}"
-    return f"{values.mean():.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+COMPARED = {"log_likelihood": 1, "kl_z": 2, "equivariance_ratio_learned": 3, "roll_gain": 1}  # metric: digits
 
 
 def models_table(frame: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -57,7 +48,8 @@ def models_table(frame: pd.DataFrame, key: str) -> pd.DataFrame:
                 values = values - group[f"final/{minus}"].to_numpy(float)
             row[column] = cell(values, digits)
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table[[c for c in table.columns if (table[c] != "").any()]]  # no column the sweep has no metric for
 
 
 def comparisons_table(sweep: Path) -> pd.DataFrame:
@@ -66,8 +58,8 @@ def comparisons_table(sweep: Path) -> pd.DataFrame:
         return pd.DataFrame()
     table = pd.read_parquet(path)
     table = table[table["metric"].isin(COMPARED)].copy()
-    table["diff [95% CI]"] = [f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]" for d, lo, hi in
-                              zip(table["diff"], table["ci_low"], table["ci_high"], strict=True)]
+    table["diff [95% CI]"] = [written(d, low, high, COMPARED[metric]) for metric, d, low, high in
+                              zip(table["metric"], table["diff"], table["ci_low"], table["ci_high"], strict=True)]
     table["p (Holm)"] = table["p_holm"].map(lambda p: f"{p:.3g}")
     return table[["model", "baseline", "metric", "n", "diff [95% CI]", "p (Holm)", "verdict"]]
 

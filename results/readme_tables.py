@@ -1,0 +1,60 @@
+"""What the table scripts of results/README.md share: a cell (a mean with its 95% interval, the
+aggregates' own: tvae_sweep.tracking.stats.interval), each trial's values seed by seed, and markdown.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+
+from tvae_sweep.tracking.stats import interval
+
+SEED_COLUMN = re.compile(r"^final/(.+)_seed(\d+)$")
+
+
+def written(mean: float, low: float, high: float, digits: int) -> str:
+    """`mean [low, high]` to `digits` decimals; the mean alone without an interval."""
+    if math.isnan(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def cell(values: np.ndarray, digits: int) -> str:
+    """The mean of `values` with its interval (NaNs left out; empty for none)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return ""
+    return written(float(values.mean()), *interval(values), digits)
+
+
+def seeds_of(frame: pd.DataFrame) -> list[int]:
+    """The seeds of a replicated sweep's trials (their final/<metric>_seed<s> columns)."""
+    return sorted({int(m.group(2)) for c in frame.columns if (m := SEED_COLUMN.match(c))})
+
+
+def per_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished trial and seed: the trial's config/ columns, `seed`, and each final metric
+    as that seed ended it. A replicated trial gives a row per seed (final/<metric>_seed<s>); a
+    sweep with one seed per trial a row per trial (config/train.seed)."""
+    done = frame[frame["state"] == "TERMINATED"]
+    config = [c for c in done.columns if c.startswith("config/") and c != "config/train.seed"]
+    seeds = seeds_of(done)
+    if not seeds:
+        finals = {c: c[len("final/"):] for c in done.columns if c.startswith("final/")}
+        out = done[config + list(finals)].rename(columns=finals)
+        return out.assign(seed=done["config/train.seed"].to_numpy())
+    rows = []
+    for s in seeds:
+        finals = {c: m.group(1) for c in done.columns if (m := SEED_COLUMN.match(c)) and int(m.group(2)) == s}
+        rows.append(done[config + list(finals)].rename(columns=finals).assign(seed=s))
+    return pd.concat(rows, ignore_index=True)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---:" if i else "---" for i in range(len(frame.columns))) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])

@@ -1,0 +1,102 @@
+"""results/: the README's intervals against the reference runs, and the table scripts that print them."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from check_intervals import main as check_readme
+from check_intervals import parquet_triples, printed, unfounded, written
+from paired_table import paired
+from preset_table import models_table
+from readme_tables import cell, per_seed
+
+from tvae_sweep.tracking.stats import interval
+
+
+def test_every_interval_the_results_readme_states_is_one_the_reference_runs_give(capsys):
+    assert check_readme() == 0, capsys.readouterr().out
+    counted = capsys.readouterr().out.splitlines()[-1]
+    assert int(counted.split()[0]) > 300, counted  # the check read the README's intervals, not none
+
+
+def test_an_interval_off_by_one_digit_or_the_wrong_way_round_is_caught(tmp_path):
+    pd.DataFrame({"group": ["a"], "metric": ["kl_z"], "mean": [5.04], "ci_low": [4.27], "ci_high": [5.80]}) \
+        .to_parquet(tmp_path / "group.parquet")
+    pd.DataFrame({"metric": ["log_likelihood"], "diff": [-5.36], "ci_low": [-8.31], "ci_high": [-2.44]}) \
+        .to_parquet(tmp_path / "comparisons.parquet")
+    known = parquet_triples(tmp_path / "group.parquet") + parquet_triples(tmp_path / "comparisons.parquet")
+    text = ("kl_z 5.04 [4.27, 5.80] and 5.0 [4.3, 5.8]\n"     # as printed, and rounded further
+            "mu 3 costs 5.4 [2.4, 8.3] nats, -5.4 [-8.3, -2.4]\n"  # a difference either way round
+            "kl_z 5.05 [4.27, 5.80]\n"                        # one digit off
+            "kl_z -5.04 [-5.80, -4.27]\n"                     # a group's mean has no other way round
+            "-5.4 [-8.3, -2.5]")                              # a bound off
+    assert [line for line, _ in unfounded(text, known)] == [3, 4, 5]
+
+
+def test_intervals_are_read_as_written():
+    assert written("a | -0.009 [-0.047, 0.029] | +2.8 [-5.1, 10.8] |\n12 [3, 4]") == [
+        (1, ("-0.009", "-0.047", "0.029")), (1, ("+2.8", "-5.1", "10.8"))]
+
+
+def test_a_readme_command_prints_what_the_script_prints():
+    out = printed("results/paired_table.py results/reference/paper_table1_curve paper_model tvae_L13_36")
+    assert "| tvae_L13_36_mu3 | 3 | -5.4 [-8.3, -2.4] |" in out
+
+
+# ---------------------------------------------------------------- the table scripts
+
+
+def one_seed_per_trial(rows: list[tuple[str, int, int, float]]) -> pd.DataFrame:
+    """Trials of a preset sweep: (model, window the preset sets, seed, log-likelihood)."""
+    return pd.DataFrame([{"state": "TERMINATED", "config/paper_model": m, "config/model.coherence_window": w,
+                          "config/train.seed": s, "final/log_likelihood": ll} for m, w, s, ll in rows])
+
+
+def replicated(rows: list[tuple[float, int, list[float]]]) -> pd.DataFrame:
+    """Replicated trials: (mu, K, log-likelihood of seeds 0, 1, 2)."""
+    return pd.DataFrame([{"state": "TERMINATED", "config/model.mu_init": mu, "config/model.n_off_diag": k,
+                          "final/log_likelihood": float(np.mean(lls)),
+                          **{f"final/log_likelihood_seed{s}": v for s, v in enumerate(lls)}} for mu, k, lls in rows])
+
+
+def test_per_seed_reads_both_layouts_of_a_sweep():
+    flat = per_seed(one_seed_per_trial([("vae", 18, 0, -300.0), ("vae", 18, 1, -310.0)]))
+    assert sorted(zip(flat["seed"], flat["log_likelihood"], strict=True)) == [(0, -300.0), (1, -310.0)]
+    long = per_seed(replicated([(30.0, 1, [-290.0, -291.0, -292.0])]))
+    assert sorted(zip(long["seed"], long["log_likelihood"], strict=True)) == [(0, -290.0), (1, -291.0), (2, -292.0)]
+
+
+def test_paired_differences_are_taken_seed_by_seed_within_the_other_keys():
+    frame = replicated([(30.0, 0, [-290.0, -300.0, -310.0]), (3.0, 0, [-295.0, -303.0, -314.0]),
+                        (30.0, 1, [-280.0, -280.0, -280.0]), (3.0, 1, [-200.0, -200.0, -200.0])])
+    table = paired(frame, "model.mu_init", "30.0", {"log_likelihood": 1}).set_index("model.n_off_diag")
+    low, high = interval([-5.0, -3.0, -4.0])
+    assert table.loc[0, "log_likelihood"] == f"-4.0 [{low:.1f}, {high:.1f}]"  # not the K = 1 trials' 80
+    assert table.loc[1, "log_likelihood"] == "80.0 [80.0, 80.0]"
+    assert list(table["n"]) == [3, 3]
+
+
+def test_a_presets_own_settings_are_not_held_equal_and_unpaired_seeds_drop_out():
+    frame = one_seed_per_trial([("paper", 13, 0, -320.0), ("paper", 13, 1, -330.0), ("paper", 13, 2, -325.0),
+                                ("bubble", 5, 0, -310.0), ("bubble", 5, 1, -321.0)])  # seed 2 did not finish
+    row = paired(frame, "paper_model", "paper", {"log_likelihood": 1}).iloc[0]
+    assert (row["paper_model"], row["n"]) == ("bubble", 2)
+    low, high = interval([10.0, 9.0])
+    assert row["log_likelihood"] == f"9.5 [{low:.1f}, {high:.1f}]"
+
+
+def test_paired_names_a_missing_key_or_baseline():
+    frame = one_seed_per_trial([("paper", 13, 0, -320.0)])
+    with pytest.raises(SystemExit, match="no searched key model.shift"):
+        paired(frame, "model.shift", "1")
+    with pytest.raises(SystemExit, match="no finished trial has paper_model = vae"):
+        paired(frame, "paper_model", "vae")
+
+
+def test_a_cell_is_the_mean_with_its_interval_and_a_column_without_the_metric_is_left_out():
+    assert cell(np.array([1.0, 2.0, math.nan, 3.0]), 2) == "2.00 [{:.2f}, {:.2f}]".format(*interval([1.0, 2.0, 3.0]))
+    assert cell(np.array([4.0]), 1) == "4.0"
+    assert cell(np.array([math.nan]), 1) == ""
+    table = models_table(one_seed_per_trial([("vae", 18, 0, -300.0), ("vae", 18, 1, -310.0)]), "paper_model")
+    assert list(table.columns) == ["model", "n", "log p(x)"]  # no kl_z, ratio or agreement columns
