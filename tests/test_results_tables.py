@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from check_intervals import main as check_readme
-from check_intervals import parquet_triples, printed, unfounded, written
+from check_readme import SPREAD, aggregates, printed, seed_spreads, stated, unfounded
+from check_readme import main as check_readme
 from paired_table import paired
 from preset_table import models_table
 from readme_tables import cell, per_seed
@@ -14,10 +14,11 @@ from readme_tables import cell, per_seed
 from tvae_sweep.tracking.stats import interval
 
 
-def test_every_interval_the_results_readme_states_is_one_the_reference_runs_give(capsys):
-    assert check_readme() == 0, capsys.readouterr().out
-    counted = capsys.readouterr().out.splitlines()[-1]
-    assert int(counted.split()[0]) > 300, counted  # the check read the README's intervals, not none
+def test_every_interval_and_spread_the_results_readme_states_is_one_the_reference_runs_give(capsys):
+    code = check_readme()
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert int(out.splitlines()[-1].split()[0]) > 450, out  # the check read the README's numbers, not none
 
 
 def test_an_interval_off_by_one_digit_or_the_wrong_way_round_is_caught(tmp_path):
@@ -25,7 +26,7 @@ def test_an_interval_off_by_one_digit_or_the_wrong_way_round_is_caught(tmp_path)
         .to_parquet(tmp_path / "group.parquet")
     pd.DataFrame({"metric": ["log_likelihood"], "diff": [-5.36], "ci_low": [-8.31], "ci_high": [-2.44]}) \
         .to_parquet(tmp_path / "comparisons.parquet")
-    known = parquet_triples(tmp_path / "group.parquet") + parquet_triples(tmp_path / "comparisons.parquet")
+    known = [t for name in ("group", "comparisons") for t in aggregates(tmp_path / f"{name}.parquet", "interval")]
     text = ("kl_z 5.04 [4.27, 5.80] and 5.0 [4.3, 5.8]\n"     # as printed, and rounded further
             "mu 3 costs 5.4 [2.4, 8.3] nats, -5.4 [-8.3, -2.4]\n"  # a difference either way round
             "kl_z 5.05 [4.27, 5.80]\n"                        # one digit off
@@ -34,9 +35,22 @@ def test_an_interval_off_by_one_digit_or_the_wrong_way_round_is_caught(tmp_path)
     assert [line for line, _ in unfounded(text, known)] == [3, 4, 5]
 
 
-def test_intervals_are_read_as_written():
-    assert written("a | -0.009 [-0.047, 0.029] | +2.8 [-5.1, 10.8] |\n12 [3, 4]") == [
+def test_a_mean_and_sd_is_found_over_a_configs_seeds_and_a_wrong_one_is_not(tmp_path):
+    pd.DataFrame([{"state": "TERMINATED", "config/model.mu_init": mu, "config/train.seed": s,
+                   "final/log_likelihood": ll, "final/mean_image_nll": 400.0}
+                  for mu, s, ll in [(30.0, 0, -350.0), (30.0, 1, -360.0), (3.0, 0, -300.0), (3.0, 1, -300.0)]]) \
+        .to_parquet(tmp_path / "trials.parquet")
+    known = seed_spreads(tmp_path / "trials.parquet")
+    sd = float(np.std([-350.0, -360.0], ddof=1))
+    text = (f"| -355.0 ± {sd:.1f} | 45 ± {sd:.0f} | -300 ± 0 |\n"  # a metric, above the mean image, mu 3
+            f"| -355.0 ± {sd + 0.1:.1f} | -330.0 ± 34.6 |")       # sd off; a number no config gives
+    assert [line for line, _ in unfounded(text, known, SPREAD)] == [2, 2]
+
+
+def test_numbers_are_read_as_written():
+    assert stated("a | -0.009 [-0.047, 0.029] | +2.8 [-5.1, 10.8] |\n12 [3, 4]") == [
         (1, ("-0.009", "-0.047", "0.029")), (1, ("+2.8", "-5.1", "10.8"))]
+    assert stated("-376.9 ± 32.4, 8 ± 7 and ±24 nats", SPREAD) == [(1, ("-376.9", "32.4")), (1, ("8", "7"))]
 
 
 def test_a_readme_command_prints_what_the_script_prints():
