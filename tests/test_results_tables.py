@@ -1,11 +1,22 @@
-"""results/: the README's intervals against the reference runs, and the table scripts that print them."""
+"""results/: the README's numbers against the reference runs, and the table scripts that print them."""
 
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
-from check_readme import SPREAD, aggregates, printed, seed_spreads, stated, unfounded
+from check_readme import (
+    BESIDE,
+    SPREAD,
+    aggregate_rows,
+    beside_values,
+    comparisons,
+    config_seeds,
+    printed,
+    seed_spreads,
+    stated,
+    unfounded,
+)
 from check_readme import main as check_readme
 from paired_table import paired
 from preset_table import models_table
@@ -14,19 +25,17 @@ from readme_tables import cell, per_seed
 from tvae_sweep.tracking.stats import interval
 
 
-def test_every_interval_and_spread_the_results_readme_states_is_one_the_reference_runs_give(capsys):
+def test_every_number_the_results_readme_states_with_its_spread_is_one_the_reference_runs_give(capsys):
     code = check_readme()
     out = capsys.readouterr().out
     assert code == 0, out
-    assert int(out.splitlines()[-1].split()[0]) > 450, out  # the check read the README's numbers, not none
+    assert int(out.splitlines()[-1].split()[0]) > 550, out  # the check read the README's numbers, not none
 
 
-def test_an_interval_off_by_one_digit_or_the_wrong_way_round_is_caught(tmp_path):
-    pd.DataFrame({"group": ["a"], "metric": ["kl_z"], "mean": [5.04], "ci_low": [4.27], "ci_high": [5.80]}) \
-        .to_parquet(tmp_path / "group.parquet")
-    pd.DataFrame({"metric": ["log_likelihood"], "diff": [-5.36], "ci_low": [-8.31], "ci_high": [-2.44]}) \
-        .to_parquet(tmp_path / "comparisons.parquet")
-    known = [t for name in ("group", "comparisons") for t in aggregates(tmp_path / f"{name}.parquet", "interval")]
+def test_an_interval_off_by_one_digit_or_the_wrong_way_round_is_caught():
+    group = pd.DataFrame({"group": ["a"], "metric": ["kl_z"], "mean": [5.04], "ci_low": [4.27], "ci_high": [5.80]})
+    compared = pd.DataFrame({"metric": ["log_likelihood"], "diff": [-5.36], "ci_low": [-8.31], "ci_high": [-2.44]})
+    known = aggregate_rows(group, "ci_low", "ci_high") + comparisons(compared)
     text = ("kl_z 5.04 [4.27, 5.80] and 5.0 [4.3, 5.8]\n"     # as printed, and rounded further
             "mu 3 costs 5.4 [2.4, 8.3] nats, -5.4 [-8.3, -2.4]\n"  # a difference either way round
             "kl_z 5.05 [4.27, 5.80]\n"                        # one digit off
@@ -35,22 +44,39 @@ def test_an_interval_off_by_one_digit_or_the_wrong_way_round_is_caught(tmp_path)
     assert [line for line, _ in unfounded(text, known)] == [3, 4, 5]
 
 
-def test_a_mean_and_sd_is_found_over_a_configs_seeds_and_a_wrong_one_is_not(tmp_path):
+def two_configs(tmp_path):
+    """The means and sds over seeds 0 and 1 of mu 30 and mu 3 (likelihood, its value at initialisation)."""
     pd.DataFrame([{"state": "TERMINATED", "config/model.mu_init": mu, "config/train.seed": s,
-                   "final/log_likelihood": ll, "final/mean_image_nll": 400.0}
+                   "final/log_likelihood": ll, "final/log_likelihood_init": ll - 100.0, "final/mean_image_nll": 400.0}
                   for mu, s, ll in [(30.0, 0, -350.0), (30.0, 1, -360.0), (3.0, 0, -300.0), (3.0, 1, -300.0)]]) \
         .to_parquet(tmp_path / "trials.parquet")
-    known = seed_spreads(tmp_path / "trials.parquet")
+    return config_seeds(tmp_path / "trials.parquet")
+
+
+def test_a_mean_and_sd_is_found_over_a_configs_seeds_and_a_wrong_one_is_not(tmp_path):
+    known = seed_spreads(*two_configs(tmp_path))
     sd = float(np.std([-350.0, -360.0], ddof=1))
     text = (f"| -355.0 ± {sd:.1f} | 45 ± {sd:.0f} | -300 ± 0 |\n"  # a metric, above the mean image, mu 3
             f"| -355.0 ± {sd + 0.1:.1f} | -330.0 ± 34.6 |")       # sd off; a number no config gives
     assert [line for line, _ in unfounded(text, known, SPREAD)] == [2, 2]
 
 
+def test_a_table_cells_value_beside_it_is_its_init_or_sd_and_nothing_else(tmp_path):
+    means, stds = two_configs(tmp_path)
+    known = seed_spreads(means, stds) + beside_values(means)
+    text = ("| mu 30 | -355.0 (-455.0) | -355.0 ± 7.1 (-455.0) |\n"  # at initialisation
+            "| mu 30 | -355.0 (7.1) | -300 (-400) |\n"               # the sd; mu 3 at initialisation
+            "| mu 30 | -355.0 (-456.0) | -355.0 (-400.0) |\n"        # neither; another config's init
+            "mu 30 reaches -355.0 (-456.0) in prose")                # not a table cell: not read
+    assert [line for line, _ in unfounded(text, known, BESIDE)] == [3, 3]
+
+
 def test_numbers_are_read_as_written():
     assert stated("a | -0.009 [-0.047, 0.029] | +2.8 [-5.1, 10.8] |\n12 [3, 4]") == [
         (1, ("-0.009", "-0.047", "0.029")), (1, ("+2.8", "-5.1", "10.8"))]
     assert stated("-376.9 ± 32.4, 8 ± 7 and ±24 nats", SPREAD) == [(1, ("-376.9", "32.4")), (1, ("8", "7"))]
+    assert stated("| 13,270 (13,271) | 0.577 (0.598) | -34.4 ± 18.2 (0.0) | L=1/2 (0.348) |", BESIDE) == [
+        (1, ("13,270", "13,271")), (1, ("0.577", "0.598")), (1, ("-34.4", "0.0"))]
 
 
 def test_a_readme_command_prints_what_the_script_prints():
