@@ -42,6 +42,8 @@ def paired(frame: pd.DataFrame, key: str, baseline: str, metrics: dict[str, int]
     rows = []
     for value, trials in seeds[seeds["value"] != baseline].groupby("value", sort=False):
         both = trials.join(base, how="inner")
+        if both.empty:
+            continue
         for setting, pairs in both.groupby(level=same, sort=True) if same else [((), both)]:
             setting = setting if isinstance(setting, tuple) else (setting,)
             row = {c.removeprefix("config/"): v for c, v in zip(same, setting, strict=True)}
@@ -52,7 +54,10 @@ def paired(frame: pd.DataFrame, key: str, baseline: str, metrics: dict[str, int]
 
 
 def main(sweep: Path, key: str, baseline: str) -> None:
-    print(markdown(paired(pd.read_parquet(sweep / "trials.parquet"), key, baseline)))
+    table = paired(pd.read_parquet(sweep / "trials.parquet"), key, baseline)
+    if table.empty:
+        raise SystemExit(f"paired_table: no trial shares its seed and its other keys with one of {key} = {baseline}")
+    print(markdown(table))
 
 
 if __name__ == "__main__":

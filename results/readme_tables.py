@@ -38,14 +38,15 @@ def seeds_of(frame: pd.DataFrame) -> list[int]:
 def per_seed(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per finished trial and seed: the trial's config/ columns, `seed`, and each final metric
     as that seed ended it. A replicated trial gives a row per seed (final/<metric>_seed<s>); a
-    sweep with one seed per trial a row per trial (config/train.seed)."""
+    sweep with one seed per trial a row per trial (config/train.seed, or 0 where every trial had
+    the spec's one seed)."""
     done = frame[frame["state"] == "TERMINATED"]
     config = [c for c in done.columns if c.startswith("config/") and c != "config/train.seed"]
     seeds = seeds_of(done)
     if not seeds:
         finals = {c: c[len("final/"):] for c in done.columns if c.startswith("final/")}
         out = done[config + list(finals)].rename(columns=finals)
-        return out.assign(seed=done["config/train.seed"].to_numpy())
+        return out.assign(seed=done["config/train.seed"].to_numpy() if "config/train.seed" in done else 0)
     rows = []
     for s in seeds:
         finals = {c: m.group(1) for c in done.columns if (m := SEED_COLUMN.match(c)) and int(m.group(2)) == s}

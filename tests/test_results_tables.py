@@ -103,6 +103,7 @@ def replicated(rows: list[tuple[float, int, list[float]]]) -> pd.DataFrame:
 def test_per_seed_reads_both_layouts_of_a_sweep():
     flat = per_seed(one_seed_per_trial([("vae", 18, 0, -300.0), ("vae", 18, 1, -310.0)]))
     assert sorted(zip(flat["seed"], flat["log_likelihood"], strict=True)) == [(0, -300.0), (1, -310.0)]
+    assert list(per_seed(one_seed_per_trial([("vae", 18, 0, -300.0)]).drop(columns="config/train.seed"))["seed"]) == [0]
     long = per_seed(replicated([(30.0, 1, [-290.0, -291.0, -292.0])]))
     assert sorted(zip(long["seed"], long["log_likelihood"], strict=True)) == [(0, -290.0), (1, -291.0), (2, -292.0)]
 
@@ -124,6 +125,11 @@ def test_a_presets_own_settings_are_not_held_equal_and_unpaired_seeds_drop_out()
     assert (row["paper_model"], row["n"]) == ("bubble", 2)
     low, high = interval([10.0, 9.0])
     assert row["log_likelihood"] == f"9.5 [{low:.1f}, {high:.1f}]"
+
+
+def test_trials_that_share_no_seed_with_the_baseline_pair_with_nothing():
+    frame = one_seed_per_trial([("paper", 13, 0, -320.0), ("bubble", 5, 1, -310.0)])
+    assert paired(frame, "paper_model", "paper").empty
 
 
 def test_paired_names_a_missing_key_or_baseline():
