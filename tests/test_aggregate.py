@@ -150,6 +150,17 @@ def test_the_metrics_by_axis_figure_shows_the_objectives_first_and_each_metric_o
     assert rows == ["equivariance_ratio", "log_likelihood", "kl_z", "equivariance_ratio_learned"]
 
 
+def test_the_metrics_by_axis_figure_draws_the_summarys_metrics_and_any_objective_not_the_rest():
+    row = {"config/remedy": "paper", "final/log_likelihood": -300.0, "final/active_units_z": 3.0,
+           "final/equivariance_error": 50.0, "final/equivariance_error_init": 40.0,
+           "final/equivariance_error_learned": 10.0, "final/roll_gain": 2.0, "final/roll_gain_init": 1.0,
+           "final/roll_gain_learned": 1.0, "final/roll_nll": 400.0}
+    spec = remedy_spec(metric="active_units_z", mode="max")  # an objective outside the summary
+    fig = axes_figure(trials([row, {**row, "config/remedy": "mu_lr"}]), spec)
+    rows = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert rows == ["active_units_z", "log_likelihood", "roll_gain", "roll_gain_learned"]
+
+
 def test_an_unknown_baseline_is_refused_with_one_line(tmp_path):
     raw = spec_raw(space={"remedy": REMEDY})
     raw["search"].update(algorithm="grid", scheduler="fifo")

@@ -94,3 +94,12 @@ def test_the_summary_shows_each_equivariance_figure_beside_its_control():
     line = best_lines(frame, METRICS, MODES)[2]
     assert "equivariance_ratio 0.3  equivariance_ratio_input_free 0.4  roll_gain 60" in line
     assert "roll_gain_reversed" not in line
+
+
+def test_a_best_trials_line_shows_the_summary_metrics_it_has_each_once():
+    frame = pd.DataFrame([{"trial_id": "m", "state": "TERMINATED", "final/log_likelihood": -150.0, "final/kl_z": 0.2,
+                           "final/topographic_agreement": 0.56, "final/topographic_agreement_chance": 0.17,
+                           "final/active_units_z": 3.0, "config/model.n_off_diag": 1}])
+    line = best_lines(frame, ["log_likelihood"], ["max"])[1]
+    assert line == ("  m  log_likelihood -150  kl_z 0.2  topographic_agreement 0.56  topographic_agreement_chance 0.17"
+                    "  model.n_off_diag=1")

@@ -63,6 +63,13 @@ METRICS = {m.name: m for m in REGISTRY}
 PER_FACTOR = "capsule_correlation"  # the metric reported per varying factor too: <PER_FACTOR>_<factor>
 INIT, LEARNED = "_init", "_learned"  # <m>_init: at initialisation; <m>_learned: the final value minus it
 DERIVED = (INIT, LEARNED)
+# what a sweep's summaries show beside its objectives (the best trials' lines, the metrics-by-axis
+# figure): the likelihood and z's use, the equivariance ratio beside its value at initialisation and
+# its input-free control, roll gain beside the reversed roll, the paper's capsule correlation and the
+# 2-D map's neighbour agreement beside its chance
+SUMMARY = ("log_likelihood", "kl_z", "equivariance_ratio", "equivariance_ratio" + INIT,
+           "equivariance_ratio_input_free", "roll_gain", "roll_gain_reversed", "capsule_correlation",
+           "topographic_agreement", "topographic_agreement_chance")
 
 
 STD = "_std"  # a replicated trial's standard deviation over its seeds: <m>_std

@@ -16,7 +16,7 @@ import ray
 
 from .config import read_yaml
 from .errors import ConfigError
-from .metrics import INIT
+from .metrics import SUMMARY
 from .sweep.confirm import CONFIRM, baseline_bundles, chosen_configs, confirm_dir, confirm_raw, new_seeds
 from .sweep.console import RayLog, TrialConsole
 from .sweep.disk import one_line_when_full
@@ -49,10 +49,6 @@ from .tracking.runs import locate
 from .tracking.ui import experiment_page, page_url, serve
 
 Say = Callable[..., None]
-# shown beside the objectives: what training added to the equivariance, each beside its control
-# (the ratio with an input-free u, the roll gain of the reversed roll: TVAE-SPEC 3.2), and whether z is in use
-BESIDE = ("equivariance_ratio", "equivariance_ratio" + INIT, "equivariance_ratio_input_free", "roll_gain",
-          "roll_gain_reversed", "kl_z")
 
 
 @dataclass
@@ -158,7 +154,7 @@ def best_lines(frame: pd.DataFrame, metrics: list[str], modes: list[str],
                  + f": {len(rows)} trials"]
         if not rows.empty:
             lines.append(hypervolume_line(hypervolume_summary(frame, metrics, modes, reference)))
-    shown = list(metrics) + [m for m in BESIDE if m not in metrics and f"final/{m}" in frame]
+    shown = list(metrics) + [m for m in SUMMARY if m not in metrics and f"final/{m}" in frame]
     for _, row in rows.iterrows():
         values = "  ".join(f"{m} {row[f'final/{m}']:.4g}" for m in shown if pd.notna(row.get(f"final/{m}")))
         config = ", ".join(f"{k.removeprefix('config/')}={v}" for k, v in row.items() if k.startswith("config/"))

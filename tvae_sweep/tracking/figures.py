@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from ..metrics import INIT
+from ..metrics import INIT, LEARNED, SUMMARY
 from ..sweep.spec import SweepSpec
 from .aggregate import axis_values, finished, pareto_front, seed_metrics
 
@@ -53,12 +53,14 @@ def pareto_figure(frame: pd.DataFrame) -> Figure | None:
 
 
 def axes_figure(frame: pd.DataFrame, spec: SweepSpec) -> Figure | None:
-    """Each metric (rows: the objectives first, then each metric once, its value at initialisation
-    and a replicated trial's seeds left to the aggregates) against each searched key (columns):
-    trials as dots, the mean as a line."""
+    """The objectives and the summary metrics (metrics.SUMMARY), each with what training added to it
+    (rows), against each searched key (columns): trials as dots, the mean as a line. The other
+    metrics, a metric's value at initialisation and a replicated trial's seeds are left to the
+    aggregates' tables (each row costs a second of drawing on a 6-key sweep)."""
     done = finished(frame)
     shown = [m for m in seed_metrics(done) if not m.endswith(INIT)]
-    metrics = [m for m in spec.search.metrics if m in shown] + [m for m in shown if m not in spec.search.metrics]
+    summary = [m for m in shown if m.removesuffix(LEARNED) in SUMMARY and m not in spec.search.metrics]
+    metrics = [m for m in spec.search.metrics if m in shown] + summary
     keys = list(spec.space)
     if done.empty or not metrics or not keys:
         return None

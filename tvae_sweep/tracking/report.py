@@ -21,7 +21,7 @@ NO_INTERVAL = "none (n = 1)"
 
 NOT_SAMPLED = "(not sampled)"
 FIGURES = (("pareto.png", "Likelihood against equivariance ratio (Pareto front)"),
-           ("metrics_by_axis.png", "Each metric against each searched key"),
+           ("metrics_by_axis.png", "The objectives and the summary metrics against each searched key"),
            ("best_traversals.png", "Traversals of the best trials"),
            ("forecasts.png", "Forecasts: each model's best trial, from half a test sequence (the paper's Figure 1)"),
            ("topographic_maps.png",
