@@ -43,7 +43,6 @@ COMMAND = re.compile(r"`python (results/\w+\.py [^`]+)`")
 DIFFERENCES = "results/paired_table.py"  # the command whose cells are differences
 
 
-
 def stated(text: str, pattern: re.Pattern = INTERVAL) -> list[tuple[int, tuple[str, ...]]]:
     """(line number, the numbers as written) of every match of `pattern` in `text`."""
     return [(i, m.groups()) for i, line in enumerate(text.splitlines(), 1) for m in pattern.finditer(line)]
