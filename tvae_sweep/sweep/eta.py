@@ -71,6 +71,7 @@ class Eta:
         self.queue = None if queue is None else [Queued(sum(map(self.cost, points)), max(map(self.epochs_of, points)),
                                                         sum(map(self.epochs_of, points))) for points in queue]
         self.slots = 1  # the most Ray trials seen running at once
+        self.costs: dict[str, float] = {}  # each Ray trial's epoch cost (trial_costs)
 
     def planned_of(self, record: TrialRecord) -> int:
         """A trial's epochs: those it trained if it has ended, else its own train.epochs."""
@@ -94,12 +95,20 @@ class Eta:
         """`running` Ray trials at once: at least as many slots (told as each trial starts)."""
         self.slots = max(self.slots, running)
 
+    def trial_costs(self, trials: dict[str, list[TrialRecord]]) -> dict[str, float]:
+        """Each Ray trial's epoch cost, its points' summed, priced when first seen: fixed for the
+        trial's life, as PBT mutates no shape or data key (pbt.check_pbt)."""
+        for ray_id, points in trials.items():
+            if ray_id not in self.costs:
+                self.costs[ray_id] = sum(self.cost(p.config) for p in points)
+        return self.costs
+
     def seconds_left(self, records: list[TrialRecord]) -> float | None:
         """None until a trial has reported an epoch."""
         trials = by_trial(records)
         running = running_trials(trials)
         self.observe(len(running))
-        costs = {ray_id: sum(self.cost(p.config) for p in points) for ray_id, points in trials.items()}
+        costs = self.trial_costs(trials)
         own = {ray_id: (points[0].time_s, points[0].epochs) for ray_id, points in trials.items()
                if points[0].epochs > 0 and math.isfinite(points[0].time_s)}
         if not own:
