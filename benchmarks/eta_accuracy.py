@@ -159,9 +159,7 @@ def main() -> None:
         if args.replay and name == stage:
             sweep = SweepDir(args.replay)
             reports = saved_reports(sweep.root / "tune")
-            eta = sweep_eta(load_saved_spec(sweep))
-            if args.known_configs:
-                eta.queue = configs_in_order(reports)
+            eta = sweep_eta(load_saved_spec(sweep), configs_in_order(reports) if args.known_configs else None)
             measured = replayed(lines, reports, eta, args.every)
         else:
             measured = rows(lines)

@@ -435,6 +435,15 @@ def test_the_sweeps_eta_knows_a_grids_trials_costliest_first_and_a_samplers_not(
     assert sweep_eta(tpe).queue is None and sweep_eta(tpe).total == tpe.search.num_trials
 
 
+def test_a_samplers_eta_given_the_configs_it_drew_prices_them_as_a_grids(tmp_path):
+    """The benchmark's --known-configs: the queue given, priced by each config."""
+    tpe = load_spec(sweep_spec(tmp_path, search={"algorithm": "tpe"}))
+    drawn = [[{"model.n_caps": 4}], [{"model.n_caps": 2}]]
+    eta = sweep_eta(tpe, drawn)
+    assert [q.cost for q in eta.queue] == [eta.cost(points[0]) for points in drawn]
+    assert eta.queue[0].cost == 2 * eta.queue[1].cost
+
+
 def test_the_console_counts_the_trials_running_as_each_starts():
     console = TrialConsole([], ["log_likelihood"], Eta(total=4, epochs=3), stream=io.StringIO())
     both = [ray_trial(0, "RUNNING", 0), ray_trial(1, "PENDING", 0)]  # Ray marks trial 1 RUNNING after the callback

@@ -91,12 +91,13 @@ def _searcher(spec: SweepSpec, sweep: SweepDir):
     return optuna_search(spec, sweep.name, optuna.storages.RDBStorage(f"sqlite:///{sweep.optuna_db}"))
 
 
-def sweep_eta(spec: SweepSpec) -> Eta:
+def sweep_eta(spec: SweepSpec, queue: list[list[dict[str, Any]]] | None = None) -> Eta:
     """The sweep's time left: each trial's epoch priced by its config, its trials' configs where
-    known in the order Ray creates them."""
+    known in the order Ray creates them (`queue`, by default trial_queue's)."""
     base = spec.base_dict()
     return Eta(num_trials(spec), spec.run.train.epochs, len(spec.search.warm_start),
-               cost=lambda config: epoch_cost(trial_run_config(base, config)), queue=trial_queue(spec))
+               cost=lambda config: epoch_cost(trial_run_config(base, config)),
+               queue=trial_queue(spec) if queue is None else queue)
 
 
 def trial_queue(spec: SweepSpec) -> list[list[dict[str, Any]]] | None:
