@@ -6,8 +6,9 @@ value, the sweep's other searched keys equal, from its trials.parquet.
 
 One row per value and setting of the other keys (those that vary within one value of KEY: a preset's
 own settings do not): n (the seeds both trained) and, per metric, the mean of (value - baseline)
-over those seeds with its 95% interval. Trials are paired by seed, so what a seed shares (its test
-set, its initial weights where the shapes agree) cancels out.
+over those seeds with its 95% interval. Trials are paired by seed as the aggregates' comparisons
+pair them (tracking/compare.py), so what a seed shares (its test set, its initial weights where the
+shapes agree) cancels out.
 """
 from __future__ import annotations
 
@@ -15,41 +16,44 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from readme_tables import cell, markdown, per_seed  # results/ is the script's path
+from readme_tables import markdown, written  # results/ is the script's path
+
+from tvae_sweep.tracking.aggregate import finished
+from tvae_sweep.tracking.compare import by_seed
+from tvae_sweep.tracking.stats import paired as paired_difference
 
 METRICS = {"log_likelihood": 1, "roll_gain": 1, "kl_z": 2, "equivariance_ratio_learned": 3}  # metric: digits
+ONE_SEED = 0  # the seed of a sweep whose trials all had the spec's one seed (no config/train.seed)
 
 
-def held_equal(seeds: pd.DataFrame, key: str) -> list[str]:
-    """The other config columns that vary within one value of `key`."""
-    return [c for c in seeds.columns if c.startswith("config/") and c != key
-            and (seeds.groupby(key)[c].nunique(dropna=False) > 1).any()]
+def held_equal(done: pd.DataFrame, column: str) -> list[str]:
+    """The other config columns that vary within one value of `column`."""
+    return [c for c in done.columns if c.startswith("config/") and c not in (column, "config/train.seed")
+            and (done.groupby(column)[c].nunique(dropna=False) > 1).any()]
 
 
 def paired(frame: pd.DataFrame, key: str, baseline: str, metrics: dict[str, int] = METRICS) -> pd.DataFrame:
     """The table (see the module's text); `baseline` is compared with the key's values as text."""
-    seeds = per_seed(frame)
+    done = finished(frame)
     column = f"config/{key}"
-    if column not in seeds:
+    if column not in done:
         raise SystemExit(f"paired_table: the sweep has no searched key {key}")
-    same = held_equal(seeds, column)
-    seeds = seeds.assign(value=seeds[column].astype(str)).set_index([*same, "seed"])
-    base = seeds[seeds["value"] == baseline]
-    if base.empty:
+    values = done[column].astype(str)
+    if not (values == baseline).any():
         raise SystemExit(f"paired_table: no finished trial has {key} = {baseline}")
-    metrics = {m: digits for m, digits in metrics.items() if m in seeds}
-    base = base[list(metrics)].add_suffix(" base")
+    same = held_equal(done, column)
     rows = []
-    for value, trials in seeds[seeds["value"] != baseline].groupby("value", sort=False):
-        both = trials.join(base, how="inner")
-        if both.empty:
-            continue
-        for setting, pairs in both.groupby(level=same, sort=True) if same else [((), both)]:
-            setting = setting if isinstance(setting, tuple) else (setting,)
-            row = {c.removeprefix("config/"): v for c, v in zip(same, setting, strict=True)}
-            row.update({key: value, "n": len(pairs)})
-            row.update({m: cell(pairs[m] - pairs[f"{m} base"], digits) for m, digits in metrics.items()})
-            rows.append(row)
+    for setting, trials in done.groupby(same, sort=True) if same else [((), done)]:
+        setting = setting if isinstance(setting, tuple) else (setting,)
+        tables = {m: by_seed(trials, values[trials.index], m, ONE_SEED) for m in metrics}
+        for value in dict.fromkeys(values[trials.index]):
+            found = {m: paired_difference(t[value], t[baseline]) for m, t in tables.items()
+                     if value != baseline and {value, baseline} <= set(t.columns)}
+            n = max((d.n for d in found.values()), default=0)
+            if n:
+                row = {c.removeprefix("config/"): v for c, v in zip(same, setting, strict=True)}
+                rows.append({**row, key: value, "n": n, **{m: written(d.diff, d.ci_low, d.ci_high, metrics[m])
+                                                          for m, d in found.items() if d.n}})
     return pd.DataFrame(rows)
 
 

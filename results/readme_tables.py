@@ -1,5 +1,5 @@
 """What the table scripts of results/README.md share: a cell (a mean with its 95% interval, the
-aggregates' own: tvae_sweep.tracking.stats.interval), each trial's values seed by seed, and markdown.
+aggregates' own: tvae_sweep.tracking.stats.interval), a replicated sweep's seeds, and markdown.
 """
 from __future__ import annotations
 
@@ -33,25 +33,6 @@ def cell(values: np.ndarray, digits: int) -> str:
 def seeds_of(frame: pd.DataFrame) -> list[int]:
     """The seeds of a replicated sweep's trials (their final/<metric>_seed<s> columns)."""
     return sorted({int(m.group(2)) for c in frame.columns if (m := SEED_COLUMN.match(c))})
-
-
-def per_seed(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per finished trial and seed: the trial's config/ columns, `seed`, and each final metric
-    as that seed ended it. A replicated trial gives a row per seed (final/<metric>_seed<s>); a
-    sweep with one seed per trial a row per trial (config/train.seed, or 0 where every trial had
-    the spec's one seed)."""
-    done = frame[frame["state"] == "TERMINATED"]
-    config = [c for c in done.columns if c.startswith("config/") and c != "config/train.seed"]
-    seeds = seeds_of(done)
-    if not seeds:
-        finals = {c: c[len("final/"):] for c in done.columns if c.startswith("final/")}
-        out = done[config + list(finals)].rename(columns=finals)
-        return out.assign(seed=done["config/train.seed"].to_numpy() if "config/train.seed" in done else 0)
-    rows = []
-    for s in seeds:
-        finals = {c: m.group(1) for c in done.columns if (m := SEED_COLUMN.match(c)) and int(m.group(2)) == s}
-        rows.append(done[config + list(finals)].rename(columns=finals).assign(seed=s))
-    return pd.concat(rows, ignore_index=True)
 
 
 def markdown(frame: pd.DataFrame) -> str:

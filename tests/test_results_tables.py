@@ -20,7 +20,7 @@ from check_readme import (
 from check_readme import main as check_readme
 from paired_table import paired
 from preset_table import models_table
-from readme_tables import cell, per_seed
+from readme_tables import cell
 
 from tvae_sweep.tracking.stats import interval
 
@@ -100,12 +100,18 @@ def replicated(rows: list[tuple[float, int, list[float]]]) -> pd.DataFrame:
                           **{f"final/log_likelihood_seed{s}": v for s, v in enumerate(lls)}} for mu, k, lls in rows])
 
 
-def test_per_seed_reads_both_layouts_of_a_sweep():
-    flat = per_seed(one_seed_per_trial([("vae", 18, 0, -300.0), ("vae", 18, 1, -310.0)]))
-    assert sorted(zip(flat["seed"], flat["log_likelihood"], strict=True)) == [(0, -300.0), (1, -310.0)]
-    assert list(per_seed(one_seed_per_trial([("vae", 18, 0, -300.0)]).drop(columns="config/train.seed"))["seed"]) == [0]
-    long = per_seed(replicated([(30.0, 1, [-290.0, -291.0, -292.0])]))
-    assert sorted(zip(long["seed"], long["log_likelihood"], strict=True)) == [(0, -290.0), (1, -291.0), (2, -292.0)]
+def test_paired_reads_both_layouts_of_a_sweep_and_one_without_a_seed_column():
+    flat = one_seed_per_trial([("vae", 18, 0, -300.0), ("vae", 18, 1, -310.0), ("tvae", 13, 0, -305.0),
+                               ("tvae", 13, 1, -313.0)])
+    low, high = interval([-5.0, -3.0])
+    assert paired(flat, "paper_model", "vae", {"log_likelihood": 1}).iloc[0]["log_likelihood"] == \
+        f"-4.0 [{low:.1f}, {high:.1f}]"
+    one_seed = one_seed_per_trial([("vae", 18, 0, -300.0), ("tvae", 13, 0, -305.0)]).drop(columns="config/train.seed")
+    assert paired(one_seed, "paper_model", "vae", {"log_likelihood": 1})[["n", "log_likelihood"]].values.tolist() == \
+        [[1, "-5.0"]]
+    long = replicated([(30.0, 1, [-290.0, -291.0, -292.0]), (3.0, 1, [-280.0, -281.0, -282.0])])
+    assert paired(long, "model.mu_init", "30.0", {"log_likelihood": 1})[["n", "log_likelihood"]].values.tolist() == \
+        [[3, "10.0 [10.0, 10.0]"]]
 
 
 def test_paired_differences_are_taken_seed_by_seed_within_the_other_keys():
