@@ -394,6 +394,14 @@ def test_a_trial_not_yet_reported_costs_what_its_config_predicts():
     assert eta.seconds_left(seen) == pytest.approx(max(5 * 8.0, 5 * 2.0, 10 * 4.0))
 
 
+def test_a_trials_epoch_cost_is_priced_once_not_at_every_estimate():
+    priced = []
+    eta = Eta(total=2, epochs=10, cost=lambda config: priced.append(config) or config["model.n_caps"])
+    seen = [timed(0, "RUNNING", 5, 40.0, {"model.n_caps": 4}), timed(1, "RUNNING", 5, 10.0, {"model.n_caps": 1})]
+    first = eta.seconds_left(seen)
+    assert eta.seconds_left(seen) == first and len(priced) == 2
+
+
 def test_a_trials_first_epoch_alone_does_not_price_it():
     """Its first epoch started its data, model and threads (6 s, three times the others' 2 s an
     epoch): until its second, a trial costs what the trials past theirs cost."""
