@@ -14,10 +14,22 @@ import sys
 
 import numpy as np
 import pandas as pd
-from readme_tables import cell, markdown, seeds_of  # results/ is the script's path
+from readme_tables import cell, decimals, markdown, seeds_of  # results/ is the script's path
 
 SHORT = {"model.coherence_window": "window", "model.n_off_diag": "n_off_diag", "model.mu_init": "mu",
          "model.n_caps": "n_caps", "model.cap_dim": "cap_dim", "model.shift": "shift"}
+
+
+COLUMNS = {  # column: (metric, minus metric or None), each taken seed by seed
+    "ratio learned": ("equivariance_ratio_learned", None),
+    "at mean": ("equivariance_ratio_at_mean", None),
+    "input-free": ("equivariance_ratio_input_free", None),
+    "at mean - input-free": ("equivariance_ratio_at_mean", "equivariance_ratio_input_free"),
+    "E_eq learned": ("equivariance_error_learned", None),
+    "roll gain - reversed": ("roll_gain", "roll_gain_reversed"),
+    "log p(x)": ("log_likelihood", None),
+    "kl_z": ("kl_z", None),
+}
 
 
 def per_seed(row: pd.Series, metric: str, seeds: list[int]) -> np.ndarray:
@@ -25,19 +37,8 @@ def per_seed(row: pd.Series, metric: str, seeds: list[int]) -> np.ndarray:
 
 
 def row_cells(row: pd.Series, seeds: list[int]) -> dict[str, str]:
-    def v(metric):
-        return per_seed(row, metric, seeds)
-
-    return {
-        "ratio learned": cell(v("equivariance_ratio_learned"), 3),
-        "at mean": cell(v("equivariance_ratio_at_mean"), 3),
-        "input-free": cell(v("equivariance_ratio_input_free"), 3),
-        "at mean - input-free": cell(v("equivariance_ratio_at_mean") - v("equivariance_ratio_input_free"), 3),
-        "E_eq learned": cell(v("equivariance_error_learned"), 1),
-        "roll gain - reversed": cell(v("roll_gain") - v("roll_gain_reversed"), 1),
-        "log p(x)": cell(v("log_likelihood"), 1),
-        "kl_z": cell(v("kl_z"), 2),
-    }
+    return {column: cell(per_seed(row, metric, seeds) - (per_seed(row, minus, seeds) if minus else 0), decimals(metric))
+            for column, (metric, minus) in COLUMNS.items()}
 
 
 def table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -12,16 +12,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from readme_tables import markdown, written  # results/ is the script's path
+from readme_tables import decimals, markdown, written  # results/ is the script's path
 
-METRICS = {  # metric: digits
-    "log_likelihood": 1,
-    "kl_z": 2,
-    "equivariance_ratio_learned": 3,
-    "equivariance_error_learned": 1,
-    "roll_gain": 1,
-    "roll_gain_reversed": 1,
-}
+METRICS = ("log_likelihood", "kl_z", "equivariance_ratio_learned", "equivariance_error_learned", "roll_gain",
+           "roll_gain_reversed")
 
 
 def cell(row: pd.Series, digits: int) -> str:
@@ -39,8 +33,8 @@ def metric_table(curves: pd.DataFrame, metric: str, epochs: list[int], digits: i
 
 def main(sweep: Path, epochs: list[int]) -> None:
     curves = pd.read_parquet(sweep / "aggregates" / "curves.parquet")
-    for metric, digits in METRICS.items():
-        table = metric_table(curves, metric, epochs, digits)
+    for metric in METRICS:
+        table = metric_table(curves, metric, epochs, decimals(metric))
         if not table.empty:
             print(f"{metric}:\n\n{markdown(table)}\n")
 

@@ -13,16 +13,17 @@ shapes agree) cancels out.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from readme_tables import markdown, written  # results/ is the script's path
+from readme_tables import decimals, markdown, written  # results/ is the script's path
 
 from tvae_sweep.tracking.aggregate import finished
 from tvae_sweep.tracking.compare import by_seed
 from tvae_sweep.tracking.stats import paired as paired_difference
 
-METRICS = {"log_likelihood": 1, "roll_gain": 1, "kl_z": 2, "equivariance_ratio_learned": 3}  # metric: digits
+METRICS = ("log_likelihood", "roll_gain", "kl_z", "equivariance_ratio_learned")
 ONE_SEED = 0  # the seed of a sweep whose trials all had the spec's one seed (no config/train.seed)
 
 
@@ -32,7 +33,7 @@ def held_equal(done: pd.DataFrame, column: str) -> list[str]:
             and (done.groupby(column)[c].nunique(dropna=False) > 1).any()]
 
 
-def paired(frame: pd.DataFrame, key: str, baseline: str, metrics: dict[str, int] = METRICS) -> pd.DataFrame:
+def paired(frame: pd.DataFrame, key: str, baseline: str, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """The table (see the module's text); `baseline` is compared with the key's values as text."""
     done = finished(frame)
     column = f"config/{key}"
@@ -52,7 +53,7 @@ def paired(frame: pd.DataFrame, key: str, baseline: str, metrics: dict[str, int]
             n = max((d.n for d in found.values()), default=0)
             if n:
                 row = {c.removeprefix("config/"): v for c, v in zip(same, setting, strict=True)}
-                rows.append({**row, key: value, "n": n, **{m: written(d.diff, d.ci_low, d.ci_high, metrics[m])
+                rows.append({**row, key: value, "n": n, **{m: written(d.diff, d.ci_low, d.ci_high, decimals(m))
                                                           for m, d in found.items() if d.n}})
     return pd.DataFrame(rows)
 

@@ -16,22 +16,22 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from readme_tables import cell, markdown, written  # results/ is the script's path
+from readme_tables import cell, decimals, markdown, written  # results/ is the script's path
 
-QUANTITIES = {  # column: (metric, minus metric or None, digits)
-    "log p(x)": ("log_likelihood", None, 1),
-    "mean image": ("mean_image_nll", None, 1),
-    "kl_z": ("kl_z", None, 2),
-    "ratio": ("equivariance_ratio", None, 3),
-    "ratio learned": ("equivariance_ratio_learned", None, 3),
-    "at mean - input-free": ("equivariance_ratio_at_mean", "equivariance_ratio_input_free", 3),
-    "roll gain - reversed": ("roll_gain", "roll_gain_reversed", 1),
+QUANTITIES = {  # column: (metric, minus metric or None)
+    "log p(x)": ("log_likelihood", None),
+    "mean image": ("mean_image_nll", None),
+    "kl_z": ("kl_z", None),
+    "ratio": ("equivariance_ratio", None),
+    "ratio learned": ("equivariance_ratio_learned", None),
+    "at mean - input-free": ("equivariance_ratio_at_mean", "equivariance_ratio_input_free"),
+    "roll gain - reversed": ("roll_gain", "roll_gain_reversed"),
     # the 2-D model's map: neighbouring units' agreement above the same units shuffled over the grid
-    "agreement - chance": ("topographic_agreement", "topographic_agreement_chance", 3),
-    "agreement - chance, init": ("topographic_agreement_init", "topographic_agreement_chance_init", 3),
-    "agreement learned": ("topographic_agreement_learned", None, 3),
+    "agreement - chance": ("topographic_agreement", "topographic_agreement_chance"),
+    "agreement - chance, init": ("topographic_agreement_init", "topographic_agreement_chance_init"),
+    "agreement learned": ("topographic_agreement_learned", None),
 }
-COMPARED = {"log_likelihood": 1, "kl_z": 2, "equivariance_ratio_learned": 3, "roll_gain": 1}  # metric: digits
+COMPARED = ("log_likelihood", "kl_z", "equivariance_ratio_learned", "roll_gain")
 
 
 def models_table(frame: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -39,14 +39,14 @@ def models_table(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     rows = []
     for model, group in done.groupby(f"config/{key}", sort=False):
         row = {"model": model, "n": len(group)}
-        for column, (metric, minus, digits) in QUANTITIES.items():
+        for column, (metric, minus) in QUANTITIES.items():
             if f"final/{metric}" not in group or (minus and f"final/{minus}" not in group):
                 row[column] = ""
                 continue
             values = group[f"final/{metric}"].to_numpy(float)
             if minus:
                 values = values - group[f"final/{minus}"].to_numpy(float)
-            row[column] = cell(values, digits)
+            row[column] = cell(values, decimals(metric))
         rows.append(row)
     table = pd.DataFrame(rows)
     return table[[c for c in table.columns if (table[c] != "").any()]]  # no column the sweep has no metric for
@@ -58,7 +58,7 @@ def comparisons_table(sweep: Path) -> pd.DataFrame:
         return pd.DataFrame()
     table = pd.read_parquet(path)
     table = table[table["metric"].isin(COMPARED)].copy()
-    table["diff [95% CI]"] = [written(d, low, high, COMPARED[metric]) for metric, d, low, high in
+    table["diff [95% CI]"] = [written(d, low, high, decimals(metric)) for metric, d, low, high in
                               zip(table["metric"], table["diff"], table["ci_low"], table["ci_high"], strict=True)]
     table["p (Holm)"] = table["p_holm"].map(lambda p: f"{p:.3g}")
     return table[["model", "baseline", "metric", "n", "diff [95% CI]", "p (Holm)", "verdict"]]

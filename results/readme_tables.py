@@ -12,6 +12,13 @@ import pandas as pd
 from tvae_sweep.tracking.stats import interval
 
 SEED_COLUMN = re.compile(r"^final/(.+)_seed(\d+)$")
+# decimals a metric is written with (its value at initialisation, what training added and the
+# differences taken of it alike): nats and E_eq to 1, kl to 2, ratios, correlations and agreements to 3
+DECIMALS = {"kl_": 2, "equivariance_ratio": 3, "capsule_correlation": 3, "topographic_agreement": 3}
+
+
+def decimals(metric: str) -> int:
+    return next((d for prefix, d in DECIMALS.items() if metric.startswith(prefix)), 1)
 
 
 def written(mean: float, low: float, high: float, digits: int) -> str:
