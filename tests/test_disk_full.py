@@ -4,6 +4,8 @@ the disk is bigger, `tvae-sweep resume` finishes every trial. Ray's files on it 
 not at all (tvae_sweep/sweep/whole_files.py), which the resume needs."""
 from __future__ import annotations
 
+import errno
+import io
 import subprocess
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import pytest
 from mlflow import MlflowClient
 from sweeps import run_cli, sweep_spec, trials
 
-from tvae_sweep.sweep.disk import EXIT_CODE, no_space
+from tvae_sweep.sweep.disk import EXIT_CODE, no_space, stop_line
+from tvae_sweep.sweep.layout import SweepDir
 from tvae_sweep.sweep.whole_files import whole_files
 
 pytestmark = pytest.mark.cost(85)  # seconds on 2 cores (measured): costliest files first
@@ -76,3 +79,18 @@ def test_a_sweep_that_fills_its_disk_stops_with_one_line_and_resumes_to_the_end(
     children = [r for r in runs if "tvae_sweep.trial_id" in r.data.tags]
     assert sorted(r.data.tags["tvae_sweep.trial_id"] for r in children) == sorted(frame["trial_id"])
     assert {r.info.status for r in children} == {"FINISHED"}
+
+
+def test_a_confirmation_stopped_by_a_full_disk_names_the_command_that_continues_it(tmp_path):
+    """The confirm stage lives in the sweep's folder as confirm/; `tvae-sweep resume confirm` finds no
+    sweep, `tvae-sweep confirm NAME` continues it."""
+    search = SweepDir(tmp_path / "capsules")
+    search.root.mkdir()
+    search.write_state(status="finished")
+    stage = SweepDir(search.root / "confirm")
+    stage.root.mkdir()
+    stage.write_state(status="running", stage="confirm")
+    full = OSError(errno.ENOSPC, "No space left on device", str(stage.root / "tune"))
+    line = stop_line(full, stage, io.StringIO())
+    assert "the sweep capsules, confirm stage stopped" in line and "`tvae-sweep confirm capsules`" in line
+    assert "`tvae-sweep resume capsules`" in stop_line(full, search, io.StringIO())

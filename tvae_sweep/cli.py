@@ -229,14 +229,22 @@ def resume(name: str, results_dir: Path | None, address: str | None, tracking_ur
     _ended(sweeping.resume(name, results_dir, address, tracking_uri, say=click.echo))
 
 
+def _exit_if_stopped(outcome) -> None:
+    """A sweep or stage that stopped before its end: how to continue it, and exit 130."""
+    from .sweep.layout import continue_command, title
+
+    sweep = outcome.sweep
+    if not outcome.finished:
+        click.echo(f"{title(sweep)} stopped before its end; continue it with: {continue_command(sweep)}")
+        sys.exit(130)
+
+
 def _ended(outcome) -> None:
     """The end of a sweep: its summary (and its confirmation last), or how to continue it (exit 130)."""
     from .sweeping import best_lines
 
     sweep = outcome.sweep
-    if not outcome.finished:
-        click.echo(f"sweep {sweep.name} stopped before its end; continue it with: tvae-sweep resume {sweep.name}")
-        sys.exit(130)
+    _exit_if_stopped(outcome)
     search = outcome.spec.search
     for line in best_lines(outcome.frame, search.metrics, search.modes, search.hypervolume_reference):
         click.echo(line)
@@ -269,9 +277,7 @@ def confirm(name: str, top: int | None, seeds: int | None, baselines: tuple[str,
 
     outcome = sweeping.confirm(name, top, seeds, list(baselines), results_dir, address, overwrite, tracking_uri,
                                say=click.echo)
-    if not outcome.finished:
-        click.echo(f"the confirmation of {name} stopped before its end; continue it with: tvae-sweep confirm {name}")
-        sys.exit(130)
+    _exit_if_stopped(outcome)
     for line in outcome.confirmation:
         click.echo(line)
 

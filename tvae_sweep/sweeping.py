@@ -33,7 +33,7 @@ from .sweep.launch import (
     saved_trials,
     sweep_eta,
 )
-from .sweep.layout import SweepDir, all_sweeps, disk_usage, origin_of, results_root, sweep_dir
+from .sweep.layout import SweepDir, all_sweeps, disk_usage, origin_of, results_root, sweep_dir, title
 from .sweep.pruning import apply_prune, plan_prune
 from .sweep.records import histories_of
 from .sweep.results import frame_of, hypervolume_line, hypervolume_summary, pareto_trials, ranked, write_trials
@@ -101,9 +101,8 @@ def _run(spec: SweepSpec, sweep: SweepDir, address: str | None, log: RayLog, res
     total, fused = num_trials(spec), ray_trials(spec)
     console = TrialConsole(list(spec.space), spec.search.metrics, sweep_eta(spec), rungs=asha_rungs(spec))
     together = f" trained as {fused} fused trials" if spec.search.fuse else ""
-    origin, stage = origin_of(sweep)
-    say(f"{f'sweep {origin.name}, {stage} stage' if stage else f'sweep {sweep.name}'}: {total} trials{together}, "
-        f"results in {sweep.root}")
+    origin, _ = origin_of(sweep)
+    say(f"{title(sweep)}: {total} trials{together}, results in {sweep.root}")
     tracking = None
     if spec.tracking.enabled:
         tracking = MlflowTracking.start(spec, sweep, tracking_uri)

@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TextIO
 
-from .layout import SweepDir
+from .layout import SweepDir, continue_command, title
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # the same condition as text: errors that crossed a process (Ray's trial errors, TuneError's
@@ -111,8 +111,8 @@ def stop_line(error: BaseException, sweep: SweepDir, log: TextIO) -> str:
         sweep.write_state(status="interrupted")
     logged = log.write("".join(traceback.format_exception(error)))
     details = "; its traceback is in the sweep's ray.log" if logged else ""
-    return (f"{path}: no space left on device; the sweep {sweep.name} stopped with its trials saved: "
-            f"free space there, then continue it with `tvae-sweep resume {sweep.name}`{details}")
+    return (f"{path}: no space left on device; the {title(sweep)} stopped with its trials saved: "
+            f"free space there, then continue it with `{continue_command(sweep)}`{details}")
 
 
 @contextmanager

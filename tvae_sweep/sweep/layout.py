@@ -104,6 +104,20 @@ def origin_of(sweep: SweepDir) -> tuple[SweepDir, str | None]:
     return (SweepDir(sweep.root.parent), stage) if stage else (sweep, None)
 
 
+def title(sweep: SweepDir) -> str:
+    """How the console names a sweep folder: 'sweep NAME', or 'sweep NAME, confirm stage'."""
+    origin, stage = origin_of(sweep)
+    return f"sweep {origin.name}, {stage} stage" if stage else f"sweep {sweep.name}"
+
+
+def continue_command(sweep: SweepDir) -> str:
+    """The command that continues a sweep folder that stopped: a later stage's is `tvae-sweep
+    confirm` of the sweep it belongs to (whose spec may have no confirm section for resume to
+    run), a sweep's own `tvae-sweep resume`."""
+    origin, stage = origin_of(sweep)
+    return f"tvae-sweep confirm {origin.name}" if stage else f"tvae-sweep resume {sweep.name}"
+
+
 def write_whole_json(path: Path, data) -> None:
     """`data` as JSON at `path`, written beside it and renamed over it: a reader (or a crash) never
     sees half a file."""
